@@ -1,0 +1,160 @@
+"""Reading radiographs from any file a user may hand us, and the one preprocessing path.
+
+Every image, whether it is decoded into the training cache or uploaded for a
+prediction, goes through :func:`load_gray` and :func:`preprocess`, so a model
+always sees pixels prepared exactly as in training.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cxr_core.errors import UserError
+
+MAX_PIXELS = 100_000_000
+"""Largest image accepted (10k x 10k). Checked from the header, before any pixel is decoded."""
+MIN_SIDE = 32
+"""Smaller images carry no usable anatomy; refuse rather than predict on noise."""
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+ImageSource = str | Path | bytes | BinaryIO
+
+
+def _open_bytes(source: ImageSource) -> tuple[bytes, str]:
+    """Return the file's bytes and a display name (never used to build a path)."""
+    if isinstance(source, bytes):
+        return source, "upload"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            return path.read_bytes(), path.name
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise UserError(f"{path}: is a folder, not an image") from None
+        except OSError as exc:
+            raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return source.read(), getattr(source, "name", "upload")
+
+
+def _is_dicom(data: bytes, name: str) -> bool:
+    return data[128:132] == b"DICM" or name.lower().endswith(DICOM_SUFFIXES)
+
+
+def _check_size(width: int, height: int, name: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise UserError(
+            f"{name}: {width}x{height} pixels is larger than the {MAX_PIXELS // 1_000_000} "
+            "megapixel limit (refused before decoding)"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise UserError(
+            f"{name}: {width}x{height} pixels is too small for a radiograph "
+            f"(need at least {MIN_SIDE} px per side)"
+        )
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Stretch any numeric range (12/16-bit, float) to 0..255 instead of clipping it."""
+    pixels = pixels.astype(np.float32)
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if hi <= lo:
+        return np.zeros(pixels.shape, np.uint8)
+    return np.round((pixels - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _decode_dicom(data: bytes, name: str) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except Exception as exc:  # pydicom raises many types for malformed files
+        raise UserError(f"{name}: not a readable DICOM file ({exc})") from None
+    _check_size(cols, rows, name)
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        label = f"{syntax.name} ({syntax})" if syntax is not None else "unknown"
+        raise UserError(
+            f"{name}: cannot decode DICOM pixel data with transfer syntax {label}; "
+            "install a decoder (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) "
+            f"or export the image as PNG ({type(exc).__name__})"
+        ) from None
+    if getattr(ds, "NumberOfFrames", 1) not in (None, "", 1) and pixels.ndim >= 3:
+        pixels = pixels[0]
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if pixels.ndim == 3:  # colour DICOM (RGB / YBR): luminance only
+        return np.asarray(Image.fromarray(_to_uint8(pixels)).convert("L"))
+    pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
+    gray = _to_uint8(pixels)
+    if photometric == "MONOCHROME1":  # high values are dark: invert to the usual look
+        gray = 255 - gray
+    return gray
+
+
+def _decode_raster(data: bytes, name: str, draft_size: int | None) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            _check_size(*image.size, name)
+            if draft_size and image.format == "JPEG":
+                # Decode at a reduced DCT scale: several times faster for large originals.
+                image.draft("L", (draft_size, draft_size))
+            image.load()
+    except UserError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{name}: image dimensions are implausibly large (refused)") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{name}: not an image PIL can read (JPEG, PNG) or a DICOM file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{name}: truncated or corrupt image ({exc})") from None
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _to_uint8(np.asarray(image))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas become black, the background of a radiograph.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("L"))
+
+
+def load_gray(source: ImageSource, draft_size: int | None = None) -> np.ndarray:
+    """Decode a JPEG/PNG (8- or 16-bit, any mode) or DICOM into a 2-D uint8 array.
+
+    ``draft_size`` lets JPEG decoding skip detail finer than the target size. Raises
+    :class:`UserError` with a one-line reason for anything that is not a usable image.
+    """
+    data, name = _open_bytes(source)
+    if not data:
+        raise UserError(f"{name}: empty file")
+    if _is_dicom(data, name):
+        return _decode_dicom(data, name)
+    return _decode_raster(data, name, draft_size)
+
+
+def preprocess(gray: np.ndarray, size: int, clahe: bool = False) -> np.ndarray:
+    """Resize (aspect not kept, as in the Kaggle release) and optionally apply CLAHE."""
+    resized = np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR))
+    if clahe:
+        import cv2
+
+        resized = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(resized)
+    return resized
+
+
+def load_and_preprocess(source: ImageSource, size: int, clahe: bool = False) -> np.ndarray:
+    """The exact path from a file to the uint8 ``size x size`` array a model sees."""
+    return preprocess(load_gray(source, draft_size=size), size, clahe)

