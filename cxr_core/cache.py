@@ -107,4 +107,3 @@ def describe_skipped(skipped: dict[str, str], limit: int = 5) -> str:
     """One line for logs: how many files were skipped and the first few names."""
     names = ", ".join(list(skipped)[:limit]) + (" ..." if len(skipped) > limit else "")
     return f"skipped {len(skipped)} unreadable file(s): {names}"
-

@@ -216,9 +216,7 @@ class SplitManifest:
     def without(self, paths: set[str]) -> SplitManifest:
         """The same split minus unreadable files (which are reported, not hidden)."""
         kept = {k: [s for s in v if s.path not in paths] for k, v in self.splits.items()}
-        return SplitManifest(
-            self.seed, self.val_fraction, self.test_fraction, kept, self.derived
-        )
+        return SplitManifest(self.seed, self.val_fraction, self.test_fraction, kept, self.derived)
 
     @property
     def test_split(self) -> str:

