@@ -239,5 +239,28 @@ class RunStore:
         finally:
             db.close()
 
-    def running_count(self) -> int:
-        return sum(run.status().get("status") == "running" for run in self._folders())
+    def wait_for_slot(self, run: Run, limit: int, poll_s: float = 1.0) -> None:
+        """Block until ``run`` may start: fewer than ``limit`` runs running and no older
+        queued run waiting. Each waiting process checks under one file lock, so the queue
+        needs no daemon and survives the app being closed."""
+        from filelock import FileLock
+
+        lock = FileLock(str(self.root / ".queue.lock"))
+        while True:
+            with lock:
+                mine = run.status()
+                runs = [(r, r.status()) for r in self._folders() if not r.bundled]
+                running = sum(s.get("status") == "running" for _, s in runs)
+                older = [
+                    r
+                    for r, s in runs
+                    if s.get("status") == "queued" and s.get("created", 0) < mine["created"]
+                ]
+                if running < limit and not older:
+                    run.set_status("running", phase="starting")
+                    return
+                if run.cancel_requested():
+                    run.set_status("cancelled", message="cancelled while queued")
+                    raise UserError(f"run {run.id} was cancelled while queued")
+                run.set_status("queued", phase=f"waiting: {running} running, {len(older)} ahead")
+            time.sleep(poll_s)

@@ -1,0 +1,458 @@
+"""``python -m cxr_core`` / ``cxr-lab``: train, evaluate, predict, list and compare runs.
+
+A user's mistake prints one line (``error: ...``) and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from cxr_core.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from cxr_core.config import IMBALANCE, MONITORS, OPTIMIZERS, SCHEDULERS, THRESHOLD_METHODS
+    from cxr_core.models import REGISTRY
+
+    p.add_argument("--arch", required=True, choices=list(REGISTRY))
+    p.add_argument("--data", required=True, help="Kaggle-layout folder, or synthetic[:N]")
+    p.add_argument("--img-size", type=int, help="input size (default: the architecture's)")
+    p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
+    p.add_argument(
+        "--unfreeze-last",
+        type=int,
+        default=-1,
+        help="-1 train all layers; 0 head only; N head + last N stages",
+    )
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="cosine")
+    p.add_argument("--imbalance", choices=IMBALANCE, default="weighted")
+    p.add_argument("--no-augment", action="store_true", help="train on the images as they are")
+    p.add_argument("--rotation", type=float, default=10.0, help="degrees (+/-)")
+    p.add_argument("--translate", type=float, default=0.06, help="fraction of the side (+/-)")
+    p.add_argument("--scale", type=float, default=0.10, help="zoom range 1 +/- SCALE")
+    p.add_argument("--crop", type=float, default=0.85, help="random resized crop keeps >= CROP")
+    p.add_argument("--brightness", type=float, default=0.15)
+    p.add_argument("--contrast", type=float, default=0.15)
+    p.add_argument(
+        "--hflip",
+        action="store_true",
+        help="random horizontal flips (off by default: the heart is on the left)",
+    )
+    p.add_argument("--clahe", action="store_true", help="contrast-limited histogram equalisation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.15,
+        help="internal test carved from train when there is no test/ folder",
+    )
+    p.add_argument("--max-images", type=int, help="train on a patient-grouped subset")
+    p.add_argument("--patience", type=int, default=5, help="early stopping, in epochs")
+    p.add_argument("--monitor", choices=MONITORS, default="val_auc")
+    p.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default="youden")
+    p.add_argument("--target-sensitivity", type=float, default=0.95)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--log-every", type=int, default=10, help="log the loss every N steps")
+    p.add_argument("--half-weights", action="store_true", help="store best weights as fp16")
+    p.add_argument("--run-id", help="name of the run folder (default: time-arch-random)")
+    p.add_argument(
+        "--queue",
+        type=int,
+        default=0,
+        metavar="N",
+        help="wait until fewer than N runs are running (0: start now)",
+    )
+
+
+def _config_from_args(args: argparse.Namespace):
+    from cxr_core.config import Augmentation, TrainConfig
+
+    aug = Augmentation(
+        not args.no_augment,
+        args.rotation,
+        args.translate,
+        args.scale,
+        args.crop,
+        args.brightness,
+        args.contrast,
+        args.hflip,
+    )
+    return TrainConfig(
+        arch=args.arch,
+        data=args.data,
+        img_size=args.img_size,
+        pretrained=args.pretrained,
+        unfreeze_last=args.unfreeze_last,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
+        scheduler=args.scheduler,
+        imbalance=args.imbalance,
+        augment=aug,
+        clahe=args.clahe,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        max_images=args.max_images,
+        patience=args.patience,
+        monitor=args.monitor,
+        threshold_method=args.threshold_method,
+        target_sensitivity=args.target_sensitivity,
+        label_smoothing=args.label_smoothing,
+        device=args.device,
+        log_every=args.log_every,
+    )
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=1, default=str))
+
+
+def _store(args):
+    from cxr_core.runs import RunStore
+
+    return RunStore(args.runs_dir)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cxr_core.engine import fit
+
+    cfg = _config_from_args(args)
+    command = "python -m cxr_core " + shlex.join(sys.argv[1:])
+    store = _store(args)
+    run = store.create(
+        {**cfg.to_dict(), "command": command, "half_weights": args.half_weights}, args.run_id
+    )
+    print(run.id, flush=True)
+    if args.queue:
+        store.wait_for_slot(run, args.queue)
+    try:
+        evaluation = fit(run, cfg, half_weights=args.half_weights)
+    except UserError as exc:
+        run.set_status("failed", message=str(exc))
+        raise
+    except Exception as exc:
+        run.set_status("failed", message=f"{type(exc).__name__}: {exc}")
+        raise
+    _print_final(run, evaluation)
+    return 0
+
+
+def _print_final(run, evaluation: dict) -> None:
+    status = run.status()
+    print(
+        f"run {run.id}: {status['status']}"
+        + (f" ({status['message']})" if status.get("message") else "")
+    )
+    for split, report in evaluation.get("splits", {}).items():
+        print(
+            f"  {split:14s} n={report['n']:5d}  acc {report['accuracy']:.3f}  "
+            f"auc {report['roc_auc']:.3f}  sens {report['sensitivity']:.3f}  "
+            f"spec {report['specificity']:.3f}  (threshold {report['threshold']:.3f})"
+        )
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from cxr_core.config import TrainConfig
+    from cxr_core.engine import fit
+
+    run = _store(args).get(args.run)
+    if run.bundled:
+        raise UserError(f"{run.id} is a bundled run; it cannot be resumed in place")
+    if run.status().get("status") in ("running", "queued"):
+        raise UserError(f"run {run.id} is still {run.status()['status']}")
+    (run.path / "cancel").unlink(missing_ok=True)
+    config = run.config()
+    evaluation = fit(
+        run,
+        TrainConfig.from_dict(config),
+        resume=True,
+        half_weights=config.get("half_weights", False),
+    )
+    _print_final(run, evaluation)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    run = _store(args).get(args.run)
+    run.request_cancel()
+    print(f"cancel requested for {run.id}")
+    return 0
+
+
+def _evaluation_samples(args, model):
+    """The samples to evaluate: a folder split of --data, or a carved split of the run."""
+    from cxr_core.datasets import SplitManifest, scan
+
+    index = scan(args.data)
+    if args.split in ("val", "internal_test"):
+        manifest_file = model.source.parent / "split.json"
+        if not manifest_file.exists():
+            raise UserError(f"--split {args.split} needs the run's split.json beside the weights")
+        manifest = SplitManifest.from_dict(json.loads(manifest_file.read_text()))
+        if args.split not in manifest.splits:
+            raise UserError(f"the run has no {args.split} split")
+        return index.root, manifest.splits[args.split]
+    folder = {"official_val": "val"}.get(args.split, args.split)
+    if folder not in index.samples:
+        raise UserError(f"{index.root} has no {folder}/ folder with images")
+    return index.root, index.samples[folder]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from cxr_core import metrics
+    from cxr_core.cache import decode_images
+    from cxr_core.engine import predict_pixels
+    from cxr_core.inference import load_model
+
+    if bool(args.run) == bool(args.checkpoint):
+        raise UserError("give exactly one of --run ID or --checkpoint PATH")
+    source = _store(args).get(args.run).path if args.run else args.checkpoint
+    model = load_model(source, args.device)
+    root, samples = _evaluation_samples(args, model)
+    cfg = model.config
+    images = decode_images(root, samples, cfg.img_size, cfg.clahe)
+    kept = [s for s in samples if s.path not in images.skipped]
+    if not kept:
+        raise UserError("no readable images to evaluate")
+    probs = predict_pixels(
+        model.network.model, torch.from_numpy(images.pixels[images.rows(kept)]), cfg, model.device
+    )
+    labels = [s.label for s in kept]
+    threshold = model.threshold if args.threshold is None else args.threshold
+    report = metrics.full_report(labels, probs, threshold)
+    keys = (
+        "accuracy",
+        "roc_auc",
+        "pr_auc",
+        "f1",
+        "precision",
+        "sensitivity",
+        "specificity",
+        "threshold",
+        "confusion_matrix",
+        "n",
+    )
+    out = {
+        "checkpoint": str(model.source),
+        "split": args.split,
+        **{k: report[k] for k in keys},
+        "skipped": len(images.skipped),
+    }
+    if args.json:
+        _print_json(out)
+    else:
+        for key in keys:
+            value = out[key]
+            print(f"{key:18s} {value:.4f}" if isinstance(value, float) else f"{key:18s} {value}")
+        if images.skipped:
+            print(f"skipped {len(images.skipped)} unreadable image(s)")
+    return 0
+
+
+def _safe_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem)[:60] or "image"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from cxr_core.inference import explain, load_model, overlay, predict
+
+    model = load_model(args.checkpoint, args.device)
+    if args.cam and not args.out:
+        raise UserError("--cam needs --out DIR for the overlay images")
+    results, failed = [], 0
+    for i, image in enumerate(args.images):
+        try:
+            (prediction,) = predict(model, [image])
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        row = {
+            "image": image,
+            "probability": round(prediction.probability, 6),
+            "label": prediction.label,
+            "threshold": round(prediction.threshold, 6),
+        }
+        if args.cam:
+            heat = explain(model, prediction.pixels, args.cam)
+            out = Path(args.out) / f"{i:03d}-{_safe_stem(image)}-{args.cam}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(overlay(prediction.pixels, heat, args.opacity)).save(out)
+            row["overlay"] = str(out)
+        results.append(row)
+        if not args.json:
+            extra = f"  overlay {row['overlay']}" if "overlay" in row else ""
+            print(
+                f"{image}: {row['label']}  p(pneumonia)={row['probability']:.4f}  "
+                f"(threshold {row['threshold']:.3f}){extra}"
+            )
+    if args.json:
+        _print_json(results)
+    return EXIT_USAGE if failed else 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    rows = [run.summary() for run in _store(args).list(args.status, args.arch)]
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no runs")
+        return 0
+    print(f"{'id':44s} {'arch':18s} {'status':12s} {'val_auc':>8s} {'test_auc':>9s}")
+    for r in rows:
+        fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "-"  # noqa: E731
+        tag = " (bundled)" if r["bundled"] else ""
+        print(
+            f"{r['id']:44s} {r['arch'] or '?':18s} {r['status']:12s} "
+            f"{fmt(r['val_auc']):>8s} {fmt(r['test_auc']):>9s}{tag}"
+        )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cxr_core.compare import compare_table
+
+    store = _store(args)
+    table = compare_table([store.get(r) for r in args.runs])
+    if args.json:
+        _print_json(table.to_dict(orient="records"))
+    else:
+        print(table.to_string(index=False))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from cxr_core.synthetic import make_synthetic_dataset
+
+    out = make_synthetic_dataset(Path(args.out), args.per_class, args.size, args.seed)
+    print(out)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from cxr_core.download import download_kaggle, download_pneumoniamnist
+
+    if args.source == "kaggle":
+        print(download_kaggle())
+    else:
+        print(download_pneumoniamnist(Path(args.out), args.size))
+    return 0
+
+
+def cmd_archs(args: argparse.Namespace) -> int:
+    from cxr_core.models import REGISTRY
+
+    for spec in REGISTRY.values():
+        weights = f"pretrained: {spec.pretrained_source}" if spec.pretrained_source else "scratch"
+        print(f"{spec.name:20s} {spec.default_img_size:4d}px  {weights:22s} {spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr-lab", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs-dir", help="where runs live (default: $CXR_RUNS_DIR or ./runs)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model into a new run")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("cancel", help="ask a running run to stop after the current step")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("evaluate", help="metrics of a run on a split of a Kaggle-layout folder")
+    p.add_argument("--run")
+    p.add_argument("--checkpoint")
+    p.add_argument("--data", required=True)
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "official_val", "train", "val", "internal_test"],
+        help="test/official_val/train: that folder; val/internal_test: the run's carved split",
+    )
+    p.add_argument("--threshold", type=float, help="override the run's threshold")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify images, optionally with CAM overlays")
+    p.add_argument("--checkpoint", required=True, help="run folder or model.safetensors")
+    p.add_argument("images", nargs="+")
+    from cxr_core.inference import CAM_METHODS
+
+    p.add_argument("--cam", choices=list(CAM_METHODS))
+    p.add_argument("--out", help="folder for overlay PNGs")
+    p.add_argument("--opacity", type=float, default=0.45)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("runs", help="list runs")
+    p.add_argument("action", choices=["list"])
+    p.add_argument("--status")
+    p.add_argument("--arch")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("compare", help="side-by-side metrics of several runs")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("synth", help="write the synthetic demo data set (Kaggle layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--per-class", type=int, default=150)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("download", help="download the real data (needs a network)")
+    p.add_argument("source", choices=["kaggle", "pneumoniamnist"])
+    p.add_argument("--out", default="data/pneumoniamnist")
+    p.add_argument("--size", type=int, default=224)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("archs", help="list the architectures")
+    p.set_defaults(func=cmd_archs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.time()
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"interrupted after {time.time() - started:.0f}s", file=sys.stderr)
+        return 130

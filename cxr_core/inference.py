@@ -1,0 +1,154 @@
+"""Using a trained model: load it from a run or a checkpoint, predict, explain with CAMs.
+
+Predictions go through the same preprocessing as training (``load_and_preprocess``
+with the run's size, CLAHE and normalisation) and use the threshold the run chose on
+validation data.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorch_grad_cam import (
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+from cxr_core import checkpoints
+from cxr_core.config import TrainConfig
+from cxr_core.datasets import CLASSES
+from cxr_core.engine import build_network, predict_pixels, select_device, to_input
+from cxr_core.errors import UserError
+from cxr_core.imaging import ImageSource, load_and_preprocess
+
+CAM_METHODS = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "scorecam": ScoreCAM,
+}
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-use model with its run's preprocessing and threshold.
+
+    ``lock`` serialises CAM computation: CAM hooks live on the shared module, so two
+    sessions explaining with one model at once would read each other's activations.
+    """
+
+    network: object
+    config: TrainConfig
+    threshold: float
+    source: Path
+    run_id: str | None
+    device: torch.device
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.run_id or self.source.stem
+
+
+@dataclass
+class Prediction:
+    probability: float
+    label: str
+    threshold: float
+    pixels: np.ndarray
+    """The preprocessed uint8 image the model saw."""
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder or a ``.safetensors`` file -> the weights file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint (a run folder or its model.safetensors)")
+    return path
+
+
+def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
+    """Rebuild the architecture from the checkpoint's own config and load its weights."""
+    weights = resolve_checkpoint(path)
+    state, meta = checkpoints.load_weights(weights)
+    if "config" not in meta:
+        raise UserError(f"{weights}: checkpoint has no training config in its header")
+    try:
+        config = TrainConfig.from_dict({**meta["config"], "pretrained": False})
+    except TypeError as exc:
+        raise UserError(f"{weights}: checkpoint config is invalid ({exc})") from None
+    dev = select_device(device)
+    network = build_network(config, dev)
+    network.model.requires_grad_(True)  # CAMs need gradients, even for frozen backbones
+    checkpoints.load_state_into(network.model, state, config.arch, weights)
+    network.model.eval()
+    threshold = float(meta.get("threshold", 0.5))
+    return LoadedModel(network, config, threshold, weights, meta.get("run_id"), dev)
+
+
+def prepare(model: LoadedModel, source: ImageSource) -> np.ndarray:
+    return load_and_preprocess(source, model.config.img_size, model.config.clahe)
+
+
+def predict(model: LoadedModel, sources: list[ImageSource]) -> list[Prediction]:
+    """Probability of pneumonia and the label at the run's threshold, per image."""
+    pixels = [prepare(model, s) for s in sources]
+    probs = predict_pixels(
+        model.network.model, torch.from_numpy(np.stack(pixels)), model.config, model.device
+    )
+    return [
+        Prediction(float(p), CLASSES[int(p >= model.threshold)], model.threshold, px)
+        for p, px in zip(probs, pixels)
+    ]
+
+
+def explain(
+    model: LoadedModel, pixels: np.ndarray, method: str = "gradcam", target: int | None = None
+) -> np.ndarray:
+    """A ``[H, W]`` heat map in 0..1 for the preprocessed image ``pixels``.
+
+    ``target`` 1 explains the evidence for pneumonia, 0 for normal; by default the class
+    the model predicts. ViT models use their token-to-grid reshape.
+    """
+    try:
+        cam_class = CAM_METHODS[method]
+    except KeyError:
+        raise UserError(
+            f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}"
+        ) from None
+    net = model.network
+    x = to_input(torch.from_numpy(pixels[None]), model.config, model.device)
+    with model.lock:
+        if target is None:
+            with torch.inference_mode():
+                prob = torch.sigmoid(net.model(x)).item()
+            target = int(prob >= model.threshold)
+        with cam_class(
+            model=net.model, target_layers=[net.cam_layer], reshape_transform=net.reshape_transform
+        ) as cam:
+            if isinstance(cam, ScoreCAM):
+                cam.batch_size = 32
+            heat = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(target)])[0]
+    return np.nan_to_num(heat.astype(np.float32))
+
+
+def overlay(pixels: np.ndarray, heat: np.ndarray, opacity: float = 0.45) -> np.ndarray:
+    """RGB uint8 image: the radiograph with the heat map blended on top."""
+    rgb = np.repeat(pixels[..., None], 3, axis=2).astype(np.float32) / 255
+    return show_cam_on_image(rgb, heat, use_rgb=True, image_weight=1 - opacity)
