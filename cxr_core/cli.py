@@ -22,8 +22,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     from cxr_core.config import IMBALANCE, MONITORS, OPTIMIZERS, SCHEDULERS, THRESHOLD_METHODS
     from cxr_core.models import REGISTRY
 
-    p.add_argument("--arch", required=True, choices=list(REGISTRY))
-    p.add_argument("--data", required=True, help="Kaggle-layout folder, or synthetic[:N]")
+    p.add_argument("--config", help="a TrainConfig JSON (as saved in a run); flags are ignored")
+    p.add_argument("--arch", choices=list(REGISTRY))
+    p.add_argument("--data", help="Kaggle-layout folder, or synthetic[:N]")
     p.add_argument("--img-size", type=int, help="input size (default: the architecture's)")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
     p.add_argument(
@@ -82,6 +83,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 def _config_from_args(args: argparse.Namespace):
     from cxr_core.config import Augmentation, TrainConfig
 
+    if args.config:
+        try:
+            return TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise UserError(f"{args.config}: not a usable training config ({exc})") from None
+    if not args.arch or not args.data:
+        raise UserError("train needs --arch and --data (or --config FILE)")
     aug = Augmentation(
         not args.no_augment,
         args.rotation,

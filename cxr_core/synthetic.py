@@ -91,7 +91,9 @@ def make_synthetic_dataset(out: Path, per_class: int = 150, size: int = 224, see
                     name = f"synth-{patient:05d}-{k}.png"
                     atomic_write_bytes(out / split / cls / name, _png(image))
                     if label:
-                        atomic_write_bytes(out / "masks" / split / cls / name, _png(mask.astype(np.uint8) * 255))
+                        atomic_write_bytes(
+                            out / "masks" / split / cls / name, _png(mask.astype(np.uint8) * 255)
+                        )
                     written += 1
     (out / MARKER).write_text(
         "Synthetic radiograph-like images made by cxr_core.synthetic; not real patients.\n"
