@@ -1,0 +1,82 @@
+"""Shared fixtures: isolated run/cache folders, the real data when present, tiny runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "chest_xray"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real Kermany images in ../shared; tests using this skip on a user's machine."""
+    if not (SHARED_DATA / "train").is_dir():
+        pytest.skip("../shared/data/chest_xray is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path_factory, monkeypatch) -> Path:
+    """Every test writes runs to its own folder; the decode cache is shared per session."""
+    runs = tmp_path_factory.mktemp("runs")
+    monkeypatch.setenv("CXR_RUNS_DIR", str(runs))
+    monkeypatch.setenv("CXR_CACHE_DIR", str(_session_cache(tmp_path_factory)))
+    return runs
+
+
+_CACHE: list[Path] = []
+
+
+def _session_cache(factory) -> Path:
+    if not _CACHE:
+        _CACHE.append(factory.mktemp("cache"))
+    return _CACHE[0]
+
+
+def run_cli(
+    *args: str, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python -m cxr_core ARGS`` in a subprocess, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "cxr_core", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory) -> Path:
+    """A completed small_cnn run on synthetic data (64 px, 2 epochs), trained once per
+    session in its own runs folder; tests copy it rather than train again."""
+    runs = tmp_path_factory.mktemp("tiny-runs")
+    env = {
+        "CXR_RUNS_DIR": str(runs),
+        "CXR_CACHE_DIR": str(_session_cache(tmp_path_factory)),
+    }
+    result = run_cli(
+        "train",
+        "--arch",
+        "small_cnn",
+        "--data",
+        "synthetic:40",
+        "--img-size",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--run-id",
+        "tiny",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return runs / "tiny"
