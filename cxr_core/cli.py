@@ -352,6 +352,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from cxr_core.bundle import export_run
+
+    print(export_run(_store(args).get(args.run), Path(args.out)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cxr_core.bundle import results_markdown, update_readme_block
+    from cxr_core.runs import RunStore, bundled_runs_dir
+
+    store = RunStore(args.runs_dir) if args.runs_dir else None
+    runs = (
+        store.list(status="completed")
+        if store
+        else [r for r in RunStore(include_bundled=True).list(status="completed") if r.bundled]
+    )
+    table = results_markdown(runs)
+    if args.readme:
+        update_readme_block(Path(args.readme), "runs", table)
+        print(
+            f"updated the runs table in {args.readme} from {len(runs)} run(s)"
+            + ("" if store else f" in {bundled_runs_dir()}")
+        )
+    else:
+        print(table)
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from cxr_core.synthetic import make_synthetic_dataset
 
@@ -434,6 +463,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="copy a completed run without its resume state")
+    p.add_argument("run")
+    p.add_argument("--out", required=True, help="e.g. checkpoints/ to bundle it with the app")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="markdown results table of the bundled runs")
+    p.add_argument("--readme", help="replace the <!-- runs:start/end --> block of this file")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("synth", help="write the synthetic demo data set (Kaggle layout)")
     p.add_argument("--out", required=True)
