@@ -235,6 +235,7 @@ def train_one_epoch(
     if cfg.imbalance == "weighted":
         pos_weight = ((n - labels.sum()) / labels.sum()).to(device)
     total_loss, seen, started, window = 0.0, 0, time.perf_counter(), []
+    seen_probs, seen_labels = [], []  # running train metrics, as Keras reports them
     bar = tqdm(
         range(steps),
         desc=f"epoch {epoch}/{cfg.epochs}",
@@ -262,6 +263,8 @@ def train_one_epoch(
         if scheduler is not None and scheduler_unit == "step":
             scheduler.step()
         value = loss.item()
+        seen_probs.append(torch.sigmoid(logits.detach()).cpu())
+        seen_labels.append(y.cpu())
         total_loss += value * len(batch)
         seen += len(batch)
         window.append(value)
@@ -271,8 +274,10 @@ def train_one_epoch(
             on_step(StepReport(epoch, step + 1, steps, float(np.mean(window)), rate))
             window = []
     bar.close()
+    running = metrics.summary(torch.cat(seen_labels).numpy(), torch.cat(seen_probs).numpy())
     return {
         "train_loss": total_loss / max(seen, 1),
+        **{f"train_{k}": running[k] for k in ("accuracy", "f1", "roc_auc")},
         "lr": optimizer.param_groups[0]["lr"],
         "images_per_s": seen / (time.perf_counter() - started),
     }
