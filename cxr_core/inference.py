@@ -134,6 +134,7 @@ def explain(
         ) from None
     net = model.network
     x = to_input(torch.from_numpy(pixels[None]), model.config, model.device)
+    x.requires_grad_(True)  # the MLP's CAM layer is its input: gradients must reach it
     with model.lock:
         if target is None:
             with torch.inference_mode():
