@@ -424,11 +424,15 @@ def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = F
 
     saved_split = run.split() if resume else None
     manifest = SplitManifest.from_dict(saved_split) if saved_split else None
-    data = load_data(
-        cfg,
-        manifest,
-        progress=lambda done, total: beat(phase=f"decoding images {done}/{total}"),
-    )
+    try:
+        data = load_data(
+            cfg,
+            manifest,
+            progress=lambda done, total: beat(phase=f"decoding images {done}/{total}"),
+        )
+    except Cancelled:
+        run.set_status("cancelled", message="cancelled while preparing data")
+        return {}
     if not resume:
         atomic_write_json(
             run.path / "split.json",
