@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import numpy as np
 
 from cxr_core.datasets import Sample
 from cxr_core.errors import UserError
-from cxr_core.fileio import atomic_write_bytes, atomic_write_json, read_json
+from cxr_core.fileio import atomic_write_files, read_json
 from cxr_core.imaging import load_and_preprocess
 
 PREPROCESS_VERSION = 1
@@ -70,11 +72,15 @@ def decode_images(
     key = _key(root, paths, size, clahe)
     npy, meta = cache_dir() / f"{key}.npy", cache_dir() / f"{key}.json"
     if use_cache and npy.exists() and meta.exists():
-        info = read_json(meta)
-        pixels = np.load(npy, allow_pickle=False)
-        if progress:
-            progress(len(paths), len(paths))
-        return DecodedImages(info["paths"], pixels, info["skipped"])
+        try:
+            info = read_json(meta)
+            pixels = np.load(npy, allow_pickle=False)
+        except (OSError, ValueError):  # a damaged cache entry is rebuilt below
+            info = None
+        if info is not None and len(info["paths"]) == len(pixels):
+            if progress:
+                progress(len(paths), len(paths))
+            return DecodedImages(info["paths"], pixels, info["skipped"])
 
     pixels = np.zeros((len(paths), size, size), np.uint8)
     ok = np.zeros(len(paths), bool)
@@ -98,8 +104,11 @@ def decode_images(
     if use_cache:
         buffer = io.BytesIO()
         np.save(buffer, decoded.pixels, allow_pickle=False)
-        atomic_write_bytes(npy, buffer.getvalue())
-        atomic_write_json(meta, {"paths": decoded.paths, "skipped": skipped, "size": size})
+        info = {"paths": decoded.paths, "skipped": skipped, "size": size}
+        try:
+            atomic_write_files({npy: buffer.getvalue(), meta: json.dumps(info).encode()})
+        except UserError as exc:  # a full disk costs the cache, never the run
+            warnings.warn(f"decode cache not saved: {exc}", stacklevel=2)
     return decoded
 
 

@@ -47,7 +47,12 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise UserError(
             f"{path}: is a folder; pass a run folder with --run or its model.safetensors"
         ) from None
-    if data[:2] == b"\x80\x04" or data[:2] == b"\x80\x02" or data[:2] == b"PK":
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    # A safetensors file has its JSON header at byte 8; the first 8 bytes (the header
+    # length) may happen to start like a pickle, so they are only judged without one.
+    looks_pickled = data[:1] == b"\x80" or data[:2] == b"PK"  # pickle 2+, torch.save zip
+    if looks_pickled and data[8:9] != b"{":
         raise UserError(
             f"{path}: is a pickle (torch.save) file; only safetensors are loaded, "
             "since unpickling can run code"
@@ -72,6 +77,13 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         metadata = {k: json.loads(v) for k, v in header.items() if k != "format"}
     except json.JSONDecodeError:
         raise UserError(f"{path}: checkpoint metadata is corrupt") from None
+    threshold = metadata.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise UserError(f"{path}: checkpoint threshold {threshold!r} is not a number")
+    if not 0 <= threshold <= 1:  # also false for NaN
+        raise UserError(f"{path}: checkpoint threshold {threshold!r} is not a probability")
+    if not isinstance(metadata.get("config", {}), dict):
+        raise UserError(f"{path}: checkpoint config is not a JSON object")
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     return state, metadata
 

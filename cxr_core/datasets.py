@@ -18,6 +18,7 @@ import numpy as np
 
 from cxr_core.errors import UserError
 from cxr_core.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from cxr_core.security import allowed_data_roots, check_data_root, is_allowed
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
@@ -101,25 +102,39 @@ def _child(folder: Path, name: str) -> Path | None:
     except OSError:
         return None
     for entry in entries:
-        if entry.name.lower() == name.lower() and entry.is_dir():
+        # os.path.isdir, unlike DirEntry.is_dir, answers False for a symlink loop.
+        if entry.name.lower() == name.lower() and os.path.isdir(entry.path):
             return Path(entry.path)
     return None
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files below ``folder``, following no symlinked folders (loops are harmless)."""
+def _image_files(folder: Path, roots: list[Path] | None) -> tuple[list[Path], int]:
+    """Image files below ``folder`` and how many image-named entries were unusable.
+
+    Symlinked folders are not followed (loops are harmless); a broken or looping link, or
+    one leading outside the allowed data roots, is counted instead of listed.
+    """
     suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
-    found = []
+    found, bad = [], 0
     for dirpath, _dirs, files in os.walk(folder, followlinks=False):
-        found.extend(Path(dirpath) / f for f in files if f.lower().endswith(suffixes))
-    return sorted(found)
+        for name in files:
+            if not name.lower().endswith(suffixes):
+                continue
+            path = Path(dirpath) / name
+            if os.path.isfile(path) and is_allowed(path, roots):
+                found.append(path)
+            else:
+                bad += 1
+    return sorted(found), bad
 
 
 def scan(root: str | Path) -> DatasetIndex:
     """Index a Kaggle-layout folder; raise :class:`UserError` for an unusable one."""
-    base = _find_root(Path(root).expanduser().resolve())
+    base = _find_root(check_data_root(root))
+    roots = allowed_data_roots()
     samples: dict[str, list[Sample]] = {}
     notes = []
+    unusable = 0
     for split in SPLITS:
         split_dir = _child(base, split)
         if split_dir is None:
@@ -128,10 +143,16 @@ def scan(root: str | Path) -> DatasetIndex:
         found = []
         for label, cls in enumerate(CLASSES):
             class_dir = _child(split_dir, cls)
-            files = _image_files(class_dir) if class_dir else []
+            files, bad = _image_files(class_dir, roots) if class_dir else ([], 0)
+            unusable += bad
             found += [Sample(str(f.relative_to(base)), label, patient_id(f.name)) for f in files]
         if found:
             samples[split] = found
+    if unusable:
+        notes.append(
+            f"ignored {unusable} broken or looping link(s), or links leading outside the "
+            "allowed data folders"
+        )
     train = samples.get("train", [])
     counts = Counter(s.label for s in train)
     for label, cls in enumerate(CLASSES):

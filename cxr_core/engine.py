@@ -9,6 +9,7 @@ epoch exactly and ends with the same weights as one that was never stopped (on C
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import sys
@@ -28,7 +29,7 @@ from cxr_core.cache import decode_images, describe_skipped
 from cxr_core.config import TrainConfig
 from cxr_core.datasets import SplitManifest, make_splits, scan
 from cxr_core.errors import UserError
-from cxr_core.fileio import atomic_write_bytes, atomic_write_json, read_json
+from cxr_core.fileio import atomic_write_files, atomic_write_json, read_json
 from cxr_core.models import Network, count_parameters, create_network, set_trainable
 from cxr_core.runs import Run
 from cxr_core.synthetic import is_synthetic, synthetic_dataset
@@ -344,16 +345,19 @@ def _save_resume_state(run: Run, network, optimizer, scheduler, scaler, state: d
     from safetensors.torch import save
 
     blob = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
-    atomic_write_bytes(run.path / "last.safetensors", blob)
-    atomic_write_json(
-        run.path / "last.json",
+    resume = {
+        **state,
+        "param_groups": opt["param_groups"],
+        "optimizer_scalars": scalars,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict(),
+    }
+    # Both files or neither: a full disk or a kill never pairs weights with another epoch.
+    atomic_write_files(
         {
-            **state,
-            "param_groups": opt["param_groups"],
-            "optimizer_scalars": scalars,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(),
-        },
+            run.path / "last.safetensors": blob,
+            run.path / "last.json": json.dumps(resume, indent=1, allow_nan=True).encode(),
+        }
     )
 
 

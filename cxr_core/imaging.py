@@ -21,6 +21,11 @@ MAX_PIXELS = 100_000_000
 """Largest image accepted (10k x 10k). Checked from the header, before any pixel is decoded."""
 MIN_SIDE = 32
 """Smaller images carry no usable anatomy; refuse rather than predict on noise."""
+MAX_FILE_BYTES = 256 * 2**20
+"""Largest file read at all (a 10k x 10k 16-bit DICOM is 200 MB), so memory stays bounded."""
+RASTER_FORMATS = ("JPEG", "PNG")
+"""The only PIL decoders ever run (JPEG includes the MPO variant phones write); other
+formats, some with decoders that call out to other programs, are refused."""
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -30,18 +35,24 @@ ImageSource = str | Path | bytes | BinaryIO
 def _open_bytes(source: ImageSource) -> tuple[bytes, str]:
     """Return the file's bytes and a display name (never used to build a path)."""
     if isinstance(source, bytes):
-        return source, "upload"
-    if isinstance(source, (str, Path)):
+        data, name = source, "upload"
+    elif isinstance(source, (str, Path)):
         path = Path(source)
+        name = path.name
         try:
-            return path.read_bytes(), path.name
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
         except FileNotFoundError:
             raise UserError(f"{path}: no such file") from None
         except IsADirectoryError:
             raise UserError(f"{path}: is a folder, not an image") from None
         except OSError as exc:
             raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    return source.read(), getattr(source, "name", "upload")
+    else:
+        data, name = source.read(MAX_FILE_BYTES + 1), str(getattr(source, "name", "upload"))
+    if len(data) > MAX_FILE_BYTES:
+        raise UserError(f"{name}: larger than the {MAX_FILE_BYTES // 2**20} MB file limit")
+    return data, name
 
 
 def _is_dicom(data: bytes, name: str) -> bool:
@@ -70,32 +81,45 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.round((pixels - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
+def _has_decoder(syntax: object) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return get_decoder(str(syntax)).is_available
+    except (NotImplementedError, ValueError):  # a transfer syntax pydicom does not know
+        return False
+
+
 def _decode_dicom(data: bytes, name: str) -> np.ndarray:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     except Exception as exc:  # pydicom raises many types for malformed files
         raise UserError(f"{name}: not a readable DICOM file ({exc})") from None
     _check_size(cols, rows, name)
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        label = f"{syntax.name} ({syntax})" if syntax is not None else "unknown"
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    label = f"{syntax.name} ({syntax})" if syntax is not None else "unknown"
+    if syntax is not None and not _has_decoder(syntax):
         raise UserError(
-            f"{name}: cannot decode DICOM pixel data with transfer syntax {label}; "
-            "install a decoder (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) "
-            f"or export the image as PNG ({type(exc).__name__})"
+            f"{name}: no decoder installed for DICOM transfer syntax {label}; install one "
+            "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) or export as PNG"
+        )
+    try:
+        # Only the first frame is decoded: a multi-frame file cannot multiply memory use.
+        pixels = pixel_array(ds, index=0 if frames > 1 else None)
+        photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+        if pixels.ndim == 3:  # colour DICOM (RGB / YBR): luminance only
+            return np.asarray(Image.fromarray(_to_uint8(pixels)).convert("L"))
+        pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
+    except Exception as exc:
+        raise UserError(
+            f"{name}: DICOM pixel data ({label}) is corrupt or does not match its header "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
         ) from None
-    if getattr(ds, "NumberOfFrames", 1) not in (None, "", 1) and pixels.ndim >= 3:
-        pixels = pixels[0]
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    if pixels.ndim == 3:  # colour DICOM (RGB / YBR): luminance only
-        return np.asarray(Image.fromarray(_to_uint8(pixels)).convert("L"))
-    pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
     gray = _to_uint8(pixels)
     if photometric == "MONOCHROME1":  # high values are dark: invert to the usual look
         gray = 255 - gray
@@ -106,12 +130,13 @@ def _decode_raster(data: bytes, name: str, draft_size: int | None) -> np.ndarray
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
             _check_size(*image.size, name)
-            if draft_size and image.format == "JPEG":
+            if draft_size and image.format in ("JPEG", "MPO"):
                 # Decode at a reduced DCT scale: several times faster for large originals.
                 image.draft("L", (draft_size, draft_size))
             image.load()
+            image = ImageOps.exif_transpose(image)
     except UserError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -120,7 +145,6 @@ def _decode_raster(data: bytes, name: str, draft_size: int | None) -> np.ndarray
         raise UserError(f"{name}: not an image PIL can read (JPEG, PNG) or a DICOM file") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{name}: truncated or corrupt image ({exc})") from None
-    image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return _to_uint8(np.asarray(image))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):

@@ -46,13 +46,19 @@ def bundled_runs_dir() -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs. A zombie does not: a process killed with -9 stays one until
+    its parent (the app that launched it) reaps it, which may be never."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): kill(0) is all we know
+        return True
 
 
 @dataclass(frozen=True)
