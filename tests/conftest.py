@@ -80,3 +80,50 @@ def tiny_run_dir(tmp_path_factory) -> Path:
     )
     assert result.returncode == 0, result.stderr
     return runs / "tiny"
+
+
+def _jpeg(shade: int, size: int = 40) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    gradient = np.add.outer(np.arange(size), np.arange(size)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(gradient // 3 + shade).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def write_kaggle_tree(
+    root: Path,
+    normal_patients: int,
+    pneumonia_patients: int,
+    split: str = "train",
+    seed: int = 0,
+    max_per_patient: int = 3,
+) -> Path:
+    """A Kaggle-layout folder with Kermany file names, 1..max_per_patient small (40 px)
+    JPEGs per patient; normal ids alternate the ``IM-`` and ``NORMAL2-IM-`` forms."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = {"NORMAL": _jpeg(40), "PNEUMONIA": _jpeg(120)}
+    for p in range(1, normal_patients + 1):
+        prefix = "NORMAL2-" if p % 2 else ""
+        for k in range(1, int(rng.integers(1, max_per_patient + 1)) + 1):
+            path = root / split / "NORMAL" / f"{prefix}IM-{p:04d}-{k:04d}.jpeg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(images["NORMAL"])
+    for p in range(1, pneumonia_patients + 1):
+        for k in range(int(rng.integers(1, max_per_patient + 1))):
+            kind = ("bacteria", "virus")[k % 2]
+            path = root / split / "PNEUMONIA" / f"person{p}_{kind}_{p * 10 + k}.jpeg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(images["PNEUMONIA"])
+    return root
+
+
+@pytest.fixture
+def kaggle_tree():
+    """``write_kaggle_tree`` as a fixture, for tests that build their own data folder."""
+    return write_kaggle_tree
