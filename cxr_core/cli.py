@@ -12,6 +12,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from cxr_core.errors import UserError
 
@@ -208,8 +209,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def _evaluation_samples(args, model):
     """The samples to evaluate: a folder split of --data, or a carved split of the run."""
     from cxr_core.datasets import SplitManifest, scan
+    from cxr_core.engine import resolve_data
 
-    index = scan(args.data)
+    index = scan(resolve_data(args.data))
     if args.split in ("val", "internal_test"):
         manifest_file = model.source.parent / "split.json"
         if not manifest_file.exists():
@@ -408,8 +410,15 @@ def cmd_archs(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is a user error too: one line and exit 2, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cxr-lab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cxr-lab", description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", help="where runs live (default: $CXR_RUNS_DIR or ./runs)")
     sub = parser.add_subparsers(dest="command", required=True)
 
