@@ -1,0 +1,41 @@
+"""CXR Lab: ``streamlit run app.py``. The entry point only sets up and navigates; each
+page in views/ is a thin view over cxr_core.
+
+The pages live in views/, not pages/: a pages/ folder beside the entry point puts
+Streamlit in its legacy multipage mode until st.navigation first runs, so on a fresh
+server a deep link (or a reload of /runs) would run that page without this script."""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from cxr_core import appstate
+from cxr_core.runs import RunStore
+
+st.set_page_config(page_title="CXR Lab", page_icon=":material/radiology:", layout="wide")
+
+# Deployments may set CXR_* in st.secrets instead of the environment; the environment
+# wins, and training processes inherit whatever is chosen here.
+if st.secrets.load_if_toml_exists():
+    for name in appstate.SETTINGS:
+        if name in st.secrets and name not in os.environ:
+            os.environ[name] = str(st.secrets[name])
+
+page = st.navigation(
+    {
+        "Work": [
+            st.Page("views/data.py", title="Data", icon=":material/photo_library:", default=True),
+            st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+            st.Page("views/runs.py", title="Runs", icon=":material/monitoring:"),
+            st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+            st.Page("views/predict.py", title="Predict & explain", icon=":material/search:"),
+        ],
+        "Help": [st.Page("views/about.py", title="About", icon=":material/info:")],
+    }
+)
+with st.sidebar:
+    st.caption(f"Runs folder: `{RunStore().root}`")
+    st.caption("For learning and research. **Not a medical device.**")
+page.run()

@@ -1,0 +1,188 @@
+"""Streamlit pieces shared by the pages: error display, remembered widgets, the data
+source picker, the augmentation controls, cached model loading."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+
+import streamlit as st
+
+from cxr_core import appstate
+from cxr_core.config import Augmentation
+from cxr_core.errors import UserError
+from cxr_core.inference import LoadedModel, load_model
+from cxr_core.runs import Run, RunStore
+
+AUG_HELP = {
+    "rotation": "Random rotation, degrees (+/-).",
+    "translate": "Random shift, fraction of the image side (+/-).",
+    "scale": "Random zoom range 1 +/- this.",
+    "crop": "Random resized crop keeps at least this fraction of the side (1 = off).",
+    "brightness": "Random brightness shift (+/-).",
+    "contrast": "Random contrast factor 1 +/- this.",
+}
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show a user's mistake as one line; anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except UserError as exc:
+        st.error(str(exc), icon=":material/error:")
+
+
+def kept(key: str, default):
+    """Key for a widget whose value must survive leaving the page.
+
+    Streamlit drops a widget's state when its page is not shown; this keeps a copy and
+    restores it, so choices made on one page are still there after a visit to another."""
+    store = st.session_state.setdefault("_kept", {})
+    if key in st.session_state:
+        store[key] = st.session_state[key]
+    else:
+        st.session_state[key] = store.get(key, default)
+    return key
+
+
+def store() -> RunStore:
+    return RunStore()
+
+
+def synthetic_badge(synthetic: bool) -> None:
+    if synthetic:
+        st.badge("synthetic data", icon=":material/science:", color="orange")
+
+
+def medical_notice() -> None:
+    st.warning(appstate.NOT_A_MEDICAL_DEVICE, icon=":material/health_and_safety:")
+
+
+def data_spec() -> str:
+    """The data source chosen on the Data page (or by a preset) for this session."""
+    return st.session_state.setdefault("data_spec", appstate.default_data())
+
+
+def set_data_spec(spec: str) -> None:
+    st.session_state["data_spec"] = spec
+
+
+@st.cache_data(show_spinner="Preparing the data ...", ttl=600)
+def data_root(spec: str) -> Path:
+    return appstate.data_root(spec)
+
+
+def augmentation_controls(key: str = "aug") -> Augmentation:
+    """The augmentation settings, shared by the Data page (preview) and the Train page."""
+    default = Augmentation()
+    enabled = st.toggle(
+        "Augment training images",
+        key=kept(f"{key}_enabled", default.enabled),
+        help="Random geometric and intensity changes to each training batch; "
+        "a regulariser against overfitting.",
+    )
+    values: dict = {"enabled": enabled}
+    with st.expander("Augmentation settings", expanded=False):
+        cols = st.columns(3)
+        for i, spec in enumerate(f for f in fields(Augmentation) if f.name in AUG_HELP):
+            upper = 45.0 if spec.name == "rotation" else 1.0
+            lower = 0.5 if spec.name == "crop" else 0.0
+            values[spec.name] = cols[i % 3].slider(
+                spec.name,
+                lower,
+                upper,
+                key=kept(f"{key}_{spec.name}", float(getattr(default, spec.name))),
+                disabled=not enabled,
+                help=AUG_HELP[spec.name],
+            )
+        values["hflip"] = st.checkbox(
+            "horizontal flips",
+            key=kept(f"{key}_hflip", default.hflip),
+            disabled=not enabled,
+            help="Off by default: the heart is on the left, a flipped film is another anatomy.",
+        )
+    return Augmentation(**values)
+
+
+def data_source_picker() -> str | None:
+    """Choose the data: synthetic demo, a local folder in the Kaggle layout, or a
+    download. Returns the chosen spec (also remembered for the Train page)."""
+    current = data_spec()
+    kinds = ["Synthetic demo", "Local folder", "Download (online)"]
+    kind = st.radio(
+        "Source",
+        kinds,
+        index=0 if current.startswith("synthetic") else 1,
+        horizontal=True,
+        key="data_kind",
+        help=appstate.help_text("synthetic"),
+    )
+    if kind == "Synthetic demo":
+        per_class = int(current.partition(":")[2] or 60) if current.startswith("synthetic") else 60
+        n = st.slider(
+            "Synthetic images per class",
+            20,
+            400,
+            value=per_class,
+            step=10,
+            key="data_synthetic_n",
+            help="Drawn procedurally on this machine; labelled synthetic everywhere.",
+        )
+        set_data_spec(f"synthetic:{n}")
+    elif kind == "Local folder":
+        folder_picker(current)
+    else:
+        download_picker()
+    return data_spec()
+
+
+def folder_picker(current: str) -> None:
+    """The one text input through which a user names a folder on the server."""
+    with st.form("data_folder_form", border=False):
+        text = st.text_input(
+            "Folder in the Kaggle layout (train/NORMAL, train/PNEUMONIA, optional val/, test/)",
+            value="" if current.startswith("synthetic") else current,
+            placeholder="/data/chest_xray",
+        )
+        if st.form_submit_button("Use this folder"):
+            with user_errors():
+                set_data_spec(str(appstate.resolve_data_folder(text)))
+
+
+def download_picker() -> None:
+    from cxr_core.cache import cache_dir
+    from cxr_core.download import download_kaggle, download_pneumoniamnist
+
+    st.caption(
+        "Needs a network connection and the optional packages (kagglehub / medmnist). "
+        "Offline, download the Kaggle zip elsewhere and use 'Local folder'."
+    )
+    left, right = st.columns(2)
+    with user_errors():
+        if left.button("Kaggle: chest-xray-pneumonia (about 1.2 GB)"):
+            with st.spinner("Downloading from Kaggle ..."):
+                set_data_spec(str(download_kaggle()))
+        if right.button("PneumoniaMNIST 224 px (MedMNIST)"):
+            with st.spinner("Downloading PneumoniaMNIST ..."):
+                set_data_spec(str(download_pneumoniamnist(cache_dir() / "pneumoniamnist-224")))
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def loaded_model(path: str, mtime: float) -> LoadedModel:
+    """One loaded model per checkpoint file and version (its mtime) for the whole server
+    process, shared by all sessions (CAMs take the model's lock)."""
+    return load_model(path)
+
+
+def run_picker(label: str, runs: list[Run], default: list[Run], key: str, **kwargs) -> list[Run]:
+    """A multiselect of runs whose choice survives navigation; runs that vanished drop out."""
+    by_id = {r.id: r for r in runs}
+    kept(key, [r.id for r in default])
+    st.session_state[key] = [i for i in st.session_state[key] if i in by_id]
+    chosen = st.multiselect(
+        label, list(by_id), key=key, format_func=lambda i: appstate.run_label(by_id[i]), **kwargs
+    )
+    return [by_id[i] for i in chosen]
