@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cxr_core import checkpoints, metrics
+from cxr_core import checkpoints, features, metrics
 from cxr_core.augment import augment_batch
 from cxr_core.cache import decode_images, describe_skipped
 from cxr_core.config import TrainConfig
@@ -129,7 +129,12 @@ def to_input(
     device: torch.device,
     gen: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """uint8 ``[B, H, W]`` -> normalised float ``[B, 1, H, W]`` (augmented if ``gen``)."""
+    """uint8 ``[B, H, W]`` -> normalised float ``[B, 1, H, W]`` (augmented if ``gen``).
+
+    Float rows are cached backbone features (:mod:`cxr_core.features`): used as they are.
+    """
+    if pixels.is_floating_point():
+        return pixels.to(device, non_blocking=True)
     x = pixels.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
     if gen is not None:
         x = augment_batch(x, cfg.augment, gen)
@@ -415,6 +420,11 @@ def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = F
     Writes status (with heartbeat and ETA), history, checkpoints and the evaluation as it
     goes; the best epoch and the decision threshold are chosen on validation only.
     """
+    with run.keep_alive():
+        return _fit(run, cfg, resume, half_weights)
+
+
+def _fit(run: Run, cfg: TrainConfig, resume: bool, half_weights: bool) -> dict:
     device = select_device(cfg.device)
     run.set_status("running", phase="preparing data", message=None)
     last_beat = [0.0]
@@ -492,14 +502,23 @@ def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = F
         )
 
     status = "completed"
+    trainee = network  # the head alone when it trains on cached features
     try:
+        if features.applies(cfg):
+            trainee, data = features.cache_features(
+                network,
+                data,
+                cfg,
+                device,
+                progress=lambda done, total: beat(phase=f"computing features {done}/{total}"),
+            )
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             started = time.perf_counter()
             train_stats = train_one_epoch(
-                network, optimizer, scheduler, unit, scaler, data, cfg, device, epoch, on_step
+                trainee, optimizer, scheduler, unit, scaler, data, cfg, device, epoch, on_step
             )
             beat(phase="validating", epoch=epoch)
-            probs, labels, val_loss = evaluate(network, data, "val", cfg, device)
+            probs, labels, val_loss = evaluate(trainee, data, "val", cfg, device)
             val = metrics.summary(labels, probs)
             record = {
                 "type": "epoch",
@@ -572,7 +591,8 @@ def final_evaluation(
     state_dict, meta = checkpoints.load_weights(run.weights)
     network = build_network(cfg, device)
     checkpoints.load_state_into(network.model, state_dict, cfg.arch, run.weights)
-    val_probs, val_labels, _ = evaluate(network, data, "val", cfg, device)
+    scorer = features.head_only(network) if features.is_cached(data) else network
+    val_probs, val_labels, _ = evaluate(scorer, data, "val", cfg, device)
     threshold = metrics.choose_threshold(
         val_labels, val_probs, cfg.threshold_method, cfg.target_sensitivity
     )
@@ -580,7 +600,7 @@ def final_evaluation(
     for split in data.rows:
         if split == "train":
             continue
-        probs, labels, _ = evaluate(network, data, split, cfg, device)
+        probs, labels, _ = evaluate(scorer, data, split, cfg, device)
         splits[split] = metrics.full_report(labels, probs, threshold, data.paths(split))
     evaluation = {
         "threshold": threshold,

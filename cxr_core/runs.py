@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -59,6 +60,22 @@ def _pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):  # no /proc (macOS): kill(0) is all we know
         return True
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When ``pid`` started (Unix time), to tell a reused pid from the run's own process;
+    None where /proc is missing."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+_STATUS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -105,14 +122,47 @@ class Run:
 
     @staticmethod
     def _is_dead(status: dict) -> bool:
-        stale = time.time() - status.get("heartbeat", 0) > HEARTBEAT_TIMEOUT_S
+        """On this host the process table decides (a busy CPU can delay a heartbeat by
+        minutes, and a slow step must not be taken for a dead run); from another host
+        only a stale heartbeat tells."""
         pid, host = status.get("pid"), status.get("host")
         if pid and host == socket.gethostname():
-            return not _pid_alive(pid) or stale
-        return stale
+            started = _process_start_time(pid)
+            reused = started is not None and started > status.get("heartbeat", 0) + 5
+            return not _pid_alive(pid) or reused
+        return time.time() - status.get("heartbeat", 0) > HEARTBEAT_TIMEOUT_S
 
     def set_status(self, status: str, **fields: Any) -> None:
-        """Written only by the process that owns the run."""
+        """Written only by the process that owns the run (its heartbeat thread included)."""
+        with _STATUS_LOCK:
+            self._write_status(status, fields)
+
+    def heartbeat(self) -> None:
+        """Refresh the heartbeat of an active run, leaving everything else as it is."""
+        with _STATUS_LOCK:
+            current = self._json("status.json", {})
+            if current.get("status") in ACTIVE:
+                self._write_status(current["status"], {})
+
+    @contextmanager
+    def keep_alive(self, every_s: float = 10.0) -> Iterator[None]:
+        """Heartbeat from a background thread while the block runs, so a step that takes
+        minutes (ViT on a CPU) does not look like a dead process from another host."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every_s):
+                self.heartbeat()
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{self.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _write_status(self, status: str, fields: dict) -> None:
         current = self._json("status.json", {})
         now = time.time()
         update = {**current, **fields, "status": status, "heartbeat": now}
