@@ -2,11 +2,13 @@
 
 A ``model.safetensors`` file is self-contained: its metadata holds the training
 config and the decision threshold, so ``predict --checkpoint FILE`` needs nothing else.
-Loading parses tensors and JSON only, so a tampered file cannot run code.
+Loading parses tensors and JSON only, so a tampered file cannot run code; a SHA-256 of
+the tensors in the header catches a file damaged on disk or in transfer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,22 @@ def save_weights(
         if half and tensor.is_floating_point():
             tensor = tensor.half()
         tensors[name] = tensor.clone()
-    header = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
+    header = {
+        "format": FORMAT,
+        "sha256": tensor_digest(tensors),
+        **{k: json.dumps(v) for k, v in metadata.items()},
+    }
     atomic_write_bytes(path, save_bytes(tensors, metadata=header))
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -73,8 +89,10 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, header = read_safetensors(path)
     if header.get("format") != FORMAT:
         raise UserError(f"{path}: not a CXR Lab checkpoint (no {FORMAT} header)")
+    if "sha256" in header and header["sha256"] != tensor_digest(tensors):
+        raise UserError(f"{path}: weights do not match their checksum (the file is damaged)")
     try:
-        metadata = {k: json.loads(v) for k, v in header.items() if k != "format"}
+        metadata = {k: json.loads(v) for k, v in header.items() if k not in ("format", "sha256")}
     except json.JSONDecodeError:
         raise UserError(f"{path}: checkpoint metadata is corrupt") from None
     threshold = metadata.get("threshold", 0.5)
