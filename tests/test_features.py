@@ -1,0 +1,91 @@
+"""The cached-features fast path: same run outputs and the same model as the per-batch path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cxr_core import features
+from cxr_core.config import Augmentation, TrainConfig
+from cxr_core.datasets import SplitManifest
+from cxr_core.engine import fit, load_data, predict_pixels
+from cxr_core.inference import load_model
+from cxr_core.runs import RunStore
+
+
+def _config(**overrides) -> TrainConfig:
+    # resnet18 has no dropout before its head, so with a frozen backbone (BatchNorm in eval)
+    # the per-batch path computes exactly what the cached features hold.
+    base = {
+        "arch": "resnet18",
+        "data": "synthetic:12",
+        "img_size": 64,
+        "unfreeze_last": 0,
+        "augment": Augmentation(enabled=False),
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 1e-2,
+        "device": "cpu",
+    }
+    return TrainConfig(**{**base, **overrides})
+
+
+def _train(cfg: TrainConfig, run_id: str):
+    run = RunStore().create(cfg.to_dict(), run_id)
+    return run, fit(run, cfg)
+
+
+def test_applies_only_to_frozen_backbone_without_augmentation():
+    assert features.applies(_config())
+    assert not features.applies(_config(unfreeze_last=-1))
+    assert not features.applies(_config(unfreeze_last=1))
+    assert not features.applies(_config(augment=Augmentation(enabled=True)))
+
+
+def test_extract_returns_the_heads_input_per_image():
+    from cxr_core.engine import build_network
+
+    cfg = _config()
+    network = build_network(cfg, torch.device("cpu"))
+    pixels = torch.randint(0, 256, (5, 64, 64), dtype=torch.uint8)
+    feats = features.extract(network, pixels, cfg, torch.device("cpu"), batch_size=2)
+    assert feats.shape == (5, network.head.in_features) and feats.dtype == torch.float32
+    with torch.inference_mode():
+        from_features = torch.sigmoid(network.head(feats).squeeze(1))
+    from_images = torch.from_numpy(predict_pixels(network.model, pixels, cfg, torch.device("cpu")))
+    assert torch.allclose(from_features, from_images, atol=1e-5)
+
+
+def test_fast_path_matches_the_per_batch_path(monkeypatch):
+    cfg = _config()
+    fast_run, fast = _train(cfg, "fast")
+    monkeypatch.setattr(features, "applies", lambda cfg: False)
+    slow_run, slow = _train(cfg, "slow")
+
+    for split in ("val", "internal_test", "official_val"):
+        np.testing.assert_allclose(
+            fast["splits"][split]["probs"], slow["splits"][split]["probs"], atol=1e-4
+        )
+    fast_epochs = [r for r in fast_run.history() if r["type"] == "epoch"]
+    slow_epochs = [r for r in slow_run.history() if r["type"] == "epoch"]
+    assert len(fast_epochs) == len(slow_epochs) == cfg.epochs
+    for a, b in zip(fast_epochs, slow_epochs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+    assert fast_run.status()["status"] == "completed"
+
+
+def test_fast_path_saves_the_whole_model_that_reproduces_its_evaluation():
+    cfg = _config(epochs=1)
+    run, evaluation = _train(cfg, "whole")
+    loaded = load_model(run.path)
+    # The checkpoint holds the backbone too, and on the images it gives what was reported.
+    assert any(k.startswith("layer4.") for k in loaded.network.model.state_dict())
+    data = load_data(cfg, SplitManifest.from_dict(run.split()))
+    for split in ("val", "internal_test"):
+        probs = predict_pixels(
+            loaded.network.model, data.pixels[data.rows[split]], cfg, torch.device("cpu")
+        )
+        np.testing.assert_allclose(probs, evaluation["splits"][split]["probs"], atol=1e-4)
+    assert loaded.threshold == pytest.approx(evaluation["threshold"])
