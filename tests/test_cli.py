@@ -1,0 +1,333 @@
+"""Every verb of ``python -m cxr_core``, and a user's mistakes: exit 2, one line, no traceback.
+
+Verbs run in-process through ``cli.main`` (a subprocess costs seconds of imports); a few
+mistakes also run as real subprocesses, to prove what a user's terminal shows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import types
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+
+from cxr_core import cli
+from cxr_core.datasets import scan
+from cxr_core.models import REGISTRY
+from cxr_core.synthetic import MARKER
+
+EVALUATE_KEYS = (
+    "accuracy",
+    "roc_auc",
+    "pr_auc",
+    "f1",
+    "sensitivity",
+    "specificity",
+    "threshold",
+    "confusion_matrix",
+    "n",
+)
+
+
+def _main(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _json(capsys, *argv: str):
+    code, out, err = _main(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture
+def store(isolated_store, tiny_run_dir, tmp_path, monkeypatch) -> Path:
+    """The tiny run copied twice into this test's runs folder; no bundled runs in sight."""
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "no-bundled-runs"))
+    for name in ("tiny", "tiny2"):
+        shutil.copytree(tiny_run_dir, isolated_store / name)
+    return isolated_store
+
+
+def _evaluation(run_dir: Path) -> dict:
+    return json.loads((run_dir / "evaluation.json").read_text())
+
+
+def _data_root(run_dir: Path) -> Path:
+    return Path(json.loads((run_dir / "split.json").read_text())["root"])
+
+
+def test_train_wrote_a_complete_run_folder(tiny_run_dir):
+    for name in ("config.json", "env.json", "split.json", "status.json", "history.jsonl"):
+        assert (tiny_run_dir / name).is_file(), name
+    for name in ("model.safetensors", "last.safetensors", "last.json", "evaluation.json"):
+        assert (tiny_run_dir / name).is_file(), name
+    status = json.loads((tiny_run_dir / "status.json").read_text())
+    assert status["status"] == "completed"
+    config = json.loads((tiny_run_dir / "config.json").read_text())
+    assert config["arch"] == "small_cnn" and config["img_size"] == 64
+    assert config["command"].startswith("python -m cxr_core train")
+    records = [json.loads(line) for line in (tiny_run_dir / "history.jsonl").open()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]
+    assert any(r["type"] == "step" for r in records)
+    evaluation = _evaluation(tiny_run_dir)
+    assert evaluation["synthetic"] is True
+    assert evaluation["test_split"] == "internal_test"
+    assert set(evaluation["splits"]) == {"val", "internal_test", "official_val"}
+    val = evaluation["splits"]["val"]
+    for key in (*EVALUATE_KEYS, "roc", "pr", "classification_report", "probs", "labels", "paths"):
+        assert key in val, key
+    assert sum(map(sum, val["confusion_matrix"])) == val["n"] == len(val["paths"])
+
+
+def test_archs_lists_every_architecture(capsys):
+    code, out, _ = _main(capsys, "archs")
+    assert code == 0
+    listed = [line.split()[0] for line in out.splitlines()]
+    assert listed == list(REGISTRY)
+
+
+def test_synth_writes_the_kaggle_layout_with_masks(capsys, tmp_path):
+    out_dir = tmp_path / "synth"
+    code, out, _ = _main(
+        capsys, "synth", "--out", str(out_dir), "--per-class", "4", "--size", "64", "--seed", "3"
+    )
+    assert code == 0 and out.strip() == str(out_dir)
+    assert (out_dir / MARKER).is_file()
+    index = scan(out_dir)
+    labels = [s.label for s in index.samples["train"]]
+    assert labels.count(0) == labels.count(1) == 4
+    masks = sorted((out_dir / "masks" / "train" / "PNEUMONIA").glob("*.png"))
+    assert len(masks) == 4
+    with Image.open(masks[0]) as mask:
+        assert mask.size == (64, 64)
+    assert any(np.asarray(Image.open(m)).max() == 255 for m in masks)
+
+
+def test_runs_list_text_and_json(capsys, store):
+    (store / "tiny2" / "status.json").write_text(
+        json.dumps({"status": "failed", "message": "boom", "created": 1.0})
+    )
+    code, out, _ = _main(capsys, "runs", "list")
+    assert code == 0
+    assert {line.split()[0] for line in out.splitlines()[1:]} == {"tiny", "tiny2"}
+    rows = {r["id"]: r for r in _json(capsys, "runs", "list")}
+    assert rows["tiny"]["status"] == "completed" and rows["tiny2"]["status"] == "failed"
+    assert rows["tiny"]["val_auc"] == _evaluation(store / "tiny")["splits"]["val"]["roc_auc"]
+    assert rows["tiny"]["bundled"] is False
+    only_failed = _json(capsys, "runs", "list", "--status", "failed")
+    assert [r["id"] for r in only_failed] == ["tiny2"]
+    assert _json(capsys, "runs", "list", "--arch", "resnet18") == []
+
+
+def test_compare_json(capsys, store):
+    rows = _json(capsys, "compare", "tiny", "tiny2")
+    assert [r["run"] for r in rows] == ["tiny", "tiny2"]
+    evaluation = _evaluation(store / "tiny")
+    row = rows[0]
+    assert row["arch"] == "small_cnn" and row["test_set"] == "internal_test"
+    for metric in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc"):
+        assert row[f"val_{metric}"] == round(evaluation["splits"]["val"][metric], 4)
+        assert row[f"test_{metric}"] == round(evaluation["splits"]["internal_test"][metric], 4)
+    assert row["threshold"] == evaluation["threshold"]
+    code, _, err = _main(capsys, "compare", "tiny", "nope")
+    assert code == 2 and "no run 'nope'" in err
+
+
+@pytest.mark.parametrize(
+    ("source", "split", "data"),
+    [
+        ("run", "val", "synthetic:40"),  # the run's own carved validation split
+        ("checkpoint", "internal_test", "root"),
+        ("checkpoint", "official_val", "root"),
+    ],
+)
+def test_evaluate_reproduces_the_runs_evaluation(capsys, tiny_run_dir, source, split, data):
+    data = str(_data_root(tiny_run_dir)) if data == "root" else data
+    where = (
+        ["--runs-dir", str(tiny_run_dir.parent), "--run", "tiny"]
+        if source == "run"
+        else ["--checkpoint", str(tiny_run_dir / "model.safetensors")]
+    )
+    # --runs-dir is a global option: it goes before the verb.
+    global_args, verb_args = (where[:2], where[2:]) if source == "run" else ([], where)
+    out = _json(capsys, *global_args, "evaluate", *verb_args, "--data", data, "--split", split)
+    expected = _evaluation(tiny_run_dir)["splits"][split]
+    for key in EVALUATE_KEYS:
+        assert out[key] == expected[key], key
+    assert out["skipped"] == 0
+
+
+def test_evaluate_text_output_and_threshold_override(capsys, tiny_run_dir):
+    code, out, _ = _main(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        str(tiny_run_dir),
+        "--data",
+        str(_data_root(tiny_run_dir)),
+        "--split",
+        "official_val",
+        "--threshold",
+        "0.999999",
+    )
+    assert code == 0
+    lines = dict(line.split(maxsplit=1) for line in out.splitlines())
+    assert float(lines["threshold"]) == pytest.approx(0.999999, abs=1e-4)
+    assert float(lines["sensitivity"]) == 0.0  # nothing is called pneumonia at that threshold
+
+
+def test_predict_json_matches_the_evaluation_and_cam_writes_overlays(
+    capsys, tiny_run_dir, tmp_path
+):
+    evaluation = _evaluation(tiny_run_dir)["splits"]["official_val"]
+    root = _data_root(tiny_run_dir)
+    chosen = [evaluation["paths"][0], evaluation["paths"][-1]]
+    images = [str(root / p) for p in chosen]
+    rows = _json(capsys, "predict", "--checkpoint", str(tiny_run_dir), *images)
+    assert [r["image"] for r in rows] == images
+    threshold = _evaluation(tiny_run_dir)["threshold"]
+    for row, path in zip(rows, chosen):
+        recorded = evaluation["probs"][evaluation["paths"].index(path)]
+        assert row["probability"] == pytest.approx(recorded, abs=2e-6)
+        assert row["threshold"] == pytest.approx(threshold, abs=1e-6)
+        assert row["label"] == ("PNEUMONIA" if row["probability"] >= threshold else "NORMAL")
+
+    out_dir = tmp_path / "cams"
+    rows = _json(
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(tiny_run_dir / "model.safetensors"),
+        *images,
+        "--cam",
+        "gradcam",
+        "--out",
+        str(out_dir),
+    )
+    overlays = [Path(r["overlay"]) for r in rows]
+    assert sorted(overlays) == sorted(out_dir.glob("*.png")) and len(overlays) == 2
+    for overlay in overlays:
+        with Image.open(overlay) as image:
+            assert image.format == "PNG" and image.mode == "RGB" and image.size == (64, 64)
+
+    code, out, _ = _main(capsys, "predict", "--checkpoint", str(tiny_run_dir), images[0])
+    assert code == 0 and "p(pneumonia)=" in out
+    code, _, err = _main(
+        capsys, "predict", "--checkpoint", str(tiny_run_dir), images[0], "--cam", "gradcam"
+    )
+    assert code == 2 and "--cam needs --out" in err
+
+
+def test_download_offline_is_one_line(capsys, monkeypatch, tmp_path):
+    """With the packages installed but no network (simulated in-process: nothing is ever
+    fetched), each source fails with one line naming the manual route."""
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    kagglehub = types.ModuleType("kagglehub")
+    kagglehub.dataset_download = offline
+    medmnist = types.ModuleType("medmnist")
+    medmnist.PneumoniaMNIST = offline
+    monkeypatch.setitem(sys.modules, "kagglehub", kagglehub)
+    monkeypatch.setitem(sys.modules, "medmnist", medmnist)
+    code, _, err = _main(capsys, "download", "kaggle")
+    assert code == 2 and err.count("\n") == 1
+    assert "could not download from Kaggle" in err and "--data" in err
+    code, _, err = _main(capsys, "download", "pneumoniamnist", "--out", str(tmp_path / "m"))
+    assert code == 2 and err.count("\n") == 1
+    assert "could not download PneumoniaMNIST" in err and "medmnist.com" in err
+    code, _, err = _main(capsys, "download", "pneumoniamnist", "--size", "100")
+    assert code == 2 and "sizes 28, 64, 128, 224" in err
+
+
+# --------------------------------------------------------------------------- user mistakes
+
+
+def _mistakes(tmp_path: Path, tiny_run_dir: Path) -> dict[str, list[str]]:
+    config = json.loads((tiny_run_dir / "config.json").read_text())
+    (tmp_path / "bad-arch.json").write_text(json.dumps({**config, "arch": "resnet9"}))
+    (tmp_path / "garbage.safetensors").write_bytes(os.urandom(300))
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "pickled.pt")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    cases = {
+        "missing data folder": ["train", "--arch", "small_cnn", "--data", str(tmp_path / "nope")],
+        "data folder without train/": ["train", "--arch", "mlp", "--data", str(tmp_path / "empty")],
+        "bad arch": ["train", "--arch", "resnet9", "--data", "synthetic"],
+        "bad arch in a config file": ["train", "--config", str(tmp_path / "bad-arch.json")],
+        "bad checkpoint file": [
+            *("predict", "--checkpoint", str(tmp_path / "garbage.safetensors")),
+            str(tmp_path / "notes.txt"),
+        ],
+        "pickle checkpoint": [
+            *("evaluate", "--checkpoint", str(tmp_path / "pickled.pt")),
+            *("--data", "synthetic:40"),
+        ],
+        "missing checkpoint": ["predict", "--checkpoint", str(tmp_path / "nope"), "x.png"],
+        "non-image": ["predict", "--checkpoint", str(tiny_run_dir), str(tmp_path / "notes.txt")],
+        "unknown run": ["resume", "no-such-run"],
+    }
+    # Without the optional packages the real CLI can be called: it never reaches a network.
+    if importlib.util.find_spec("kagglehub") is None:
+        cases["download kaggle (not installed)"] = ["download", "kaggle"]
+    if importlib.util.find_spec("medmnist") is None:
+        cases["download pneumoniamnist (not installed)"] = ["download", "pneumoniamnist"]
+    return cases
+
+
+@pytest.fixture
+def mistakes(tmp_path, tiny_run_dir) -> dict[str, list[str]]:
+    return _mistakes(tmp_path, tiny_run_dir)
+
+
+MISTAKES = [
+    "missing data folder",
+    "data folder without train/",
+    "bad arch",
+    "bad arch in a config file",
+    "bad checkpoint file",
+    "pickle checkpoint",
+    "missing checkpoint",
+    "non-image",
+    "unknown run",
+    "download kaggle (not installed)",
+    "download pneumoniamnist (not installed)",
+]
+
+
+@pytest.mark.parametrize("case", MISTAKES)
+def test_user_mistake_exits_2_with_one_line(capsys, mistakes, case):
+    """In-process: any exception other than UserError would escape ``main`` and fail here."""
+    if case not in mistakes:
+        pytest.skip("the package is installed; covered by test_download_offline_is_one_line")
+    capsys.readouterr()
+    try:
+        code = cli.main(mistakes[case])
+    except SystemExit as exc:  # argparse's own checks
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+
+
+def test_user_mistakes_in_a_real_terminal_show_no_traceback(mistakes):
+    """The real entry point, for one argparse mistake and one found while working."""
+    for case in ("bad arch", "non-image"):
+        result = run_cli(*mistakes[case], timeout=300)
+        assert result.returncode == 2, (case, result.stderr)
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+        assert "Traceback" not in result.stderr
