@@ -24,9 +24,17 @@ from cxr_core.datasets import CLASSES, DatasetIndex, make_splits, scan
 from cxr_core.errors import UserError
 from cxr_core.models import get_architecture
 from cxr_core.runs import ACTIVE, Run, RunStore
+from cxr_core.security import check_data_root
 from cxr_core.synthetic import is_synthetic, radiograph
 
-SETTINGS = ("CXR_RUNS_DIR", "CXR_BUNDLED_DIR", "CXR_CACHE_DIR", "CXR_DATA_DIR", "CXR_QUEUE")
+SETTINGS = (
+    "CXR_RUNS_DIR",
+    "CXR_BUNDLED_DIR",
+    "CXR_CACHE_DIR",
+    "CXR_DATA_DIR",
+    "CXR_QUEUE",
+    "CXR_ALLOWED_DATA_ROOTS",
+)
 """Deployment settings, read from the environment (the app copies st.secrets into it)."""
 
 DEFAULT_DATA = "synthetic:60"
@@ -88,7 +96,7 @@ def resolve_data_folder(text: str) -> Path:
         raise UserError("enter the path of a folder in the Kaggle layout (train/NORMAL, ...)")
     if "\x00" in text:
         raise UserError("the folder path contains a NUL character")
-    path = Path(text).expanduser().resolve()
+    path = check_data_root(text)  # first: a refused path does not reveal if it exists
     if not path.is_dir():
         raise UserError(f"{path}: no such folder")
     return path
@@ -202,6 +210,8 @@ def build_configs(archs: list[str], options: dict) -> list[TrainConfig]:
     anything is launched, so a bad combination is one message and no half-started batch."""
     if not archs:
         raise UserError("pick at least one architecture")
+    if not str(options.get("data", "")).startswith("synthetic"):
+        check_data_root(options["data"])  # a preset or CXR_DATA_DIR must obey it too
     configs = []
     for arch in archs:
         spec = get_architecture(arch)

@@ -244,13 +244,13 @@ def test_decompression_bomb_is_refused_before_any_pixel_is_decoded(width, height
     data = png_header(width, height)
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoder ran"))
     tracemalloc.start()
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: a busy machine does not make it flaky
     try:
         message = one_line_error(data)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - started < 2.0
+    assert time.process_time() - started < 1.0
     assert peak < 20 * 2**20  # decoding 60000^2 would need 3.6 GB
     assert "large" in message
 
@@ -300,11 +300,9 @@ def test_cli_predict_reports_each_bad_image_on_one_line_and_exits_2(tiny_run_dir
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    started = time.perf_counter()
     result = run_cli(
         "predict", "--checkpoint", str(tiny_run_dir), *(str(tmp_path / n) for n in files)
     )
-    assert time.perf_counter() - started < 60
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
