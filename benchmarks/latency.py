@@ -1,0 +1,243 @@
+"""Predict + Grad-CAM latency per image, p50 and p95, for every bundled model on CPU.
+
+Bundled runs are discovered in ``checkpoints/`` (or ``$CXR_BUNDLED_DIR``). Where there are
+none yet, tiny runs are trained on synthetic data first, so the figures exist on any
+machine (same architectures and sizes, so the same cost per image). Each sample is what
+the app does for one upload: ``inference.predict`` on the file (decode + preprocess +
+forward) then ``inference.explain`` (Grad-CAM).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+from benchmarks.common import DATA, ROOT, interleaved, percentile, summarise
+from cxr_core.engine import to_input
+from cxr_core.inference import LoadedModel, explain, load_model, predict
+from cxr_core.runs import bundled_runs_dir
+
+SYNTHETIC_RUNS = (("small_cnn", 128), ("resnet18", 224), ("efficientnet_lite0", 224))
+
+
+def bundled_checkpoints() -> list[Path]:
+    folder = bundled_runs_dir()
+    return sorted(p.parent for p in folder.glob("*/model.safetensors")) if folder.is_dir() else []
+
+
+def synthetic_checkpoints(folder: Path) -> list[Path]:
+    """Train one tiny run per architecture on synthetic data (1 epoch, untimed)."""
+    runs = []
+    for arch, size in SYNTHETIC_RUNS:
+        run_id = f"synthetic-{arch}-{size}"
+        if not (folder / run_id / "model.safetensors").exists():
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cxr_core",
+                    "--runs-dir",
+                    str(folder),
+                    "train",
+                    "--arch",
+                    arch,
+                    "--data",
+                    "synthetic:12",
+                    "--img-size",
+                    str(size),
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "8",
+                    "--run-id",
+                    run_id,
+                ],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+        runs.append(folder / run_id)
+    return runs
+
+
+def sample_images(count: int) -> list[Path]:
+    """The official val originals (full-size uploads), then training images, ``count`` in all."""
+    files = sorted((DATA / "val").glob("*/*.jpeg")) + sorted((DATA / "train").glob("*/*.jpeg"))
+    picked = files[:16] + files[16 :: max(1, len(files) // count)]
+    return picked[:count]
+
+
+def predict_and_explain(model: LoadedModel, image: Path) -> tuple[float, float]:
+    """Milliseconds for the prediction and for its Grad-CAM, one uploaded file."""
+    start = time.perf_counter()
+    result = predict(model, [image])[0]
+    middle = time.perf_counter()
+    explain(model, result.pixels, "gradcam")
+    return (middle - start) * 1000, (time.perf_counter() - middle) * 1000
+
+
+def measure_model(run: Path, images: list[Path], reps: int) -> dict:
+    model = load_model(run)
+    predict_and_explain(model, images[0])  # warm-up
+    pred_ms, cam_ms, total_ms = [], [], []
+    for _ in range(reps):
+        for image in images:
+            p, c = predict_and_explain(model, image)
+            pred_ms.append(p)
+            cam_ms.append(c)
+            total_ms.append(p + c)
+
+    def stats(values: list[float]) -> dict:
+        return {"p50": round(percentile(values, 50), 1), "p95": round(percentile(values, 95), 1)}
+
+    return {
+        "run": run.name,
+        "arch": model.config.arch,
+        "img_size": model.config.img_size,
+        "samples": len(total_ms),
+        "predict_ms": stats(pred_ms),
+        "gradcam_ms": stats(cam_ms),
+        "total_ms": stats(total_ms),
+    }
+
+
+# --------------------------------------------------------------------------- ablations
+
+
+def _inputs(model: LoadedModel, images: list[Path]) -> tuple[list[np.ndarray], list[torch.Tensor]]:
+    """Preprocessed uint8 images and the model inputs made from them."""
+    pixels = [p.pixels for p in predict(model, images)]
+    return pixels, [
+        to_input(torch.from_numpy(px[None]), model.config, model.device) for px in pixels
+    ]
+
+
+def _per_image_ms(fn, xs: list[torch.Tensor]) -> float:
+    start = time.perf_counter()
+    for x in xs:
+        fn(x)
+    return (time.perf_counter() - start) * 1000 / len(xs)
+
+
+def _with_threads(n: int, fn):
+    def run() -> float:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def _gradcam(model: LoadedModel, x: torch.Tensor) -> np.ndarray:
+    """Grad-CAM of a batch with each image's predicted class (as explain does, batched)."""
+    net = model.network
+    with torch.inference_mode():
+        targets = (torch.sigmoid(net.model(x)).squeeze(1) >= model.threshold).int().tolist()
+    x = x.clone().requires_grad_(True)
+    with GradCAM(model=net.model, target_layers=[net.cam_layer]) as cam:
+        return cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(t) for t in targets])
+
+
+def measure_ablations(run: Path, images: list[Path], reps: int, compile_too: bool) -> dict:
+    """What inference_mode, channels_last, threads and batched CAM buy, per image."""
+    model = load_model(run)
+    pixels, xs = _inputs(model, images)
+    contiguous = load_model(run)
+    contiguous.network.model.to(memory_format=torch.contiguous_format)
+    xs_contiguous = [x.contiguous() for x in xs]
+    net = model.network.model
+
+    def forward_inference_mode() -> float:
+        with torch.inference_mode():
+            return _per_image_ms(net, xs)
+
+    def forward_grad_enabled() -> float:
+        return _per_image_ms(lambda x: net(x).sum().item(), xs)
+
+    def forward_contiguous() -> float:
+        with torch.inference_mode():
+            return _per_image_ms(contiguous.network.model, xs_contiguous)
+
+    forward = {
+        "inference_mode": forward_inference_mode,
+        "grad enabled (no inference_mode)": forward_grad_enabled,
+        "contiguous (no channels_last)": forward_contiguous,
+        "1 thread": _with_threads(1, forward_inference_mode),
+    }
+    compile_s = None
+    if compile_too:
+        started = time.perf_counter()
+        compiled = torch.compile(net)
+        with torch.inference_mode():
+            compiled(xs[0])
+        compile_s = round(time.perf_counter() - started, 1)
+
+        def forward_compiled() -> float:
+            with torch.inference_mode():
+                return _per_image_ms(compiled, xs)
+
+        forward["torch.compile"] = forward_compiled
+    for fn in forward.values():
+        fn()  # warm-up
+    forward_samples = interleaved(forward, reps)
+
+    batch = torch.cat(xs[:8])
+    cam = {
+        "batched Grad-CAM (8 at once)": lambda: (
+            _per_image_ms(lambda b: _gradcam(model, b), [batch]) / len(batch)
+        ),
+        "one Grad-CAM per image": lambda: _per_image_ms(lambda x: _gradcam(model, x), xs[:8]),
+        "explain() per image": lambda: _per_image_ms(
+            lambda px: explain(model, px, "gradcam"), pixels[:8]
+        ),
+        "explain() per image, 1 thread": _with_threads(
+            1, lambda: _per_image_ms(lambda px: explain(model, px, "gradcam"), pixels[:8])
+        ),
+    }
+    for fn in cam.values():
+        fn()
+    cam_samples = interleaved(cam, reps)
+    forward_summary = summarise(forward_samples, "inference_mode", higher_is_better=False)
+    cam_summary = summarise(cam_samples, "explain() per image", higher_is_better=False)
+    return {
+        "run": run.name,
+        "arch": model.config.arch,
+        "img_size": model.config.img_size,
+        "threads": torch.get_num_threads(),
+        "forward_ms_per_image": {k: v["median"] for k, v in forward_summary.items()},
+        "forward_ratio_to_inference_mode": {
+            k: v["ratio_to_inference_mode"] for k, v in forward_summary.items()
+        },
+        "cam_ms_per_image": {k: v["median"] for k, v in cam_summary.items()},
+        "cam_ratio_to_explain": {
+            k: v["ratio_to_explain() per image"] for k, v in cam_summary.items()
+        },
+        "compile_s": compile_s,
+        "reps": reps,
+    }
+
+
+def checkpoints_to_measure(synthetic: bool) -> tuple[list[Path], str]:
+    """Bundled runs when there are any (and ``synthetic`` is not forced), else tiny ones."""
+    found = [] if synthetic else bundled_checkpoints()
+    if found:
+        return found, "bundled"
+    return synthetic_checkpoints(synthetic_folder()), "synthetic"
+
+
+def synthetic_folder() -> Path:
+    """Where the tiny synthetic runs are kept between benchmark invocations."""
+    base = Path(os.environ.get("CXR_BENCH_SYNTHETIC_RUNS", tempfile.gettempdir()))
+    return base / "cxr-bench-synthetic-runs"

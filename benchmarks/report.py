@@ -1,0 +1,245 @@
+"""Markdown tables from benchmarks/results.json: benchmarks/RESULTS.md, and the README's
+block between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` when those markers exist.
+
+    python benchmarks/report.py [results.json]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+README = ROOT / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ok(flag: bool | None) -> str:
+    return "" if flag is None else ("yes" if flag else "**no**")
+
+
+def _where(section: dict) -> str:
+    m = section["machine"]
+    load = ", ".join(str(x) for x in m["load_average"])
+    quick = ", quick subset" if section.get("quick") else ""
+    return (
+        f"_{m['device']} ({m['device_name']}, {m['cpus']} cores, {m['torch_threads']} torch "
+        f"threads), load average {load} at start, {section['measured_at']}{quick}._"
+    )
+
+
+def throughput(section: dict) -> str:
+    out = ["### Training throughput", _where(section), ""]
+    rows = [
+        [
+            r["arch"],
+            r["img_size"],
+            f"{r['engine_images_per_s']:.1f}",
+            f"{r['reference_images_per_s']:.1f}",
+            f"**{r['speedup']:.2f}x**",
+            f">= {r['target_speedup']}x",
+            _ok(r["meets_target"]),
+        ]
+        for r in section["pairs"]
+    ]
+    out.append(
+        _table(["model", "px", "engine img/s", "reference img/s", "speedup", "target", "met"], rows)
+    )
+    if section["pairs"]:
+        r = section["pairs"][0]
+        out.append(
+            f"\nMedian of {r['reps']} interleaved repetitions of {r['steps']} steps at batch "
+            f"size {r['batch_size']}; speedup = median of per-repetition ratios. Reference: "
+            "ImageFolder + per-image transforms decoding JPEGs every epoch, 3-channel input, "
+            f"fp32, default memory format, DataLoader num_workers={r['reference_workers']}."
+        )
+    if section.get("ablations"):
+        names = list(section["ablations"][0]["engine_speedup_over"])
+        rows = [
+            [f"{a['arch']}@{a['img_size']}", f"{a['images_per_s']['engine']:.1f}"]
+            + [f"{a['engine_speedup_over'][n]:.2f}x" for n in names]
+            for a in section["ablations"]
+        ]
+        out += [
+            "",
+            "What each optimisation buys in training: the full engine's speed over the engine "
+            "with that one optimisation taken away (> 1: the optimisation helps).",
+            "",
+            _table(["model", "engine img/s", *[f"vs {n}" for n in names]], rows),
+        ]
+    return "\n".join(out)
+
+
+def time_to_model(section: dict) -> str:
+    r = section["run"]
+    cfg = r["config"]
+    out = ["### Time to a useful model", _where(section), ""]
+    out.append(
+        _table(
+            ["preset", "wall clock", "CPU time", "val AUC", "test AUC", "target", "met"],
+            [
+                [
+                    f"{r['preset']} ({cfg['arch']}, {cfg['img_size']} px, {cfg['epochs']} "
+                    f"epochs, max {cfg['max_images']} images)",
+                    f"**{r['wall_s']:.0f} s**",
+                    f"{r['cpu_s']:.0f} s",
+                    f"{r['val_auc']:.3f}",
+                    f"{r['test_auc']:.3f} ({r['test_split']})",
+                    f"<= {r['target_s']} s, val AUC >= {r['target_val_auc']}",
+                    _ok(r["meets_target"]),
+                ]
+            ],
+        )
+    )
+    phases = ", ".join(f"{k} at {v:.0f} s" for k, v in r["phases_started_at_s"].items())
+    out.append(
+        f"\n`train` from process start to the finished evaluation, cold decode cache, pinned "
+        f"to {r['cores']} cores; phases started: {phases}."
+    )
+    fast = section.get("fast_path")
+    if fast:
+        t = fast["training_s_for_preset_epochs"]
+        out.append(
+            f"\nCached features: one head epoch on cached features takes "
+            f"{fast['epoch_s']['cached features']:.2f} s against "
+            f"{fast['epoch_s']['per-batch backbone']:.1f} s running the frozen backbone per "
+            f"batch (**{fast['epoch_speedup']:.0f}x**); for the preset's epochs "
+            + ", ".join(f"{k}: {v:.0f} s" for k, v in t.items())
+            + "."
+        )
+    return "\n".join(out)
+
+
+def latency(section: dict) -> str:
+    out = ["### Predict + Grad-CAM latency (CPU, per image)", _where(section), ""]
+    rows = [
+        [
+            m["run"],
+            f"{m['arch']}@{m['img_size']}",
+            f"{m['predict_ms']['p50']:.0f}",
+            f"{m['gradcam_ms']['p50']:.0f}",
+            f"**{m['total_ms']['p50']:.0f}**",
+            f"{m['total_ms']['p95']:.0f}",
+            f"<= {m['target_p50_ms']:.0f} ms" if m["target_p50_ms"] else "",
+            _ok(m["meets_target"]),
+        ]
+        for m in section["models"]
+    ]
+    out.append(
+        _table(
+            [
+                "run",
+                "model",
+                "predict p50 ms",
+                "Grad-CAM p50 ms",
+                "total p50 ms",
+                "total p95 ms",
+                "target",
+                "met",
+            ],
+            rows,
+        )
+    )
+    origin = (
+        "bundled runs in checkpoints/"
+        if section["origin"] == "bundled"
+        else "tiny runs trained on synthetic data (no bundled runs yet; same architectures "
+        "and sizes, so the same cost per image)"
+    )
+    out.append(
+        f"\n{origin}; {section['images']} images (the official val/ originals, then training "
+        "images), decode + preprocess + forward, then `inference.explain` (Grad-CAM)."
+    )
+    a = section.get("ablation")
+    if a:
+        forward = ", ".join(
+            f"{k} {v:.1f} ms ({a['forward_ratio_to_inference_mode'][k]:.2f}x)"
+            for k, v in a["forward_ms_per_image"].items()
+        )
+        cam = ", ".join(
+            f"{k} {v:.1f} ms ({a['cam_ratio_to_explain'][k]:.2f}x)"
+            for k, v in a["cam_ms_per_image"].items()
+        )
+        out.append(
+            f"\nInference ablations on {a['run']} ({a['arch']}@{a['img_size']}), ms per image "
+            f"(ratio: > 1 is faster than the first entry): forward {forward}. Grad-CAM {cam}."
+        )
+        if a.get("compile_s") is not None:
+            out.append(f"torch.compile took {a['compile_s']} s to compile.")
+    return "\n".join(out)
+
+
+def app(section: dict) -> str:
+    out = ["### App", _where(section), ""]
+    c = section["compare"]
+    rows = [
+        [
+            f"Compare page, {c['runs_in_store']} runs, {k}",
+            f"**{v:.2f} s**",
+            f"<= {c['target_s']} s",
+            _ok(v <= c["target_s"]),
+        ]
+        for k, v in c["render_s"].items()
+    ]
+    m = section.get("memory")
+    if m:
+        rows.append(
+            [
+                f"`streamlit run app.py` peak RSS, {m['models']} models loaded + Grad-CAM "
+                f"({m['origin']})",
+                f"**{m['peak_rss_gb']:.2f} GB**",
+                f"<= {m['target_gb']} GB",
+                _ok(m["meets_target"]),
+            ]
+        )
+    out.append(_table(["measure", "value", "target", "met"], rows))
+    out.append(
+        f"\nCompare: script-run time in AppTest, median of {c['reps']} interleaved reruns "
+        f"(first render {c['first_render_s']:.2f} s). Memory: the server's process tree, "
+        "sampled every 0.1 s while headless Chromium drives the Predict page."
+    )
+    return "\n".join(out)
+
+
+RENDERERS = {"throughput": throughput, "time": time_to_model, "latency": latency, "app": app}
+
+
+def render(results: dict) -> str:
+    parts = [
+        "## Benchmarks",
+        "",
+        "Generated by `python benchmarks/run.py` from "
+        "`benchmarks/results.json`. Ratios are measured interleaved in one run (absolute "
+        "times on a shared CPU are noisy).",
+    ]
+    for name, fn in RENDERERS.items():
+        if name in results.get("sections", {}):
+            parts += ["", fn(results["sections"][name])]
+    return "\n".join(parts) + "\n"
+
+
+def write(results_file: Path) -> Path:
+    """Write RESULTS.md (and the README block, if marked) from ``results_file``."""
+    markdown = render(json.loads(results_file.read_text()))
+    RESULTS_MD.write_text(markdown)
+    if README.exists():
+        text = README.read_text()
+        if START in text and END in text:
+            block = f"{START}\n{markdown}{END}"
+            pattern = re.escape(START) + r".*?" + re.escape(END)
+            README.write_text(re.sub(pattern, lambda _: block, text, count=1, flags=re.S))
+    return RESULTS_MD
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "benchmarks" / "results.json"
+    print(write(source))

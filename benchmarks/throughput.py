@@ -1,0 +1,316 @@
+"""Training throughput: CXR Lab's engine against a student-style reference loop.
+
+Engine: ``cxr_core.engine.train_one_epoch`` over the decoded uint8 cache, 1-channel input,
+channels_last, batched augmentation on the device. Reference: torchvision ``ImageFolder``
+decoding the JPEGs every epoch with per-image transforms, 3-channel RGB input (as
+notebooks feed ImageNet-style models), fp32, default memory format, ``DataLoader`` with
+its default ``num_workers=0``. Same architecture, batch size, optimizer, loss, device and
+images; both are timed over the same number of steps, interleaved, median of ``reps``.
+
+The ablations switch one engine optimisation off at a time (interleaved with the full
+engine) to show what each buys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.common import DATA, interleaved, summarise, sync, timed
+from cxr_core.config import Augmentation, TrainConfig
+from cxr_core.engine import (
+    Data,
+    build_network,
+    load_data,
+    make_optimizer,
+    select_device,
+    train_one_epoch,
+)
+from cxr_core.imaging import load_and_preprocess
+from cxr_core.models import create_network
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------- engine side
+
+
+def engine_config(arch: str, size: int, batch_size: int, device: str) -> TrainConfig:
+    return TrainConfig(
+        arch=arch, data=str(DATA), img_size=size, batch_size=batch_size, epochs=1, device=device
+    )
+
+
+def subset(data: Data, n: int, seed: int = 0) -> Data:
+    """The same ``n`` training images for every measurement (a fixed random subset)."""
+    pick = torch.randperm(len(data.rows["train"]), generator=torch.Generator().manual_seed(seed))
+    pick = pick[:n]
+    return dataclasses.replace(
+        data,
+        rows={**data.rows, "train": data.rows["train"][pick]},
+        labels={**data.labels, "train": data.labels["train"][pick]},
+    )
+
+
+def row_paths(data: Data) -> dict[int, str]:
+    """Which file each row of ``data.pixels`` was decoded from."""
+    return {
+        int(row): s.path
+        for name, samples in data.manifest.splits.items()
+        for s, row in zip(samples, data.rows.get(name, []))
+    }
+
+
+class EngineTrainer:
+    """One engine model and optimizer; ``run(data)`` trains one epoch over ``data``."""
+
+    def __init__(self, cfg: TrainConfig, wrap=None) -> None:
+        self.cfg = cfg
+        self.device = select_device(cfg.device)
+        self.network = build_network(cfg, self.device)
+        if wrap is not None:
+            self.network = wrap(self.network)
+        self.optimizer = make_optimizer(cfg, self.network.model)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
+
+    def run(self, data: Data) -> float:
+        """Images per second over one pass of ``data``'s training rows."""
+        n = len(data.rows["train"])
+        seconds = timed(
+            lambda: train_one_epoch(
+                self.network,
+                self.optimizer,
+                None,
+                "never",
+                self.scaler,
+                data,
+                self.cfg,
+                self.device,
+                1,
+            )
+        )
+        return n / seconds
+
+
+# --------------------------------------------------------------------------- reference side
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def make_three_channel(model: nn.Module) -> nn.Module:
+    """Give the first conv 3 input channels (gray kernels / 3), as an RGB notebook model has."""
+    conv = first_conv(model)
+    with torch.no_grad():
+        conv.weight = nn.Parameter(conv.weight.repeat(1, 3, 1, 1) / 3)
+    conv.in_channels = 3
+    return model
+
+
+def reference_transform(size: int):
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.Resize((size, size)),
+            T.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
+            T.ColorJitter(brightness=0.15, contrast=0.15),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+class ReferenceTrainer:
+    """The loop a student notebook writes: ImageFolder -> DataLoader -> fp32 model."""
+
+    def __init__(self, cfg: TrainConfig, paths: list[str], workers: int) -> None:
+        from torch.utils.data import DataLoader, Subset
+        from torchvision.datasets import ImageFolder
+
+        self.device = select_device(cfg.device)
+        folder = ImageFolder(str(DATA / "train"), transform=reference_transform(cfg.img_size))
+        index = {str(Path(p).relative_to(DATA)): i for i, (p, _) in enumerate(folder.samples)}
+        self.loader = DataLoader(
+            Subset(folder, [index[p] for p in paths]),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            num_workers=workers,
+            drop_last=True,
+        )
+        torch.manual_seed(cfg.seed)
+        self.model = make_three_channel(create_network(cfg.arch, False, cfg.img_size).model)
+        self.model.to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        labels = torch.tensor([folder.samples[index[p]][1] for p in paths], dtype=torch.float32)
+        self.pos_weight = ((len(labels) - labels.sum()) / labels.sum()).to(self.device)
+
+    def run(self) -> float:
+        self.model.train()
+        seen = 0
+        sync()
+        start = time.perf_counter()
+        for x, y in self.loader:
+            x, y = x.to(self.device), y.float().to(self.device)
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                self.model(x).squeeze(1), y, pos_weight=self.pos_weight
+            )
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            loss.item()
+            seen += len(y)
+        sync()
+        return seen / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- ablations
+
+
+class _Wrapped(nn.Module):
+    """A model with something done to its input (and output) on the way through."""
+
+    def __init__(self, model: nn.Module, before, autocast: bool = False) -> None:
+        super().__init__()
+        self.model, self.before, self.autocast = model, before, autocast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.before(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.model(x).float()
+
+
+def without_channels_last(network):
+    network.model.to(memory_format=torch.contiguous_format)
+    return dataclasses.replace(network, model=_Wrapped(network.model, lambda x: x.contiguous()))
+
+
+def with_three_channels(network):
+    make_three_channel(network.model)
+    model = _Wrapped(
+        network.model,
+        lambda x: x.repeat(1, 3, 1, 1).contiguous(memory_format=torch.channels_last),
+    )
+    return dataclasses.replace(network, model=model.to(memory_format=torch.channels_last))
+
+
+def with_bf16_autocast(network):
+    return dataclasses.replace(network, model=_Wrapped(network.model, lambda x: x, autocast=True))
+
+
+class DecodeOnRead:
+    """Stands in for the decoded cache: decodes the JPEGs of the rows asked for, every time."""
+
+    def __init__(self, data: Data, size: int) -> None:
+        self.paths, self.root, self.size = row_paths(data), data.root, size
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        images = [load_and_preprocess(self.root / self.paths[int(r)], self.size) for r in rows]
+        return torch.from_numpy(np.stack(images))
+
+
+class PerImageAugment:
+    """Cached pixels, but augmented one image at a time with torchvision transforms."""
+
+    def __init__(self, pixels: torch.Tensor, size: int) -> None:
+        from torchvision.transforms import v2
+
+        self.pixels = pixels
+        self.transform = v2.Compose(
+            [
+                v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
+                v2.RandomResizedCrop(size, scale=(0.72, 1.0), antialias=True),
+                v2.ColorJitter(brightness=0.15, contrast=0.15),
+            ]
+        )
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.transform(self.pixels[int(r)][None])[0] for r in rows])
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def measure_pair(
+    arch: str, size: int, batch_size: int, steps: int, reps: int, device: str, workers: int
+) -> dict:
+    """Engine vs reference images/s for one architecture and size."""
+    cfg = engine_config(arch, size, batch_size, device)
+    started = time.perf_counter()
+    data = load_data(cfg)
+    load_s = time.perf_counter() - started
+    sub = subset(data, steps * batch_size)
+    warm = subset(data, batch_size, seed=1)
+    paths = [row_paths(data)[int(r)] for r in sub.rows["train"]]
+    engine = EngineTrainer(cfg)
+    reference = ReferenceTrainer(cfg, paths, workers)
+    engine.run(warm)
+    ReferenceTrainer(cfg, paths[:batch_size], workers).run()  # warm the allocator and kernels
+    samples = interleaved({"engine": lambda: engine.run(sub), "reference": reference.run}, reps)
+    summary = summarise(samples, "reference", higher_is_better=True)
+    return {
+        "arch": arch,
+        "img_size": size,
+        "batch_size": batch_size,
+        "steps": steps,
+        "reps": reps,
+        "reference_workers": workers,
+        "engine_images_per_s": summary["engine"]["median"],
+        "reference_images_per_s": summary["reference"]["median"],
+        "speedup": summary["engine"]["ratio_to_reference"],
+        "samples": {k: v["samples"] for k, v in summary.items()},
+        "data_load_s": round(load_s, 1),
+    }
+
+
+def measure_ablations(
+    arch: str, size: int, batch_size: int, steps: int, reps: int, device: str
+) -> dict:
+    """Full engine vs the engine with one optimisation taken away, interleaved."""
+    cfg = engine_config(arch, size, batch_size, device)
+    data = load_data(cfg)
+    sub = subset(data, steps * batch_size)
+    no_aug = dataclasses.replace(cfg, augment=Augmentation(enabled=False))
+    trainers = {
+        "engine": (EngineTrainer(cfg), sub),
+        "no channels_last": (EngineTrainer(cfg, without_channels_last), sub),
+        "3-channel input": (EngineTrainer(cfg, with_three_channels), sub),
+        "no decode cache": (
+            EngineTrainer(cfg),
+            dataclasses.replace(sub, pixels=DecodeOnRead(data, size)),
+        ),
+        "per-image augmentation": (
+            EngineTrainer(no_aug),
+            dataclasses.replace(sub, pixels=PerImageAugment(data.pixels, size)),
+        ),
+    }
+    if select_device(device).type == "cpu":
+        trainers["bf16 autocast"] = (EngineTrainer(cfg, with_bf16_autocast), sub)
+    warm = subset(data, batch_size, seed=1)
+    for trainer, variant_data in trainers.values():
+        trainer.run(dataclasses.replace(variant_data, rows=warm.rows, labels=warm.labels))
+    samples = interleaved(
+        {name: (lambda t=t, d=d: t.run(d)) for name, (t, d) in trainers.items()}, reps
+    )
+    summary = summarise(samples, "engine", higher_is_better=True)
+    return {
+        "arch": arch,
+        "img_size": size,
+        "batch_size": batch_size,
+        "steps": steps,
+        "reps": reps,
+        "images_per_s": {k: v["median"] for k, v in summary.items()},
+        # How much faster the full engine is than the variant without the optimisation.
+        "engine_speedup_over": {
+            k: round(1 / v["ratio_to_engine"], 3) for k, v in summary.items() if k != "engine"
+        },
+        "samples": {k: v["samples"] for k, v in summary.items()},
+    }
