@@ -47,8 +47,9 @@ CAM_METHODS = {
 class LoadedModel:
     """A ready-to-use model with its run's preprocessing and threshold.
 
-    ``lock`` serialises CAM computation: CAM hooks live on the shared module, so two
-    sessions explaining with one model at once would read each other's activations.
+    ``lock`` serialises every forward pass: CAM hooks live on the shared module while a
+    CAM is computed, so another session's prediction or CAM running at the same time
+    would feed its activations into that CAM.
     """
 
     network: object
@@ -109,9 +110,10 @@ def prepare(model: LoadedModel, source: ImageSource) -> np.ndarray:
 def predict(model: LoadedModel, sources: list[ImageSource]) -> list[Prediction]:
     """Probability of pneumonia and the label at the run's threshold, per image."""
     pixels = [prepare(model, s) for s in sources]
-    probs = predict_pixels(
-        model.network.model, torch.from_numpy(np.stack(pixels)), model.config, model.device
-    )
+    with model.lock:  # a CAM of another session may have hooks on this very module now
+        probs = predict_pixels(
+            model.network.model, torch.from_numpy(np.stack(pixels)), model.config, model.device
+        )
     return [
         Prediction(float(p), CLASSES[int(p >= model.threshold)], model.threshold, px)
         for p, px in zip(probs, pixels)
