@@ -82,7 +82,7 @@ def learning_curves(
         cols=2,
         specs=[[{"colspan": 2}, None], [{}, {}], [{}, {}]],
         subplot_titles=["training loss per step", *CURVES],
-        vertical_spacing=0.1,
+        vertical_spacing=0.12,
         horizontal_spacing=0.08,
     )
     panels = [(2, 1), (2, 2), (3, 1), (3, 2)]
@@ -130,9 +130,13 @@ def learning_curves(
                     row=row,
                     col=col,
                 )
-    fig.update_xaxes(title_text="step", row=1, col=1)
+    fig.update_xaxes(title_text="step", title_standoff=4, row=1, col=1)
+    last_epoch = max((r.get("epoch", 0) for h in histories.values() for r in h), default=0)
     for row, col in panels:
-        fig.update_xaxes(row=row, col=col, rangemode="tozero", dtick=1 if row == 3 else None)
+        # Whole epochs only; let Plotly thin the ticks out for long runs.
+        fig.update_xaxes(
+            row=row, col=col, rangemode="tozero", dtick=1 if last_epoch <= 20 else None
+        )
         if row == 3:
             fig.update_xaxes(title_text="epoch", row=row, col=col)
     for row, col in panels[1:]:

@@ -80,7 +80,11 @@ def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, con
 st.title("Predict & explain")
 medical_notice()
 
-models = appstate.model_runs(store())
+try:
+    models = appstate.model_runs(store())
+except UserError as exc:  # a damaged run folder
+    st.error(str(exc), icon=":material/error:")
+    st.stop()
 if not models:
     st.info(
         "No trained model yet: train one on the Train page (the tiny synthetic demo takes "
@@ -145,7 +149,7 @@ for index, (raw_name, data) in enumerate(images if chosen else []):
     except UserError as exc:
         st.error(str(exc), icon=":material/error:")
         continue
-    cols = st.columns([1] + [2] * len(chosen))
+    cols = st.columns(max(len(chosen) + 1, 3))  # one model does not fill the whole width
     cols[0].image(shown, caption="as uploaded", width="stretch")
     for col, run in zip(cols[1:], chosen):
         with col:

@@ -11,7 +11,7 @@ import streamlit as st
 from cxr_core import appstate, plots
 from cxr_core.jobs import log_tail
 from cxr_core.runs import ACTIVE, Run
-from views.shared import kept, store, synthetic_badge
+from views.shared import kept, store, synthetic_badge, user_errors
 
 REFRESH_S = 2
 
@@ -35,11 +35,14 @@ def _active_run(run: Run, status: dict) -> None:
     fraction, detail = appstate.run_progress(status, run.config().get("epochs"))
     left, right = st.columns([5, 1])
     left.progress(fraction, text=f"**{run.id}** · {detail}")
-    if run.cancel_requested():
-        right.caption("cancelling ...")
-    elif right.button("Cancel", key=f"cancel_{run.id}", icon=":material/stop_circle:"):
+    cancel = right.empty()
+    if not run.cancel_requested() and cancel.button(
+        "Cancel", key=f"cancel_{run.id}", icon=":material/stop_circle:"
+    ):
         run.request_cancel()
         st.toast(f"Cancelling {run.id}: it stops after the current step.")
+    if run.cancel_requested():
+        cancel.caption("cancelling ...")
     tail = log_tail(run.id, store().root, lines=8)
     if tail:
         with st.expander(f"{run.id}: latest output"):
@@ -79,6 +82,11 @@ def _final_results(run: Run) -> None:
 
 @st.fragment(run_every=f"{REFRESH_S}s")
 def live() -> None:
+    with user_errors():  # a damaged run folder is one message, not a traceback
+        _live()
+
+
+def _live() -> None:
     runs = store().list()
     if not runs:
         st.info("No runs yet: launch one on the Train page.", icon=":material/info:")

@@ -74,7 +74,12 @@ def _opt(name: str) -> str:
 
 @st.fragment(run_every="3s")
 def queue_status() -> None:
-    active = [r for r in store().list() if r.status().get("status") in ACTIVE]
+    with user_errors():
+        active = [r for r in store().list() if r.status().get("status") in ACTIVE]
+        _show_queue(active)
+
+
+def _show_queue(active: list) -> None:
     if not active:
         st.caption("No run is training or queued.")
         return

@@ -1,0 +1,307 @@
+"""The Streamlit app through streamlit.testing's AppTest: every page renders, the Train
+page launches a real background run that the Runs page then plots, the Predict page
+takes uploads, Compare renders for two runs. Runs live in tmp folders only."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from cxr_core import appstate, plots
+from cxr_core.errors import UserError
+from cxr_core.runs import ACTIVE, RunStore
+from cxr_core.synthetic import radiograph
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["data", "train", "runs", "compare", "predict", "about"]
+TIMEOUT = 120
+
+
+@pytest.fixture
+def bundled(tmp_path, monkeypatch, tiny_run_dir) -> Path:
+    """A bundled-runs folder holding a copy of the session's tiny run."""
+    folder = tmp_path / "bundled"
+    shutil.copytree(tiny_run_dir, folder / "bundled-tiny")
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def no_bundled(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "no-bundled-runs"))
+
+
+def open_app(page: str = "data") -> AppTest:
+    """The app as a browser would open it, on ``page`` (a deep link: app.py runs first)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def chart_specs(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def dicom(pixels: np.ndarray) -> bytes:
+    """A minimal 12-bit MONOCHROME2 DICOM file."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (pixels.astype(np.uint16) * 16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def wait_for_run(run_id: str, timeout: float = 600) -> dict:
+    """Poll the run store until the launched process has finished the run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = RunStore().get(run_id).status()
+        except UserError:  # the process has not created its folder yet
+            status = {}
+        if status.get("status") and status["status"] not in ACTIVE:
+            return status
+        time.sleep(1)
+    RunStore().get(run_id).request_cancel()  # leave no training process behind
+    raise AssertionError(f"run {run_id} did not finish within {timeout} s")
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(bundled, page):
+    at = open_app(page)
+    assert at.title[0].value
+    if page in ("predict", "about"):
+        assert any("Not a medical device" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_on_a_fresh_machine(no_bundled, page):
+    """No runs at all, no dataset: every page still works (synthetic demo data)."""
+    at = open_app(page)
+    if page in ("runs", "compare", "predict"):
+        assert at.info, "an empty store should say what to do"
+
+
+def test_data_page_counts_and_labels_synthetic(no_bundled):
+    at = open_app("data")
+    folders = at.dataframe[0].value
+    assert set(folders["split"]) == {"train", "val"}
+    assert folders.loc[folders["split"] == "train", "NORMAL"].item() == 60
+    assert any("synthetic" in m.value for m in at.markdown)
+    assert len(at.image) >= 4  # two sample rows, real and augmented previews
+    next(b for b in at.button if b.label == "Check every file").click().run()
+    assert not at.exception
+    assert at.success[0].value == "Every image file can be read."
+
+
+def test_data_page_bad_folder_is_one_error(no_bundled, tmp_path):
+    at = open_app("data")
+    at.radio(key="data_kind").set_value("Local folder").run()
+    at.text_input[0].set_value(str(tmp_path / "missing"))
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception
+    assert [e.value for e in at.error] == [f"{tmp_path / 'missing'}: no such folder"]
+
+    at.text_input[0].set_value(str(tmp_path))
+    at.button[0].click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and "no train/ folder" in at.error[0].value
+
+
+# --------------------------------------------------------------------------- train + runs
+
+
+def test_train_launches_a_run_and_runs_page_plots_it(no_bundled):
+    at = open_app("data")
+    at.slider(key="data_synthetic_n").set_value(40).run()
+    at.switch_page("views/train.py").run()
+    assert any("synthetic:40" in m.value for m in at.markdown)
+    at.multiselect(key="opt_archs").set_value(["small_cnn"])
+    at.selectbox(key="opt_img_size").set_value(64)
+    at.number_input(key="opt_epochs").set_value(2)
+    at.number_input(key="opt_batch_size").set_value(16)
+    launch = next(b for b in at.run().button if b.label == "Launch run")
+    launch.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (run_id,) = at.session_state["launched"]
+    # A double click: the same button clicked again from the page before the rerun.
+    launch.click().run()
+    assert not at.exception
+    assert launch.key not in [b.key for b in at.button]
+    assert at.session_state["launched"] == [run_id]
+    assert len(list((RunStore().root / ".logs").glob("*.json"))) == 1
+
+    assert wait_for_run(run_id)["status"] == "completed"
+    at.switch_page("views/runs.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table.loc[table["run"] == run_id, "data"].item() == "synthetic"
+    (curves,) = chart_specs(at)
+    val = [t for t in curves["data"] if t.get("name") == f"{run_id} · val"]
+    assert len(val) == 4 and all(len(t["x"]) == 2 for t in val)  # loss, acc, F1, AUC
+    assert {m.label for m in at.metric} >= {"accuracy", "sensitivity", "specificity", "AUC"}
+
+
+def test_runs_page_shows_progress_and_cancels(no_bundled):
+    """A run whose owner is alive (this process) is active: progress, ETA, a Cancel button."""
+    run = RunStore().create({"arch": "small_cnn", "epochs": 3, "data": "synthetic:40"})
+    run.set_status("running", phase="training", epoch=2, step=1, steps=4, eta_s=90)
+    at = open_app("runs")
+    (bar,) = [p for p in at.get("progress") if run.id in p.proto.text]
+    assert "epoch 2/3" in bar.proto.text and "ETA 1 min 30 s" in bar.proto.text
+    assert at.dataframe[0].value.loc[0, "progress"] == pytest.approx(5 / 12)
+    next(b for b in at.button if b.key == f"cancel_{run.id}").click().run()
+    assert not at.exception
+    assert run.cancel_requested()
+    assert any(c.value == "cancelling ..." for c in at.caption)
+
+
+def test_train_rejects_a_bad_combination_without_launching(no_bundled):
+    at = open_app("train")
+    at.toggle(key="opt_pretrained").set_value(True)
+    at.multiselect(key="opt_archs").set_value(["small_cnn"]).run()
+    next(b for b in at.button if b.label == "Launch run").click().run()
+    assert not at.exception
+    assert "no pretrained weights" in at.error[0].value
+    assert not (RunStore().root / ".logs").exists()
+
+
+def test_preset_fills_the_form(no_bundled):
+    at = open_app("train")
+    at.selectbox(key="opt_preset").set_value("tiny demo (synthetic)").run()
+    assert not at.exception
+    assert at.multiselect(key="opt_archs").value == ["small_cnn"]
+    assert at.number_input(key="opt_epochs").value == 3
+    assert at.session_state["data_spec"] == "synthetic:60"
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def test_predict_uploads_show_probability_and_overlay(bundled):
+    at = open_app("predict")
+    assert at.multiselect(key="predict_models").value == ["bundled-tiny"]
+    rng = np.random.default_rng(0)
+    image, _ = radiograph(rng, 256, pneumonia=True)
+    uploads = [
+        ("chest.png", png(image), "image/png"),
+        ("chest16.png", png(image.astype(np.uint16) * 257), "image/png"),
+        ("../../etc/chest.dcm", dicom(image[:200, :180]), "application/dicom"),
+        ("broken.png", b"\x89PNG not really", "image/png"),
+    ]
+    at.file_uploader[0].set_value(uploads).run()
+    assert not at.exception, [e.value for e in at.exception]
+    probabilities = [m.value for m in at.metric if m.label == "P(pneumonia)"]
+    assert len(probabilities) == 3 and all(p.endswith("%") for p in probabilities)
+    overlays = [c for img in at.image for c in img.captions if c.startswith("gradcam")]
+    assert len(overlays) == 3
+    assert [e.value for e in at.error] == [
+        "broken.png: not an image PIL can read (JPEG, PNG) or a DICOM file"
+    ]
+    assert any(s.value == "chest.dcm" for s in at.subheader)  # shown, never a path
+
+    at.selectbox(key="predict_method").set_value("eigencam")
+    at.slider(key="predict_opacity").set_value(0.8).run()
+    assert not at.exception
+    assert sum(c.startswith("eigencam") for img in at.image for c in img.captions) == 3
+    assert len(at.get("download_button")) == 3
+
+
+def test_predict_with_synthetic_samples_and_two_models(bundled, tiny_run_dir):
+    shutil.copytree(tiny_run_dir, RunStore().root / "second")
+    at = open_app("predict")
+    at.multiselect(key="predict_models").set_value(["second", "bundled-tiny"])
+    at.multiselect(key="predict_samples").set_value(list(appstate.demo_images())).run()
+    assert not at.exception
+    assert len([m for m in at.metric if m.label == "P(pneumonia)"]) == 4  # 2 images x 2 models
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_compare_two_runs(bundled, tiny_run_dir):
+    other = RunStore().root / "tiny-b"
+    shutil.copytree(tiny_run_dir, other)
+    evaluation = json.loads((other / "evaluation.json").read_text())
+    test = evaluation["test_split"]
+    evaluation["splits"][test]["paths"] = evaluation["splits"][test]["paths"][1:]
+    (other / "evaluation.json").write_text(json.dumps(evaluation))
+
+    at = open_app("compare")
+    assert at.multiselect(key="compare_runs").value == ["tiny-b", "bundled-tiny"]
+    summary = at.dataframe[0].value
+    assert list(summary["run"]) == ["tiny-b", "bundled-tiny"]
+    assert any("different image sets" in w.value for w in at.warning)
+    assert any("synthetic" in w.value for w in at.warning)
+    names = [t.get("name", "") for spec in chart_specs(at) for t in spec["data"]]
+    assert any(n.startswith("Kermany et al. 2018") for n in names)
+    assert any(n.startswith("tiny-b (AUC") for n in names)
+    assert any(n.startswith("bundled-tiny (AP") for n in names)
+    assert len(at.get("download_button")) == 1
+
+    at.selectbox(key="compare_split").set_value("official_val").run()
+    assert not at.exception
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_smoothing_is_a_debiased_moving_average():
+    assert np.allclose(plots.smooth([1.0, 1.0, 1.0], 0.9), 1.0)
+    assert np.array_equal(plots.smooth([3.0, 1.0], 0.0), [3.0, 1.0])
+    smoothed = plots.smooth([0.0, 10.0], 0.5)
+    assert smoothed[0] == 0.0 and 0.0 < smoothed[1] < 10.0
+
+
+def test_run_progress_and_eta():
+    status = {"status": "running", "phase": "training", "epoch": 2, "step": 5, "steps": 10}
+    fraction, text = appstate.run_progress({**status, "eta_s": 125}, epochs=4)
+    assert fraction == pytest.approx(15 / 40)
+    assert "epoch 2/4" in text and "ETA 2 min 05 s" in text
+    assert appstate.run_progress({"status": "completed"}, 4) == (1.0, "completed")
+
+
+def test_upload_names_are_only_labels():
+    assert appstate.display_name("../../etc/passwd") == "passwd"
+    assert appstate.display_name("C:\\x\\scan<1>.dcm") == "scan_1_.dcm"
+    assert appstate.upload_source("a/b.dcm", b"x").name == "b.dcm"
+
+
+def test_build_configs_checks_before_launching():
+    options = {"data": "synthetic:40", "img_size": 0, "pretrained": False}
+    configs = appstate.build_configs(["small_cnn", "mlp"], options)
+    assert [(c.arch, c.img_size) for c in configs] == [("small_cnn", 128), ("mlp", 64)]
+    with pytest.raises(UserError, match="pick at least one"):
+        appstate.build_configs([], options)
+    with pytest.raises(UserError, match="needs image size 224"):
+        appstate.build_configs(["vit_b_16"], {**options, "pretrained": True, "img_size": 128})

@@ -1,0 +1,241 @@
+"""End to end in headless Chromium: `streamlit run app.py` on a free port, every page
+opened (the first one by deep link), an upload predicted and explained, a tiny training
+launched and its live curve seen growing. Screenshots go to test-artifacts/.
+
+Uses Debian's /usr/bin/chromium (never a downloaded browser); skipped when it is missing
+unless CXR_REQUIRE_BROWSER=1 (CI), then it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, SHARED_DATA
+from PIL import Image
+
+from cxr_core.errors import UserError
+from cxr_core.runs import ACTIVE, RunStore
+from cxr_core.synthetic import radiograph
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+PAGES = {"runs": "Runs", "": "Data", "train": "Train", "compare": "Compare"}
+PAGES |= {"predict": "Predict & explain", "about": "About CXR Lab"}
+WAIT_MS = 180_000  # generous: the CI machine may be busy training
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if os.environ.get("CXR_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, tiny_run_dir, isolated_store):
+    """A fresh `streamlit run app.py` with a tmp runs folder and one bundled tiny run."""
+    bundled = tmp_path / "bundled"
+    shutil.copytree(tiny_run_dir, bundled / "bundled-tiny")
+    port = _free_port()
+    env = {**os.environ, "CXR_RUNS_DIR": str(isolated_store), "CXR_BUNDLED_DIR": str(bundled)}
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                    if reply.read() == b"ok":
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError((tmp_path / "streamlit.log").read_text())
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def settle(page, timeout: float = 90) -> None:
+    """Wait until the script run is over (no 'running' indicator for a second)."""
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    while time.monotonic() < deadline:
+        busy = page.locator("[data-testid=stStatusWidget]").count() > 0
+        busy |= page.locator("[data-testid=stSkeleton]").count() > 0
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 1.0:
+            return
+        time.sleep(0.2)
+
+
+def shot(page, name: str) -> None:
+    """Screenshot of the whole page (Streamlit scrolls inside its main block)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    height = page.evaluate("document.querySelector('[data-testid=stMain]').scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": min(int(height) + 40, 8000)})
+    time.sleep(0.5)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def open_page(browser, url: str, path: str, title: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{url}/{path}")
+    page.get_by_role("heading", name=title, exact=True).wait_for()
+    settle(page)
+    assert page.locator("[data-testid=stException]").count() == 0
+    return page
+
+
+def curve_points(page, run_id: str) -> int:
+    """How many points the run's curves hold in the Plotly charts on the page."""
+    traces = page.evaluate(
+        """() => Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(
+            el => (el._fullData || []).map(t => [t.name || '', (t.x || []).length || 0]))"""
+    )
+    return sum(n for name, n in traces if name.startswith(run_id))
+
+
+def test_every_page_opens(browser, server):
+    for path, title in PAGES.items():  # the first request is a deep link (/runs)
+        page = open_page(browser, server, path, title)
+        nav = page.locator("[data-testid=stSidebarNav]")
+        assert nav.get_by_text("Predict & explain").count() == 1  # st.navigation, not pages/
+        shot(page, f"page-{path or 'data'}")
+        page.close()
+
+
+def test_upload_predict_and_explain(browser, server, tmp_path):
+    real = sorted((SHARED_DATA / "val" / "PNEUMONIA").glob("*.jpeg"))
+    if real:
+        image = real[0]
+    else:  # no shared data on this machine: a synthetic radiograph still exercises it all
+        image = tmp_path / "synthetic.png"
+        Image.fromarray(radiograph(np.random.default_rng(0), 256, True)[0]).save(image)
+    page = open_page(browser, server, "predict", "Predict & explain")
+    page.locator("[data-testid=stFileUploaderDropzoneInput]").set_input_files(str(image))
+    page.get_by_text("P(pneumonia)").wait_for()
+    page.locator("[data-testid=stImage] img").nth(1).wait_for()  # the input and the overlay
+    settle(page)
+    assert page.locator("[data-testid=stException]").count() == 0
+    assert re.search(r"\d+\.\d%", page.locator("[data-testid=stMetricValue]").inner_text())
+    assert page.get_by_text(re.compile(r"^gradcam for predicted class")).count() == 1
+    assert page.locator("[data-testid=stMain]").get_by_text("Not a medical device.").count() == 1
+    shot(page, "predict-upload")
+    page.close()
+
+
+def test_launch_training_and_watch_the_curve_grow(browser, server, isolated_store):
+    page = open_page(browser, server, "train", "Train")
+    page.locator("[data-testid=stSelectbox]").filter(has_text="Preset").click()
+    page.get_by_role("option", name="tiny demo (synthetic)").click()
+    page.get_by_text("synthetic:60").wait_for()
+    epochs = page.get_by_label("Epochs", exact=True)
+    epochs.fill("6")
+    epochs.press("Enter")
+    settle(page)
+    page.get_by_role("button", name=re.compile("Launch run")).click()
+    launched = page.get_by_text(re.compile(r"^Launched: ")).inner_text()
+    (run_id,) = re.findall(r"\d{8}-\d{6}-small_cnn-[0-9a-f]{4}", launched)
+    shot(page, "train-launched")
+    page.close()  # closing the tab does not stop the run
+
+    try:
+        watch_the_run(browser, server, isolated_store, run_id)
+    finally:  # a failed check must not leave a training process behind
+        for run in RunStore(isolated_store).list():
+            if run.status().get("status") in ACTIVE:
+                run.request_cancel()
+
+
+def watch_the_run(browser, server: str, runs: Path, run_id: str) -> None:
+    page = open_page(browser, server, "runs", "Runs")
+    counts, deadline = [], time.monotonic() + 400
+    while time.monotonic() < deadline:
+        try:
+            status = RunStore(runs).get(run_id).status()["status"]
+        except UserError:  # the training process has not created its folder yet
+            status = "starting"
+        counts.append(curve_points(page, run_id))
+        if status == "running" and len(counts) > 1 and counts[-1] > counts[-2] > 0:
+            shot(page, "runs-live")
+        if status not in (*ACTIVE, "starting") and page.get_by_text("Final results").count():
+            break
+        time.sleep(1)
+    assert status == "completed", status
+    assert page.locator("[data-testid=stException]").count() == 0
+    sizes = sorted(set(counts) - {0})
+    assert len(sizes) >= 2, f"the live curve did not grow on the open page: {counts}"
+    settle(page)
+    shot(page, "runs-final")
+    page.close()
