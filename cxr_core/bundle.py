@@ -45,26 +45,38 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _weights(config: dict) -> str:
+    if not config.get("pretrained"):
+        return "scratch"
+    unfreeze = config.get("unfreeze_last", -1)
+    if unfreeze == 0:
+        return "ImageNet, frozen backbone"
+    return "ImageNet, fine-tuned" + (f" (last {unfreeze} stages)" if unfreeze > 0 else "")
+
+
 def results_markdown(runs: list[Run]) -> str:
-    """A markdown table of runs: val and internal/official test metrics, cost, command."""
+    """A markdown table of runs: validation, internal/official test and the 16-image
+    official val (reported only), cost, and the command that produced each run."""
     lines = [
-        "| run | arch | weights | px | params | file MB | train min | best epoch "
-        "| val AUC | test set | test acc | test sens | test spec | test AUC |",
+        "| run | weights | px | params | file MB | wall min | best epoch | val AUC "
+        "| test set | test acc | test sens | test spec | test AUC | official val acc (n=16) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     commands = []
-    for run in runs:
-        config, ev = run.config(), run.evaluation() or {}
+    for run in sorted(runs, key=lambda r: r.id):
+        config, ev, status = run.config(), run.evaluation() or {}, run.status()
         splits = ev.get("splits", {})
         val, test = splits.get("val", {}), splits.get(ev.get("test_split"), {})
-        weights = "ImageNet, fine-tuned" if config.get("pretrained") else "scratch"
+        official = splits.get("official_val", {})
+        wall = (status.get("ended", 0) - status.get("started", 0)) / 60
         lines.append(
-            f"| `{run.id}` | {config.get('arch')} | {weights} | {config.get('img_size')} "
+            f"| `{run.id}` | {_weights(config)} | {config.get('img_size')} "
             f"| {ev.get('params', 0) / 1e6:.1f}M | {_num(ev.get('file_mb'), 1)} "
-            f"| {_num(ev.get('train_time_s', 0) / 60, 1)} | {ev.get('best_epoch')} "
+            f"| {_num(wall, 1)} | {ev.get('best_epoch')} "
             f"| {_num(val.get('roc_auc'))} | {ev.get('test_split')} (n={test.get('n')}) "
             f"| {_pct(test.get('accuracy'))} | {_pct(test.get('sensitivity'))} "
-            f"| {_pct(test.get('specificity'))} | {_num(test.get('roc_auc'))} |"
+            f"| {_pct(test.get('specificity'))} | {_num(test.get('roc_auc'))} "
+            f"| {_pct(official.get('accuracy'))} |"
         )
         commands.append(f"- `{run.id}`: `{config.get('command', '(not recorded)')}`")
     return "\n".join([*lines, "", "Commands that produced them:", "", *commands])

@@ -503,6 +503,7 @@ def _fit(run: Run, cfg: TrainConfig, resume: bool, half_weights: bool) -> dict:
 
     status = "completed"
     trainee = network  # the head alone when it trains on cached features
+    images = data  # fp16 weights change the backbone's features: score what ships on images
     try:
         if features.applies(cfg):
             trainee, data = features.cache_features(
@@ -571,7 +572,8 @@ def _fit(run: Run, cfg: TrainConfig, resume: bool, half_weights: bool) -> dict:
         run.set_status(status, message="stopped before any epoch finished")
         return {}
     run.set_status("running", phase="final evaluation")
-    evaluation = final_evaluation(run, data, device, cfg, state, info, half_weights)
+    scored = images if half_weights else data
+    evaluation = final_evaluation(run, scored, device, cfg, state, info, half_weights)
     message = "cancelled: evaluated the best epoch so far" if status == "cancelled" else None
     run.set_status(status, phase="done", message=message)
     return evaluation

@@ -1,0 +1,76 @@
+"""The runs shipped in checkpoints/: complete, small, documented, and reproducible."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT, run_cli
+
+from cxr_core.bundle import SHARED_FILES, results_markdown
+from cxr_core.runs import Run, RunStore
+
+BUNDLED = sorted(p for p in (ROOT / "checkpoints").iterdir() if (p / "config.json").exists())
+
+
+@pytest.fixture(autouse=True)
+def real_bundled_dir(monkeypatch):
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(ROOT / "checkpoints"))
+
+
+def test_the_expected_runs_are_bundled_and_small():
+    archs = {json.loads((p / "config.json").read_text())["arch"] for p in BUNDLED}
+    assert {"mlp", "small_cnn", "resnet18", "efficientnet_lite0"} <= archs
+    total = sum(f.stat().st_size for f in (ROOT / "checkpoints").rglob("*") if f.is_file())
+    assert total < 60 * 2**20
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.name)
+def test_bundled_run_is_a_complete_record(path):
+    run = Run(path, bundled=True)
+    assert {f.name for f in path.iterdir()} == set(SHARED_FILES)
+    assert run.status()["status"] == "completed"
+    evaluation = run.evaluation()
+    assert evaluation["fp16_weights"] and not evaluation["synthetic"]
+    assert {"val", "internal_test"} <= set(evaluation["splits"])
+    for report in evaluation["splits"].values():
+        assert len(report["probs"]) == len(report["labels"]) == report["n"]
+    assert run.config()["command"].startswith("python -m cxr_core")
+    split = run.split()
+    patients = [{s["patient"] for s in split["splits"][k]} for k in ("train", "val")]
+    assert not patients[0] & patients[1]
+
+
+def test_all_bundled_runs_share_one_split():
+    manifests = {json.dumps(Run(p).split()["splits"]["val"], sort_keys=True) for p in BUNDLED}
+    tests = {json.dumps(Run(p).split()["splits"]["internal_test"], sort_keys=True) for p in BUNDLED}
+    assert len(manifests) == 1 and len(tests) == 1
+
+
+def test_readme_table_is_generated_from_the_records():
+    runs = [r for r in RunStore().list(status="completed") if r.bundled]
+    assert results_markdown(runs) in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.name)
+def test_evaluate_reproduces_the_recorded_validation_metrics(path, real_data):
+    result = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(path),
+        "--data",
+        str(real_data),
+        "--split",
+        "val",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    recorded = Run(path).evaluation()["splits"]["val"]
+    assert measured["n"] == recorded["n"]
+    assert measured["confusion_matrix"] == recorded["confusion_matrix"]
+    for key in ("accuracy", "roc_auc", "sensitivity", "specificity", "f1"):
+        assert measured[key] == pytest.approx(recorded[key], abs=1e-6)
