@@ -58,9 +58,9 @@ def results_markdown(runs: list[Run]) -> str:
     """A markdown table of runs: validation, internal/official test and the 16-image
     official val (reported only), cost, and the command that produced each run."""
     lines = [
-        "| run | weights | px | params | file MB | wall min | best epoch | val AUC "
+        "| run | weights | px | params | file MB | wall min | best epoch | val acc | val AUC "
         "| test set | test acc | test sens | test spec | test AUC | official val acc (n=16) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     commands = []
     for run in sorted(runs, key=lambda r: r.id):
@@ -73,7 +73,8 @@ def results_markdown(runs: list[Run]) -> str:
             f"| `{run.id}` | {_weights(config)} | {config.get('img_size')} "
             f"| {ev.get('params', 0) / 1e6:.1f}M | {_num(ev.get('file_mb'), 1)} "
             f"| {_num(wall, 1)} | {ev.get('best_epoch')} "
-            f"| {_num(val.get('roc_auc'))} | {ev.get('test_split')} (n={test.get('n')}) "
+            f"| {_pct(val.get('accuracy'))} | {_num(val.get('roc_auc'))} "
+            f"| {ev.get('test_split')} (n={test.get('n')}) "
             f"| {_pct(test.get('accuracy'))} | {_pct(test.get('sensitivity'))} "
             f"| {_pct(test.get('specificity'))} | {_num(test.get('roc_auc'))} "
             f"| {_pct(official.get('accuracy'))} |"
