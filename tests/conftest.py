@@ -77,6 +77,7 @@ def tiny_run_dir(tmp_path_factory) -> Path:
         "--run-id",
         "tiny",
         env=env,
+        timeout=1800,  # a safety net only: the CPU may be shared with other training jobs
     )
     assert result.returncode == 0, result.stderr
     return runs / "tiny"

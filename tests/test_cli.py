@@ -231,6 +231,37 @@ def test_predict_json_matches_the_evaluation_and_cam_writes_overlays(
     assert code == 2 and "--cam needs --out" in err
 
 
+def test_export_copies_a_completed_run_without_resume_state(capsys, store, tmp_path):
+    code, out, _ = _main(capsys, "export", "tiny", "--out", str(tmp_path / "shared"))
+    exported = tmp_path / "shared" / "tiny"
+    assert code == 0 and out.strip() == str(exported)
+    assert (exported / "model.safetensors").read_bytes() == (
+        store / "tiny" / "model.safetensors"
+    ).read_bytes()
+    assert not list(exported.glob("last.*"))
+    code, _, err = _main(capsys, "export", "tiny", "--out", str(tmp_path / "shared"))
+    assert code == 2 and "already exists" in err
+    (store / "tiny2" / "status.json").write_text(json.dumps({"status": "failed"}))
+    code, _, err = _main(capsys, "export", "tiny2", "--out", str(tmp_path / "shared"))
+    assert code == 2 and "export completed runs" in err
+
+
+def test_report_writes_the_results_table(capsys, store, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- runs:start -->\nold\n<!-- runs:end -->\noutro\n")
+    code, _, err = _main(capsys, "--runs-dir", str(store), "report", "--readme", str(readme))
+    assert code == 0, err
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    auc = _evaluation(store / "tiny")["splits"]["internal_test"]["roc_auc"]
+    rows = [line for line in text.splitlines() if line.startswith("| `tiny` |")]
+    assert len(rows) == 1 and f"| {auc:.3f} |" in rows[0]
+    assert "`tiny`: `python -m cxr_core train --arch small_cnn" in text
+    readme.write_text("no block here")
+    code, _, err = _main(capsys, "--runs-dir", str(store), "report", "--readme", str(readme))
+    assert code == 2 and "no <!-- runs:start -->" in err
+
+
 def test_download_offline_is_one_line(capsys, monkeypatch, tmp_path):
     """With the packages installed but no network (simulated in-process: nothing is ever
     fetched), each source fails with one line naming the manual route."""

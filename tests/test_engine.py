@@ -55,7 +55,7 @@ def _checkpoint_epoch(run_dir: Path) -> int:
         return 0
 
 
-def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 900) -> None:
     deadline = time.time() + timeout
     while not condition():
         if proc.poll() is not None:
@@ -110,9 +110,9 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, cap
     rows = _runs_list(runs, capsys)
     assert rows["killed"]["status"] == "interrupted"
 
-    resumed = run_cli("--runs-dir", str(runs), "resume", "killed", timeout=300)
+    resumed = run_cli("--runs-dir", str(runs), "resume", "killed", timeout=900)
     assert resumed.returncode == 0, resumed.stderr
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    assert reference.wait(timeout=900) == 0, reference.stderr.read()
     rows = _runs_list(runs, capsys)
     assert rows["killed"]["status"] == rows["straight"]["status"] == "completed"
 
@@ -140,7 +140,7 @@ def test_cancel_flag_ends_a_training_process_as_cancelled(tmp_path):
     run_dir = runs / "stopme"
     _wait_for(lambda: _checkpoint_epoch(run_dir) >= 1, proc, "the first checkpoint")
     assert cli.main(["--runs-dir", str(runs), "cancel", "stopme"]) == 0
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "cancelled"
