@@ -9,6 +9,7 @@ forward) then ``inference.explain`` (Grad-CAM).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from cxr_core.inference import LoadedModel, explain, load_model, predict
 from cxr_core.runs import bundled_runs_dir
 
 SYNTHETIC_RUNS = (("small_cnn", 128), ("resnet18", 224), ("efficientnet_lite0", 224))
+TARGET_MODEL = ("resnet18", 224)
+"""The latency target is set for this architecture and size."""
 
 
 def bundled_checkpoints() -> list[Path]:
@@ -34,10 +37,12 @@ def bundled_checkpoints() -> list[Path]:
     return sorted(p.parent for p in folder.glob("*/model.safetensors")) if folder.is_dir() else []
 
 
-def synthetic_checkpoints(folder: Path) -> list[Path]:
-    """Train one tiny run per architecture on synthetic data (1 epoch, untimed)."""
+def synthetic_checkpoints(
+    folder: Path, which: tuple[tuple[str, int], ...] = SYNTHETIC_RUNS
+) -> list[Path]:
+    """Train one tiny run per (architecture, size) on synthetic data (1 epoch, untimed)."""
     runs = []
-    for arch, size in SYNTHETIC_RUNS:
+    for arch, size in which:
         run_id = f"synthetic-{arch}-{size}"
         if not (folder / run_id / "model.safetensors").exists():
             subprocess.run(
@@ -229,12 +234,27 @@ def measure_ablations(run: Path, images: list[Path], reps: int, compile_too: boo
     }
 
 
-def checkpoints_to_measure(synthetic: bool) -> tuple[list[Path], str]:
-    """Bundled runs when there are any (and ``synthetic`` is not forced), else tiny ones."""
-    found = [] if synthetic else bundled_checkpoints()
-    if found:
-        return found, "bundled"
-    return synthetic_checkpoints(synthetic_folder()), "synthetic"
+def checkpoints_to_measure(synthetic: bool) -> list[tuple[Path, str]]:
+    """Run folders to measure and where each comes from ("bundled" or "synthetic").
+
+    The bundled runs (unless ``synthetic`` forces tiny ones); where none is bundled, tiny
+    synthetic runs of every architecture; and resnet18 at 224 px (the target's model)
+    from a tiny synthetic run when no bundled run has it.
+    """
+    bundled = [] if synthetic else bundled_checkpoints()
+    if not bundled:
+        return [(p, "synthetic") for p in synthetic_checkpoints(synthetic_folder())]
+    found = [(p, "bundled") for p in bundled]
+    if not any(_arch_and_size(p) == TARGET_MODEL for p in bundled):
+        found += [
+            (p, "synthetic") for p in synthetic_checkpoints(synthetic_folder(), [TARGET_MODEL])
+        ]
+    return found
+
+
+def _arch_and_size(run: Path) -> tuple[str, int]:
+    config = json.loads((run / "config.json").read_text())
+    return config.get("arch"), config.get("img_size")
 
 
 def synthetic_folder() -> Path:

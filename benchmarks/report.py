@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS_JSON = ROOT / "benchmarks" / "results.json"
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 README = ROOT / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -123,7 +124,7 @@ def latency(section: dict) -> str:
     out = ["### Predict + Grad-CAM latency (CPU, per image)", _where(section), ""]
     rows = [
         [
-            m["run"],
+            f"{m['run']} ({m['origin']})",
             f"{m['arch']}@{m['img_size']}",
             f"{m['predict_ms']['p50']:.0f}",
             f"{m['gradcam_ms']['p50']:.0f}",
@@ -149,15 +150,12 @@ def latency(section: dict) -> str:
             rows,
         )
     )
-    origin = (
-        "bundled runs in checkpoints/"
-        if section["origin"] == "bundled"
-        else "tiny runs trained on synthetic data (no bundled runs yet; same architectures "
-        "and sizes, so the same cost per image)"
-    )
     out.append(
-        f"\n{origin}; {section['images']} images (the official val/ originals, then training "
-        "images), decode + preprocess + forward, then `inference.explain` (Grad-CAM)."
+        "\nbundled: a run in checkpoints/; synthetic: a tiny run trained on synthetic data "
+        "(same architecture and size, so the same cost per image) where none is bundled. "
+        f"{section['images']} images (the official val/ originals, then training images); "
+        "each is `inference.predict` on the file (decode + preprocess + forward), then "
+        "`inference.explain` (Grad-CAM)."
     )
     a = section.get("ablation")
     if a:
@@ -228,18 +226,20 @@ def render(results: dict) -> str:
 
 
 def write(results_file: Path) -> Path:
-    """Write RESULTS.md (and the README block, if marked) from ``results_file``."""
+    """Write the markdown beside ``results_file`` (RESULTS.md for the project's own
+    results.json, which also refreshes the README block when the markers exist)."""
     markdown = render(json.loads(results_file.read_text()))
-    RESULTS_MD.write_text(markdown)
-    if README.exists():
+    own = results_file.resolve() == RESULTS_JSON
+    target = RESULTS_MD if own else results_file.with_suffix(".md")
+    target.write_text(markdown)
+    if own and README.exists():
         text = README.read_text()
         if START in text and END in text:
             block = f"{START}\n{markdown}{END}"
             pattern = re.escape(START) + r".*?" + re.escape(END)
             README.write_text(re.sub(pattern, lambda _: block, text, count=1, flags=re.S))
-    return RESULTS_MD
+    return target
 
 
 if __name__ == "__main__":
-    source = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "benchmarks" / "results.json"
-    print(write(source))
+    print(write(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS_JSON))

@@ -29,7 +29,6 @@ from benchmarks import report  # noqa: E402
 from benchmarks.common import DATA, machine  # noqa: E402
 
 SECTIONS = ("throughput", "time", "latency", "app")
-RESULTS = ROOT / "benchmarks" / "results.json"
 
 
 def _verdict(ok: bool | None) -> str:
@@ -94,17 +93,18 @@ def run_time(args) -> dict:
 def run_latency(args) -> dict:
     from benchmarks import latency
 
-    runs, origin = latency.checkpoints_to_measure(args.synthetic_models)
+    runs = latency.checkpoints_to_measure(args.synthetic_models)
     images = latency.sample_images(args.images)
     models = []
-    for run in runs:
+    for run, origin in runs:
         r = latency.measure_model(run, images, args.latency_reps)
-        target = 250.0 if (r["arch"], r["img_size"]) == ("resnet18", 224) else None
+        target = 250.0 if (r["arch"], r["img_size"]) == latency.TARGET_MODEL else None
+        r["origin"] = origin
         r["target_p50_ms"] = target
         r["meets_target"] = None if target is None else r["total_ms"]["p50"] <= target
         models.append(r)
         print(
-            f"latency {r['run']} ({r['arch']}@{r['img_size']}): predict+Grad-CAM "
+            f"latency {r['run']} ({r['arch']}@{r['img_size']}, {origin}): predict+Grad-CAM "
             f"p50 {r['total_ms']['p50']:.0f} ms, p95 {r['total_ms']['p95']:.0f} ms "
             f"(predict p50 {r['predict_ms']['p50']:.0f}, CAM p50 {r['gradcam_ms']['p50']:.0f})"
             + (f" target p50 <= {target:.0f} ms {_verdict(r['meets_target'])}" if target else ""),
@@ -114,7 +114,7 @@ def run_latency(args) -> dict:
     if not args.quick and runs:
         pick = next((m for m in models if m["arch"] == "resnet18"), models[0])
         ablation = latency.measure_ablations(
-            next(r for r in runs if r.name == pick["run"]), images[:8], args.reps, args.compile
+            next(r for r, _ in runs if r.name == pick["run"]), images[:8], args.reps, args.compile
         )
         print(
             "latency ablation "
@@ -123,14 +123,13 @@ def run_latency(args) -> dict:
             + ", ".join(f"{k} {v:.1f} ms" for k, v in ablation["cam_ms_per_image"].items()),
             flush=True,
         )
-    return {"origin": origin, "images": len(images), "models": models, "ablation": ablation}
+    return {"images": len(images), "models": models, "ablation": ablation}
 
 
 def run_app(args) -> dict:
     from benchmarks import app_bench, latency
 
-    runs, origin = latency.checkpoints_to_measure(args.synthetic_models)
-    tiny = latency.synthetic_checkpoints(latency.synthetic_folder())[0]
+    tiny = latency.synthetic_checkpoints(latency.synthetic_folder(), [("small_cnn", 128)])[0]
     compare = app_bench.compare_render(tiny, args.reps)
     print(
         f"Compare page with {compare['runs_in_store']} runs: "
@@ -140,9 +139,13 @@ def run_app(args) -> dict:
     )
     memory = None
     if app_bench.CHROMIUM.exists():
+        bundled = [] if args.synthetic_models else latency.bundled_checkpoints()
+        folder = bundled[0].parent if bundled else tiny.parent
+        if not bundled:
+            latency.synthetic_checkpoints(folder)
         image = sorted((DATA / "val" / "PNEUMONIA").glob("*.jpeg"))[0]
-        memory = app_bench.server_peak_rss(runs[0].parent, image)
-        memory["origin"] = origin
+        memory = app_bench.server_peak_rss(folder, image)
+        memory["origin"] = "bundled" if bundled else "synthetic"
         print(
             f"streamlit server peak RSS with {memory['models']} models + Grad-CAM: "
             f"{memory['peak_rss_gb']:.2f} GB (idle {memory['idle_rss_gb']:.2f} GB; "
@@ -176,7 +179,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="measure tiny synthetic runs even when bundled runs exist",
     )
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=report.RESULTS_JSON)
     args = p.parse_args(argv)
     if args.quick:
         args.archs, args.sizes, args.steps = ["small_cnn"], [128], 2

@@ -89,3 +89,11 @@ def test_fast_path_saves_the_whole_model_that_reproduces_its_evaluation():
         )
         np.testing.assert_allclose(probs, evaluation["splits"][split]["probs"], atol=1e-4)
     assert loaded.threshold == pytest.approx(evaluation["threshold"])
+
+
+def test_quick_preset_trains_on_cached_features():
+    from cxr_core.presets import apply_preset
+
+    cfg = TrainConfig(**apply_preset("quick on CPU", {"data": "synthetic:12"}))
+    assert features.applies(cfg)
+    assert cfg.pretrained and cfg.arch == "efficientnet_lite0"
