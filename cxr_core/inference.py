@@ -135,7 +135,7 @@ def explain(
             f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}"
         ) from None
     net = model.network
-    x = to_input(torch.from_numpy(pixels[None]), model.config, model.device)
+    x = to_input(torch.from_numpy(pixels[None].copy()), model.config, model.device)
     x.requires_grad_(True)  # the MLP's CAM layer is its input: gradients must reach it
     with model.lock:
         if target is None:
