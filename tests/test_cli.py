@@ -189,6 +189,7 @@ def test_evaluate_text_output_and_threshold_override(capsys, tiny_run_dir):
     assert float(lines["sensitivity"]) == 0.0  # nothing is called pneumonia at that threshold
 
 
+@pytest.mark.filterwarnings("error")  # nothing but results on a user's terminal
 def test_predict_json_matches_the_evaluation_and_cam_writes_overlays(
     capsys, tiny_run_dir, tmp_path
 ):

@@ -48,9 +48,9 @@ def test_registry_entry_contract(arch):
 
     # Forward and backward on a batch of 1-channel images: one logit each.
     model.train()
-    x = torch.randn(3, 1, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
     logits = model(x)
-    assert logits.shape == (3, 1)
+    assert logits.shape == (2, 1)
     assert torch.isfinite(logits).all()
     logits.sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -69,8 +69,6 @@ def test_registry_entry_contract(arch):
         assert np.isfinite(heat).all()
         assert heat.min() >= 0 and heat.max() <= 1 + 1e-6
     assert max(float(h.max()) for h in heats) > 0
-    default = explain(loaded, pixels)  # the predicted class, the default target
-    assert default.shape == (SIZE, SIZE)
 
     # Head only, then head + last stage, then everything.
     set_trainable(network, unfreeze_last=0)
