@@ -298,7 +298,7 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
                 "arch": row["arch"],
                 "status": row["status"],
                 "progress": fraction,
-                "detail": detail,
+                "detail": detail if row["status"] in ACTIVE else "",
                 "ETA": format_duration(status.get("eta_s")) if row["status"] in ACTIVE else "",
                 "data": "synthetic" if is_synthetic_run(run) else (row["data"] or ""),
                 "val AUC": row["val_auc"],

@@ -173,6 +173,20 @@ def confusion_matrix(cm: Sequence[Sequence[int]], normalise: bool, title: str = 
     return fig
 
 
+def _unit_square(fig: go.Figure, x_title: str, y_title: str) -> go.Figure:
+    """The shared frame of ROC and PR charts: both axes 0..1, legend below."""
+    fig.update_layout(
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        height=460,
+        margin={"t": 30, "b": 10, "l": 10, "r": 10},
+        legend={"orientation": "h", "y": -0.18},
+    )
+    fig.update_xaxes(range=[-0.01, 1.01])
+    fig.update_yaxes(range=[-0.01, 1.02])
+    return fig
+
+
 def roc_curves(reports: Mapping[str, dict], reference: bool = True) -> go.Figure:
     """ROC curve per run with its AUC in the legend and its operating point (the run's
     threshold); the published reference point, labelled as a different setup."""
@@ -217,16 +231,9 @@ def roc_curves(reports: Mapping[str, dict], reference: bool = True) -> go.Figure
             textposition="bottom right",
             name=f"{ref['label']} (AUC {ref['auc']:.3f})",
         )
-    fig.update_layout(
-        xaxis_title="1 - specificity (false positive rate)",
-        yaxis_title="sensitivity (true positive rate)",
-        height=460,
-        margin={"t": 30, "b": 10, "l": 10, "r": 10},
-        legend={"orientation": "h", "y": -0.18},
+    return _unit_square(
+        fig, "1 - specificity (false positive rate)", "sensitivity (true positive rate)"
     )
-    fig.update_xaxes(range=[-0.01, 1.01])
-    fig.update_yaxes(range=[-0.01, 1.01])
-    return fig
 
 
 def pr_curves(reports: Mapping[str, dict]) -> go.Figure:
@@ -245,16 +252,7 @@ def pr_curves(reports: Mapping[str, dict]) -> go.Figure:
         if report.get("labels"):
             prevalence = float(np.mean(report["labels"]))
             fig.add_hline(y=prevalence, line={"color": color(i), "dash": "dot", "width": 1})
-    fig.update_layout(
-        xaxis_title="recall (sensitivity)",
-        yaxis_title="precision",
-        height=460,
-        margin={"t": 30, "b": 10, "l": 10, "r": 10},
-        legend={"orientation": "h", "y": -0.18},
-    )
-    fig.update_xaxes(range=[-0.01, 1.01])
-    fig.update_yaxes(range=[0, 1.02])
-    return fig
+    return _unit_square(fig, "recall (sensitivity)", "precision")
 
 
 def class_counts(table: pd.DataFrame, title: str = "") -> go.Figure:

@@ -239,3 +239,10 @@ def watch_the_run(browser, server: str, runs: Path, run_id: str) -> None:
     settle(page)
     shot(page, "runs-final")
     page.close()
+
+    page = open_page(browser, server, "compare", "Compare")  # the new run beside the bundled one
+    page.locator(".js-plotly-plot").first.wait_for()
+    settle(page)
+    assert page.get_by_text(re.compile(r"Kermany et al\. 2018")).count() >= 1
+    shot(page, "compare-two-runs")
+    page.close()

@@ -75,15 +75,17 @@ def _opt(name: str) -> str:
 @st.fragment(run_every="3s")
 def queue_status() -> None:
     with user_errors():
-        active = [r for r in store().list() if r.status().get("status") in ACTIVE]
-        _show_queue(active)
+        runs = store().list()
+        known = {r.id for r in runs}
+        starting = [i for i in st.session_state.get("launched", []) if i not in known]
+        _show_queue([r for r in runs if r.status().get("status") in ACTIVE], starting)
 
 
-def _show_queue(active: list) -> None:
-    if not active:
+def _show_queue(active: list, starting: list[str]) -> None:
+    for run_id in starting:  # launched, its process is still importing
+        st.progress(0.0, text=f"{run_id}: starting ...")
+    if not active and not starting:
         st.caption("No run is training or queued.")
-        return
-    st.markdown(f"**{len(active)} run(s) training or queued**")
     for run in active:
         fraction, detail = appstate.run_progress(run.status(), run.config().get("epochs"))
         st.progress(fraction, text=f"{run.id}: {detail}")
