@@ -1,9 +1,6 @@
 """CXR Lab: ``streamlit run app.py``. The entry point only sets up and navigates; each
-page in views/ is a thin view over cxr_core.
-
-The pages live in views/, not pages/: a pages/ folder beside the entry point puts
-Streamlit in its legacy multipage mode until st.navigation first runs, so on a fresh
-server a deep link (or a reload of /runs) would run that page without this script."""
+page in pages/ is a thin view over cxr_core (see ``pages.ensure_app_shell`` for why
+every page first checks that it runs under this script)."""
 
 from __future__ import annotations
 
@@ -13,6 +10,7 @@ import streamlit as st
 
 from cxr_core import appstate
 from cxr_core.runs import RunStore
+from pages import APP_SHELL
 
 st.set_page_config(page_title="CXR Lab", page_icon=":material/radiology:", layout="wide")
 
@@ -23,16 +21,17 @@ if st.secrets.load_if_toml_exists():
         if name in st.secrets and name not in os.environ:
             os.environ[name] = str(st.secrets[name])
 
+st.session_state[APP_SHELL] = True
 page = st.navigation(
     {
         "Work": [
-            st.Page("views/data.py", title="Data", icon=":material/photo_library:", default=True),
-            st.Page("views/train.py", title="Train", icon=":material/model_training:"),
-            st.Page("views/runs.py", title="Runs", icon=":material/monitoring:"),
-            st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
-            st.Page("views/predict.py", title="Predict & explain", icon=":material/search:"),
+            st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True),
+            st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+            st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
+            st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+            st.Page("pages/predict.py", title="Predict & explain", icon=":material/search:"),
         ],
-        "Help": [st.Page("views/about.py", title="About", icon=":material/info:")],
+        "Help": [st.Page("pages/about.py", title="About", icon=":material/info:")],
     }
 )
 with st.sidebar:

@@ -71,7 +71,7 @@ def _compare_child(reps: int, ids: list[str]) -> dict:
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
     started = time.perf_counter()
-    at.switch_page("views/compare.py").run()
+    at.switch_page("pages/compare.py").run()
     first_s = time.perf_counter() - started
     assert not at.exception, [e.value for e in at.exception]
     picker = lambda: at.multiselect(key="compare_runs")  # noqa: E731

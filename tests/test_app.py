@@ -42,7 +42,7 @@ def no_bundled(tmp_path, monkeypatch) -> None:
 def open_app(page: str = "data") -> AppTest:
     """The app as a browser would open it, on ``page`` (a deep link: app.py runs first)."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.switch_page(f"views/{page}.py").run()
+    at.switch_page(f"pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -144,7 +144,7 @@ def test_data_page_bad_folder_is_one_error(no_bundled, tmp_path):
 def test_train_launches_a_run_and_runs_page_plots_it(no_bundled):
     at = open_app("data")
     at.slider(key="data_synthetic_n").set_value(40).run()
-    at.switch_page("views/train.py").run()
+    at.switch_page("pages/train.py").run()
     assert any("synthetic:40" in m.value for m in at.markdown)
     at.multiselect(key="opt_archs").set_value(["small_cnn"])
     at.selectbox(key="opt_img_size").set_value(64)
@@ -162,7 +162,7 @@ def test_train_launches_a_run_and_runs_page_plots_it(no_bundled):
     assert len(list((RunStore().root / ".logs").glob("*.json"))) == 1
 
     assert wait_for_run(run_id)["status"] == "completed"
-    at.switch_page("views/runs.py").run()
+    at.switch_page("pages/runs.py").run()
     assert not at.exception
     table = at.dataframe[0].value
     assert table.loc[table["run"] == run_id, "data"].item() == "synthetic"

@@ -41,7 +41,7 @@ def no_bundled(tmp_path, monkeypatch):
 def runs_page() -> AppTest:
     """The app as a user opening it now: a fresh script run of the Runs page."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    at.switch_page("views/runs.py").run()
+    at.switch_page("pages/runs.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 

@@ -17,7 +17,9 @@ from cxr_core.jobs import launch_training
 from cxr_core.models import REGISTRY
 from cxr_core.presets import PRESETS, apply_preset
 from cxr_core.runs import ACTIVE
-from views.shared import augmentation_controls, data_spec, kept, store, user_errors
+from pages import augmentation_controls, data_spec, ensure_app_shell, kept, store, user_errors
+
+ensure_app_shell()
 
 IMG_SIZES = [0, 32, 48, 64, 96, 128, 160, 192, 224, 256, 288, 299, 320, 384, 448, 512]
 CUSTOM = "custom"
@@ -103,7 +105,7 @@ with st.container(border=True):
     left.markdown(f"**Training data:** `{spec}`")
     if spec.startswith("synthetic"):
         left.badge("synthetic data", icon=":material/science:", color="orange")
-    right.page_link("views/data.py", label="Change on the Data page", icon=":material/edit:")
+    right.page_link("pages/data.py", label="Change on the Data page", icon=":material/edit:")
 
 st.selectbox(
     "Preset",
@@ -302,7 +304,7 @@ if st.session_state.get("launched"):
         icon=":material/check_circle:",
     )
     st.page_link(
-        "views/runs.py", label="Follow them on the Runs page", icon=":material/monitoring:"
+        "pages/runs.py", label="Follow them on the Runs page", icon=":material/monitoring:"
     )
 
 st.subheader("Queue")

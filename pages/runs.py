@@ -11,7 +11,9 @@ import streamlit as st
 from cxr_core import appstate, plots
 from cxr_core.jobs import log_tail
 from cxr_core.runs import ACTIVE, Run
-from views.shared import kept, store, synthetic_badge, user_errors
+from pages import ensure_app_shell, kept, store, synthetic_badge, user_errors
+
+ensure_app_shell()
 
 REFRESH_S = 2
 
@@ -90,7 +92,7 @@ def _live() -> None:
     runs = store().list()
     if not runs:
         st.info("No runs yet: launch one on the Train page.", icon=":material/info:")
-        st.page_link("views/train.py", label="Train", icon=":material/model_training:")
+        st.page_link("pages/train.py", label="Train", icon=":material/model_training:")
         return
     statuses = {r.id: r.status() for r in runs}
     active = [r for r in runs if statuses[r.id].get("status") in ACTIVE]
@@ -147,7 +149,7 @@ def _live() -> None:
             if statuses[run.id].get("message"):
                 st.caption(f"{run.id}: {statuses[run.id]['message']}")
             _final_results(run)
-        st.page_link("views/compare.py", label="Compare runs in detail", icon=":material/compare:")
+        st.page_link("pages/compare.py", label="Compare runs in detail", icon=":material/compare:")
 
 
 st.title("Runs")

@@ -10,13 +10,16 @@ from cxr_core import appstate, plots
 from cxr_core.datasets import CLASSES
 from cxr_core.errors import UserError
 from cxr_core.imaging import load_and_preprocess
-from views.shared import (
+from pages import (
     augmentation_controls,
     data_root,
     data_source_picker,
+    ensure_app_shell,
     synthetic_badge,
     user_errors,
 )
+
+ensure_app_shell()
 
 PREVIEW_SIZE = 192
 

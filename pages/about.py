@@ -5,7 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from cxr_core import appstate, plots
-from views.shared import medical_notice
+from pages import ensure_app_shell, medical_notice
+
+ensure_app_shell()
 
 st.title("About CXR Lab")
 medical_notice()

@@ -8,7 +8,9 @@ import streamlit as st
 from cxr_core import appstate, plots
 from cxr_core.compare import compare_table, evaluation_set
 from cxr_core.runs import Run
-from views.shared import kept, run_picker, store, user_errors
+from pages import ensure_app_shell, kept, run_picker, store, user_errors
+
+ensure_app_shell()
 
 SPLITS = {
     "test": "each run's test split",

@@ -1,5 +1,7 @@
 """Streamlit pieces shared by the pages: error display, remembered widgets, the data
-source picker, the augmentation controls, cached model loading."""
+source picker, the augmentation controls, cached model loading.
+
+They live in ``pages/__init__.py`` because Streamlit never lists that file as a page."""
 
 from __future__ import annotations
 
@@ -24,6 +26,26 @@ AUG_HELP = {
     "brightness": "Random brightness shift (+/-).",
     "contrast": "Random contrast factor 1 +/- this.",
 }
+
+
+APP_SHELL = "_cxr_app_shell"
+"""Session key app.py sets before it navigates."""
+
+
+def ensure_app_shell() -> None:
+    """Make sure app.py, not Streamlit's legacy pages/ mode, is running this page.
+
+    With a pages/ folder beside the entry point, the very first request of a fresh
+    server runs in Streamlit's pre-``st.navigation`` mode: a deep link (or a reload of
+    /runs) would run the page without app.py's layout, settings and navigation. Leave
+    that mode and rerun, so app.py takes over with the same URL.
+    """
+    if st.session_state.get(APP_SHELL):
+        return
+    from streamlit.runtime.pages_manager import PagesManager
+
+    PagesManager.uses_pages_directory = False
+    st.rerun()
 
 
 @contextmanager

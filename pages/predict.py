@@ -13,7 +13,17 @@ from cxr_core.errors import UserError
 from cxr_core.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, load_gray
 from cxr_core.inference import CAM_METHODS, Prediction, explain, overlay, predict
 from cxr_core.runs import Run
-from views.shared import kept, loaded_model, medical_notice, run_picker, store, synthetic_badge
+from pages import (
+    ensure_app_shell,
+    kept,
+    loaded_model,
+    medical_notice,
+    run_picker,
+    store,
+    synthetic_badge,
+)
+
+ensure_app_shell()
 
 TARGETS = {"predicted class": None, "PNEUMONIA": 1, "NORMAL": 0}
 
