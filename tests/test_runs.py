@@ -28,6 +28,12 @@ def _write_status(run, **status) -> None:
     (run.path / "status.json").write_text(json.dumps(status))
 
 
+def _running_here(run, pid: int, heartbeat: float) -> None:
+    """Status as a training process on this host writes it."""
+    status = {"status": "running", "pid": pid, "host": socket.gethostname()}
+    _write_status(run, **status, heartbeat=heartbeat, created=heartbeat)
+
+
 def test_create_writes_config_and_a_queued_status(store):
     run = store.create({"arch": "mlp", "data": "synthetic"})
     assert run.config() == {"arch": "mlp", "data": "synthetic"}
@@ -48,14 +54,7 @@ def test_a_dead_process_makes_an_active_run_interrupted(store):
         check=True,
     )
     pid = int(finished.stdout)
-    _write_status(
-        run,
-        status="running",
-        pid=pid,
-        host=socket.gethostname(),
-        heartbeat=time.time(),
-        created=time.time(),
-    )
+    _running_here(run, pid, time.time())
     status = run.status()
     assert status["status"] == "interrupted"
     # Written back, so every reader agrees.
@@ -66,14 +65,7 @@ def test_a_live_process_stays_running_even_with_a_stale_heartbeat(store, monkeyp
     """A busy CPU can delay heartbeats: on this host the process table decides."""
     monkeypatch.setattr(runs, "HEARTBEAT_TIMEOUT_S", 1.0)
     run = store.create({"arch": "mlp"}, "alive")
-    _write_status(
-        run,
-        status="running",
-        pid=os.getpid(),
-        host=socket.gethostname(),
-        heartbeat=time.time() - 3,
-        created=time.time(),
-    )
+    _running_here(run, os.getpid(), time.time() - 3)
     assert run.status()["status"] == "running"
 
 
@@ -82,14 +74,7 @@ def test_a_reused_pid_does_not_keep_a_dead_run_running(store):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         run = store.create({"arch": "mlp"}, "reused")
-        _write_status(
-            run,
-            status="running",
-            pid=other.pid,
-            host=socket.gethostname(),
-            heartbeat=time.time() - 60,
-            created=time.time() - 60,
-        )
+        _running_here(run, other.pid, time.time() - 60)
         assert run.status()["status"] == "interrupted"
     finally:
         other.kill()
@@ -154,14 +139,7 @@ def test_list_filters_and_bundled_runs_are_read_only(store, tiny_run_dir, tmp_pa
 
 def test_resume_refuses_a_run_that_is_still_running(store, capsys):
     run = store.create({"arch": "mlp"}, "busy")
-    _write_status(
-        run,
-        status="running",
-        pid=os.getpid(),
-        host=socket.gethostname(),
-        heartbeat=time.time(),
-        created=time.time(),
-    )
+    _running_here(run, os.getpid(), time.time())
     assert cli.main(["--runs-dir", str(store.root), "resume", "busy"]) == 2
     assert "still running" in capsys.readouterr().err
 
