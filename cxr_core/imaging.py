@@ -129,7 +129,8 @@ def _decode_dicom(data: bytes, name: str) -> np.ndarray:
 def _decode_raster(data: bytes, name: str, draft_size: int | None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL warns from 89 MP; MAX_PIXELS is the limit here, checked just below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
             _check_size(*image.size, name)
             if draft_size and image.format in ("JPEG", "MPO"):
@@ -139,8 +140,11 @@ def _decode_raster(data: bytes, name: str, draft_size: int | None) -> np.ndarray
             image = ImageOps.exif_transpose(image)
     except UserError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError(f"{name}: image dimensions are implausibly large (refused)") from None
+    except Image.DecompressionBombError:  # PIL's own refusal, from 179 MP, at open
+        raise UserError(
+            f"{name}: implausibly large image, over the {MAX_PIXELS // 1_000_000} megapixel "
+            "limit (refused before decoding)"
+        ) from None
     except UnidentifiedImageError:
         raise UserError(f"{name}: not an image PIL can read (JPEG, PNG) or a DICOM file") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
+from streamlit.testing.v1 import AppTest
 
 from cxr_core import cli
 from cxr_core.config import TrainConfig
@@ -214,3 +216,61 @@ def test_the_setting_reaches_training_processes(deployed, tmp_path):
         for p in Path(os.environ["CXR_RUNS_DIR"]).glob("*/status.json")
     ]
     assert statuses == ["failed"]
+
+
+# ----------------------------------------------------------------- the app's Data and Train pages
+
+
+def open_app(page: str = "data", secrets: dict | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.secrets.update(secrets or {})
+    at.run()
+    if page != "data":
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def use_folder(at: AppTest, folder: Path | str) -> list[str]:
+    at.text_input[0].set_value(str(folder))
+    at.button[0].click().run()  # the folder form's submit button
+    assert not at.exception, [e.value for e in at.exception]
+    return [e.value for e in at.error]
+
+
+def test_data_page_refuses_folders_outside_the_allowed_roots(deployed, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "none"))
+    inside, outside = deployed
+    at = open_app("data")
+    at.radio(key="data_kind").set_value("Local folder").run()
+    for folder in (outside, outside.parent / "missing", f"{inside}/../../private/chest"):
+        (error,) = use_folder(at, folder)
+        assert "outside the folders this deployment may read" in error and "\n" not in error
+        assert at.session_state["data_spec"] != str(Path(folder).resolve())
+    assert use_folder(at, inside) == []
+    assert any(f"`{inside.resolve()}`" in m.value for m in at.markdown)
+
+
+def test_allowed_roots_can_come_from_st_secrets(tmp_path, small_set, monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)  # restored afterwards: the app copies secrets in
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "none"))
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    at = open_app("data", secrets={ENV: str(allowed)})
+    at.radio(key="data_kind").set_value("Local folder").run()
+    (error,) = use_folder(at, small_set)
+    assert "outside the folders" in error and str(allowed.resolve()) in error
+
+
+def test_train_page_will_not_launch_on_a_folder_outside_the_roots(deployed, tmp_path, monkeypatch):
+    """A data folder that reached the session another way (CXR_DATA_DIR, a preset)."""
+    _, outside = deployed
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("CXR_DATA_DIR", str(outside))
+    at = open_app("train")
+    at.multiselect(key="opt_archs").set_value(["small_cnn"]).run()
+    next(b for b in at.button if b.label == "Launch run").click().run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert "outside the folders" in error
+    assert not (RunStore().root / ".logs").exists()
