@@ -311,3 +311,58 @@ def test_cli_predict_reports_each_bad_image_on_one_line_and_exits_2(tiny_run_dir
         assert sum(name in line for line in errors) == 1, result.stderr
     predicted = [Path(line.split(":")[0]).name for line in result.stdout.splitlines()]
     assert predicted == ["good.png", "scan.dcm"], result.stdout
+
+
+# ----------------------------------------------------------------- the app's Predict page
+
+
+def test_predict_page_reads_or_refuses_each_upload_and_stays_up(
+    tiny_run_dir, isolated_store, tmp_path, monkeypatch
+):
+    import shutil
+    import uuid
+
+    from conftest import ROOT
+    from pydicom.uid import JPEGLSLossless
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "none"))
+    shutil.copytree(tiny_run_dir, isolated_store / "tiny")
+    cmyk = np.zeros((64, 64, 4), np.uint8)
+    cmyk[32:, :, 3] = 255
+    rgba = np.dstack([noise(), noise(seed=1), noise(seed=2), noise(seed=3)])
+    evil = f"evil-{uuid.uuid4().hex}.png"
+    window = dict(RescaleSlope=2, RescaleIntercept=-1024, WindowCenter=1000, WindowWidth=2000)
+    good = {
+        "rgba.png": encode(Image.fromarray(rgba, "RGBA")),
+        "cmyk.jpg": encode(Image.fromarray(cmyk, "CMYK"), "JPEG"),
+        "sixteen.png": encode(Image.fromarray(RAMP_12.astype(np.uint16) * 16)),
+        "mono1.dcm": dicom(RAMP_12, "MONOCHROME1", **window),
+        "mono2-16.dcm": dicom(RAMP_12 * 16, bits_stored=16),
+        "huge.jpg": encode(Image.fromarray(np.full((9000, 7000), 120, np.uint8)), "JPEG"),
+        f"../../../../../tmp/{evil}": encode(Image.fromarray(noise())),
+    }
+    bad = {
+        "cut.jpg": (encode(Image.fromarray(noise(300, 300)), "JPEG")[:3000], "truncated"),
+        "report.jpg": (b"%PDF-1.7 a document, not a radiograph", "not an image"),
+        "empty.png": (b"", "empty file"),
+        "jpegls.dcm": (dicom(RAMP_12, syntax=JPEGLSLossless), "no decoder installed"),
+        "dot.png": (encode(Image.new("L", (1, 1))), "too small"),
+        "bomb.png": (png_header(60_000, 60_000), "megapixel limit"),
+    }
+    uploads = [(n, d, "image/png") for n, d in good.items()]
+    uploads += [(n, d, "image/png") for n, (d, _) in bad.items()]
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    at.switch_page("pages/predict.py").run()
+    at.file_uploader[0].set_value(uploads).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == len(bad), errors
+    for (name, (_, reason)), error in zip(bad.items(), errors):
+        assert error.startswith(f"{name}: ") and reason in error and "\n" not in error
+    probabilities = [m.value for m in at.metric if m.label == "P(pneumonia)"]
+    assert len(probabilities) == len(good)
+    assert evil in [s.value for s in at.subheader]  # the name is shown, never a path
+    assert not (Path("/tmp") / evil).exists()
+    assert not (Path.cwd() / evil).exists() and not list(isolated_store.rglob(evil))
