@@ -149,22 +149,27 @@ class DiskFullWriter:
         self.file.close()
 
 
-def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(monkeypatch, capsys):
-    """The third checkpoint write (in epoch 2) fails halfway; epoch 1's files survive."""
+CHECKPOINT_FILES = ("model.safetensors", "last.safetensors", "last.json")
+
+
+@pytest.mark.parametrize("failing", ["last.safetensors", "last.json"])
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(failing, monkeypatch, capsys):
+    """Epoch 2's resume checkpoint runs out of space halfway through one of its two files:
+    epoch 1's files survive, together (weights never paired with another epoch's state)."""
     real_fdopen = os.fdopen
-    writes, snapshot = [], {}
+    opened: dict[str, int] = {}
+    snapshot: dict[str, bytes] = {}
 
     def fdopen(fd, *args, **kwargs):
         file = real_fdopen(fd, *args, **kwargs)
         target = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        if not target.name.startswith((".model.safetensors.", ".last.safetensors.")):
+        name = next((n for n in CHECKPOINT_FILES if target.name.startswith(f".{n}.")), None)
+        if name is None:
             return file
-        writes.append(target.name)
-        if len(writes) != 3:
-            return file
-        for name in ("model.safetensors", "last.safetensors", "last.json"):
-            snapshot[name] = (target.parent / name).read_bytes()
-        return DiskFullWriter(file)
+        opened[name] = opened.get(name, 0) + 1
+        if name == "last.safetensors" and opened[name] == 2:  # epoch 2's save begins
+            snapshot.update({n: (target.parent / n).read_bytes() for n in CHECKPOINT_FILES})
+        return DiskFullWriter(file) if name == failing and opened[name] == 2 else file
 
     monkeypatch.setattr(os, "fdopen", fdopen)
     code = cli.main(["train", *TINY, "--epochs", "3", "--batch-size", "16", "--run-id", "full"])
