@@ -236,8 +236,10 @@ def test_app_restart_keeps_every_run_and_its_history(tiny_run_dir, isolated_stor
     broken = store.create(TrainConfig(arch="mlp", data="synthetic:40", img_size=64).to_dict())
     broken.append_history({"type": "step", "epoch": 1, "step": 1, "global_step": 1, "loss": 0.7})
     broken.set_status("failed", message="something went wrong")
+    lines = len((tiny_run_dir / "history.jsonl").read_text().splitlines())
     before = {r.id: (r.status()["status"], len(r.history())) for r in store.list()}
-    assert len(before) == 3
+    assert before == {"first": ("completed", lines), "second": ("completed", lines),
+                      broken.id: ("failed", 1)}  # fmt: skip
 
     first = runs_table(runs_page())
     # Restart: a new server process has no caches, and the SQLite index is only a cache.
