@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,20 @@ def real_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def isolated_store(tmp_path_factory, monkeypatch) -> Path:
-    """Every test writes runs to its own folder; the decode cache is shared per session."""
+def isolated_store(tmp_path_factory, monkeypatch) -> Iterator[Path]:
+    """Every test writes runs to its own folder; the decode cache is shared per session.
+
+    CXR_* settings are restored afterwards even when the code under test set them
+    directly (app.py copies st.secrets into the environment, as a deployment needs).
+    """
+    saved = {k: v for k, v in os.environ.items() if k.startswith("CXR_")}
     runs = tmp_path_factory.mktemp("runs")
     monkeypatch.setenv("CXR_RUNS_DIR", str(runs))
     monkeypatch.setenv("CXR_CACHE_DIR", str(_session_cache(tmp_path_factory)))
-    return runs
+    yield runs
+    for name in [k for k in os.environ if k.startswith("CXR_")]:
+        del os.environ[name]
+    os.environ.update(saved)
 
 
 _CACHE: list[Path] = []
