@@ -252,7 +252,10 @@ def test_data_page_refuses_folders_outside_the_allowed_roots(deployed, tmp_path,
 
 
 def test_allowed_roots_can_come_from_st_secrets(tmp_path, small_set, monkeypatch):
-    monkeypatch.delenv(ENV, raising=False)  # restored afterwards: the app copies secrets in
+    # The app copies secrets into os.environ: set-then-delete makes monkeypatch restore the
+    # variable's absence afterwards (a bare delenv of an unset variable records nothing).
+    monkeypatch.setenv(ENV, "")
+    monkeypatch.delenv(ENV)
     monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "none"))
     allowed = tmp_path / "allowed"
     allowed.mkdir()
