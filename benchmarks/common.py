@@ -58,6 +58,17 @@ def interleaved(variants: dict[str, Callable[[], float]], reps: int) -> dict[str
     return out
 
 
+def alternate(variants: dict[str, Callable[[int], float]], rounds: int) -> dict[str, list[float]]:
+    """Round ``i`` runs every variant once on input ``i``, in A B C order on even rounds and
+    C B A on odd ones, so slow drifts in machine load hit every variant alike."""
+    out: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
+            out[name].append(variants[name](i))
+    return out
+
+
 def summarise(samples: dict[str, list[float]], baseline: str, higher_is_better: bool) -> dict:
     """Median per variant, and each variant's median per-repetition ratio to ``baseline``.
 

@@ -58,8 +58,9 @@ def throughput(section: dict) -> str:
     if section["pairs"]:
         r = section["pairs"][0]
         out.append(
-            f"\nMedian of {r['reps']} interleaved repetitions of {r['steps']} steps at batch "
-            f"size {r['batch_size']}; speedup = median of per-repetition ratios. Reference: "
+            f"\nMedians over {r['rounds']} rounds; each round times one training step of "
+            f"each side on the same {r['batch_size']} images (order alternated), speedup = "
+            "median of the per-round ratios. Reference: "
             "ImageFolder + per-image transforms decoding JPEGs every epoch, 3-channel input, "
             f"fp32, default memory format, DataLoader num_workers={r['reference_workers']}."
         )

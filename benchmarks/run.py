@@ -167,7 +167,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--archs", nargs="+", default=["small_cnn", "resnet18", "efficientnet_lite0"])
     p.add_argument("--sizes", nargs="+", type=int, default=[128, 224])
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3, help="training steps per measurement")
+    p.add_argument(
+        "--steps", type=int, default=3, help="throughput: steps x reps alternated rounds"
+    )
     p.add_argument("--ref-workers", type=int, default=0, help="reference DataLoader workers")
     p.add_argument("--ablate", nargs="*", default=["resnet18", "efficientnet_lite0"])
     p.add_argument("--ablate-size", type=int, default=128)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import DATA, interleaved, summarise, sync, timed
+from benchmarks.common import DATA, alternate, summarise, sync, timed
 from cxr_core.config import Augmentation, TrainConfig
 from cxr_core.engine import (
     Data,
@@ -131,34 +131,41 @@ class ReferenceTrainer:
     """The loop a student notebook writes: ImageFolder -> DataLoader -> fp32 model."""
 
     def __init__(self, cfg: TrainConfig, paths: list[str], workers: int) -> None:
-        from torch.utils.data import DataLoader, Subset
         from torchvision.datasets import ImageFolder
 
         self.device = select_device(cfg.device)
-        folder = ImageFolder(str(DATA / "train"), transform=reference_transform(cfg.img_size))
-        index = {str(Path(p).relative_to(DATA)): i for i, (p, _) in enumerate(folder.samples)}
-        self.loader = DataLoader(
-            Subset(folder, [index[p] for p in paths]),
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            num_workers=workers,
-            drop_last=True,
-        )
+        self.cfg, self.workers = cfg, workers
+        self.folder = ImageFolder(str(DATA / "train"), transform=reference_transform(cfg.img_size))
+        self.index = {
+            str(Path(p).relative_to(DATA)): i for i, (p, _) in enumerate(self.folder.samples)
+        }
         torch.manual_seed(cfg.seed)
         self.model = make_three_channel(create_network(cfg.arch, False, cfg.img_size).model)
         self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
-        labels = torch.tensor([folder.samples[index[p]][1] for p in paths], dtype=torch.float32)
+        labels = torch.tensor(
+            [self.folder.samples[self.index[p]][1] for p in paths], dtype=torch.float32
+        )
         self.pos_weight = ((len(labels) - labels.sum()) / labels.sum()).to(self.device)
 
-    def run(self) -> float:
+    def run(self, paths: list[str]) -> float:
+        """Images per second over one pass of a DataLoader on ``paths`` (decoded now)."""
+        from torch.utils.data import DataLoader, Subset
+
+        loader = DataLoader(
+            Subset(self.folder, [self.index[p] for p in paths]),
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            num_workers=self.workers,
+            drop_last=True,
+        )
         self.model.train()
         seen = 0
         sync()
         start = time.perf_counter()
-        for x, y in self.loader:
+        for x, y in loader:
             x, y = x.to(self.device), y.float().to(self.device)
             loss = nn.functional.binary_cross_entropy_with_logits(
                 self.model(x).squeeze(1), y, pos_weight=self.pos_weight
@@ -239,29 +246,52 @@ class PerImageAugment:
 # --------------------------------------------------------------------------- measurements
 
 
+def batches(data: Data, batch_size: int, count: int, seed: int = 0) -> list[Data]:
+    """``count`` one-batch views of ``data``: different images each, the same for every
+    variant measured on that round."""
+    sub = subset(data, batch_size * count, seed)
+    return [
+        dataclasses.replace(
+            sub,
+            rows={**sub.rows, "train": sub.rows["train"][i * batch_size : (i + 1) * batch_size]},
+            labels={
+                **sub.labels,
+                "train": sub.labels["train"][i * batch_size : (i + 1) * batch_size],
+            },
+        )
+        for i in range(count)
+    ]
+
+
 def measure_pair(
     arch: str, size: int, batch_size: int, steps: int, reps: int, device: str, workers: int
 ) -> dict:
-    """Engine vs reference images/s for one architecture and size."""
+    """Engine vs reference images/s for one architecture and size, one step at a time."""
     cfg = engine_config(arch, size, batch_size, device)
     started = time.perf_counter()
     data = load_data(cfg)
     load_s = time.perf_counter() - started
-    sub = subset(data, steps * batch_size)
-    warm = subset(data, batch_size, seed=1)
-    paths = [row_paths(data)[int(r)] for r in sub.rows["train"]]
+    rounds = steps * reps
+    steps_data = batches(data, batch_size, rounds + 1)
+    where = row_paths(data)
+    paths = [[where[int(r)] for r in b.rows["train"]] for b in steps_data]
     engine = EngineTrainer(cfg)
-    reference = ReferenceTrainer(cfg, paths, workers)
-    engine.run(warm)
-    ReferenceTrainer(cfg, paths[:batch_size], workers).run()  # warm the allocator and kernels
-    samples = interleaved({"engine": lambda: engine.run(sub), "reference": reference.run}, reps)
+    reference = ReferenceTrainer(cfg, [p for batch in paths for p in batch], workers)
+    engine.run(steps_data[-1])  # warm-up: allocator, kernels
+    reference.run(paths[-1])
+    samples = alternate(
+        {
+            "engine": lambda i: engine.run(steps_data[i]),
+            "reference": lambda i: reference.run(paths[i]),
+        },
+        rounds,
+    )
     summary = summarise(samples, "reference", higher_is_better=True)
     return {
         "arch": arch,
         "img_size": size,
         "batch_size": batch_size,
-        "steps": steps,
-        "reps": reps,
+        "rounds": rounds,
         "reference_workers": workers,
         "engine_images_per_s": summary["engine"]["median"],
         "reference_images_per_s": summary["reference"]["median"],
@@ -274,39 +304,40 @@ def measure_pair(
 def measure_ablations(
     arch: str, size: int, batch_size: int, steps: int, reps: int, device: str
 ) -> dict:
-    """Full engine vs the engine with one optimisation taken away, interleaved."""
+    """Full engine vs the engine with one optimisation taken away, one step at a time."""
     cfg = engine_config(arch, size, batch_size, device)
     data = load_data(cfg)
-    sub = subset(data, steps * batch_size)
+    rounds = steps * reps
+    steps_data = batches(data, batch_size, rounds + 1)
     no_aug = dataclasses.replace(cfg, augment=Augmentation(enabled=False))
+    decode = DecodeOnRead(data, size)
+    per_image = PerImageAugment(data.pixels, size)
     trainers = {
-        "engine": (EngineTrainer(cfg), sub),
-        "no channels_last": (EngineTrainer(cfg, without_channels_last), sub),
-        "3-channel input": (EngineTrainer(cfg, with_three_channels), sub),
-        "no decode cache": (
-            EngineTrainer(cfg),
-            dataclasses.replace(sub, pixels=DecodeOnRead(data, size)),
-        ),
-        "per-image augmentation": (
-            EngineTrainer(no_aug),
-            dataclasses.replace(sub, pixels=PerImageAugment(data.pixels, size)),
-        ),
+        "engine": (EngineTrainer(cfg), None),
+        "no channels_last": (EngineTrainer(cfg, without_channels_last), None),
+        "3-channel input": (EngineTrainer(cfg, with_three_channels), None),
+        "no decode cache": (EngineTrainer(cfg), decode),
+        "per-image augmentation": (EngineTrainer(no_aug), per_image),
     }
     if select_device(device).type == "cpu":
-        trainers["bf16 autocast"] = (EngineTrainer(cfg, with_bf16_autocast), sub)
-    warm = subset(data, batch_size, seed=1)
-    for trainer, variant_data in trainers.values():
-        trainer.run(dataclasses.replace(variant_data, rows=warm.rows, labels=warm.labels))
-    samples = interleaved(
-        {name: (lambda t=t, d=d: t.run(d)) for name, (t, d) in trainers.items()}, reps
+        trainers["bf16 autocast"] = (EngineTrainer(cfg, with_bf16_autocast), None)
+
+    def step(trainer: EngineTrainer, pixels, i: int) -> float:
+        batch = steps_data[i]
+        return trainer.run(batch if pixels is None else dataclasses.replace(batch, pixels=pixels))
+
+    for trainer, pixels in trainers.values():
+        step(trainer, pixels, rounds)  # warm-up
+    samples = alternate(
+        {name: (lambda i, t=t, px=px: step(t, px, i)) for name, (t, px) in trainers.items()},
+        rounds,
     )
     summary = summarise(samples, "engine", higher_is_better=True)
     return {
         "arch": arch,
         "img_size": size,
         "batch_size": batch_size,
-        "steps": steps,
-        "reps": reps,
+        "rounds": rounds,
         "images_per_s": {k: v["median"] for k, v in summary.items()},
         # How much faster the full engine is than the variant without the optimisation.
         "engine_speedup_over": {
