@@ -153,15 +153,21 @@ def build_network(cfg: TrainConfig, device: torch.device) -> Network:
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    kind = {
-        "adam": torch.optim.Adam,
-        "adamw": torch.optim.AdamW,
-        "nadam": torch.optim.NAdam,
-    }.get(cfg.optimizer)
-    if kind is not None:
-        return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # One fused kernel a step instead of a pass over the weights per operation: resnet18
+    # trained 1.2x faster on a 2-core CPU (benchmarks/). CPU and CUDA have it; NAdam not.
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
+    if cfg.optimizer == "nadam":
+        return torch.optim.NAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer in ("adam", "adamw"):
+        kind = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        params,
+        lr=cfg.lr,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=cfg.weight_decay,
+        fused=fused,
     )
 
 
@@ -375,9 +381,15 @@ def _load_resume_state(run: Run, network, optimizer, scheduler, scaler) -> dict:
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     checkpoints.load_state_into(network.model, model_state, run.config().get("arch", "?"), path)
     slots: dict[int, dict] = {}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, pid, name = key.split(".", 2)
+            param = params[int(pid)]
+            if value.shape == param.shape:
+                # Moments back in their parameter's memory format (channels_last): the
+                # fused optimizers pair elements by memory position, not by index.
+                value = torch.empty_like(param).copy_(value)
             slots.setdefault(int(pid), {})[name] = value
     for key, value in state["optimizer_scalars"].items():
         pid, name = key.split(".", 1)

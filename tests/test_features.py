@@ -97,3 +97,38 @@ def test_quick_preset_trains_on_cached_features():
     cfg = TrainConfig(**apply_preset("quick on CPU", {"data": "synthetic:12"}))
     assert features.applies(cfg)
     assert cfg.pretrained and cfg.arch == "efficientnet_lite0"
+
+
+def test_resumed_optimizer_moments_keep_the_parameters_memory_format():
+    """The fused optimizers pair a parameter and its moments by memory position: moments
+    restored contiguous next to channels_last weights would update the wrong elements."""
+    from cxr_core import engine
+
+    cfg = _config(arch="small_cnn", unfreeze_last=-1, epochs=2)
+    data = load_data(cfg)
+    device = torch.device("cpu")
+
+    def setup():
+        network = engine.build_network(cfg, device)
+        optimizer = engine.make_optimizer(cfg, network.model)
+        scheduler, unit = engine.make_scheduler(cfg, optimizer, len(data.rows["train"]) // 8)
+        return network, optimizer, scheduler, unit, torch.amp.GradScaler("cpu", enabled=False)
+
+    straight = setup()
+    for epoch in (1, 2):
+        engine.train_one_epoch(*straight, data, cfg, device, epoch)
+    first = setup()
+    engine.train_one_epoch(*first, data, cfg, device, 1)
+    run = RunStore().create(cfg.to_dict(), "resume-layout")
+    network, optimizer, scheduler, _, scaler = first
+    engine._save_resume_state(run, network, optimizer, scheduler, scaler, {"epoch": 1})
+    resumed = setup()
+    network, optimizer, scheduler, _, scaler = resumed
+    engine._load_resume_state(run, network, optimizer, scheduler, scaler)
+    for param in network.model.parameters():
+        for moment in optimizer.state[param].values():
+            if moment.shape == param.shape:
+                assert moment.stride() == param.stride()
+    engine.train_one_epoch(*resumed, data, cfg, device, 2)
+    for a, b in zip(straight[0].model.parameters(), network.model.parameters()):
+        assert torch.equal(a, b)
