@@ -319,6 +319,14 @@ def measure_ablations(
         "no decode cache": (EngineTrainer(cfg), decode),
         "per-image augmentation": (EngineTrainer(no_aug), per_image),
     }
+    unfused = EngineTrainer(cfg)
+    unfused.optimizer = torch.optim.AdamW(
+        [p for p in unfused.network.model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        fused=False,
+    )
+    trainers["unfused optimizer"] = (unfused, None)
     if select_device(device).type == "cpu":
         trainers["bf16 autocast"] = (EngineTrainer(cfg, with_bf16_autocast), None)
 
