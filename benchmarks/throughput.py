@@ -25,6 +25,7 @@ from benchmarks.common import DATA, alternate, summarise, sync, timed
 from cxr_core.config import Augmentation, TrainConfig
 from cxr_core.engine import (
     Data,
+    _autocast,
     build_network,
     load_data,
     make_optimizer,
@@ -185,12 +186,15 @@ class ReferenceTrainer:
 class _Wrapped(nn.Module):
     """A model with something done to its input (and output) on the way through."""
 
-    def __init__(self, model: nn.Module, before, autocast: bool = False) -> None:
+    def __init__(self, model: nn.Module, before, autocast: bool | None = None) -> None:
         super().__init__()
         self.model, self.before, self.autocast = model, before, autocast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``autocast`` None leaves the engine's precision as it is."""
         x = self.before(x)
+        if self.autocast is None:
+            return self.model(x)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.model(x).float()
 
@@ -209,8 +213,14 @@ def with_three_channels(network):
     return dataclasses.replace(network, model=model.to(memory_format=torch.channels_last))
 
 
-def with_bf16_autocast(network):
-    return dataclasses.replace(network, model=_Wrapped(network.model, lambda x: x, autocast=True))
+def with_bf16(enabled: bool):
+    """Force CPU bf16 autocast on or off inside the engine's own autocast region."""
+
+    def wrap(network):
+        model = _Wrapped(network.model, lambda x: x, autocast=enabled)
+        return dataclasses.replace(network, model=model)
+
+    return wrap
 
 
 class DecodeOnRead:
@@ -327,8 +337,12 @@ def measure_ablations(
         fused=False,
     )
     trainers["unfused optimizer"] = (unfused, None)
-    if select_device(device).type == "cpu":
-        trainers["bf16 autocast"] = (EngineTrainer(cfg, with_bf16_autocast), None)
+    engine_device = select_device(device)
+    if engine_device.type == "cpu":
+        # The other precision than the engine's own choice for this model on this CPU.
+        bf16 = _autocast(engine_device, trainers["engine"][0].network.model, True)._enabled
+        other = "fp32 (no bf16 autocast)" if bf16 else "bf16 autocast"
+        trainers[other] = (EngineTrainer(cfg, with_bf16(not bf16)), None)
 
     def step(trainer: EngineTrainer, pixels, i: int) -> float:
         batch = steps_data[i]

@@ -31,6 +31,14 @@ def _config(**overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
+@pytest.fixture
+def fp32(monkeypatch):
+    """Compare the two paths at one precision: no CPU bf16 autocast, whatever the CPU."""
+    from cxr_core import engine
+
+    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: False)
+
+
 def _train(cfg: TrainConfig, run_id: str):
     run = RunStore().create(cfg.to_dict(), run_id)
     return run, fit(run, cfg)
@@ -43,7 +51,7 @@ def test_applies_only_to_frozen_backbone_without_augmentation():
     assert not features.applies(_config(augment=Augmentation(enabled=True)))
 
 
-def test_extract_returns_the_heads_input_per_image():
+def test_extract_returns_the_heads_input_per_image(fp32):
     from cxr_core.engine import build_network
 
     cfg = _config()
@@ -57,7 +65,7 @@ def test_extract_returns_the_heads_input_per_image():
     assert torch.allclose(from_features, from_images, atol=1e-5)
 
 
-def test_fast_path_matches_the_per_batch_path(monkeypatch):
+def test_fast_path_matches_the_per_batch_path(monkeypatch, fp32):
     cfg = _config()
     fast_run, fast = _train(cfg, "fast")
     monkeypatch.setattr(features, "applies", lambda cfg: False)
@@ -76,7 +84,7 @@ def test_fast_path_matches_the_per_batch_path(monkeypatch):
     assert fast_run.status()["status"] == "completed"
 
 
-def test_fast_path_saves_the_whole_model_that_reproduces_its_evaluation():
+def test_fast_path_saves_the_whole_model_that_reproduces_its_evaluation(fp32):
     cfg = _config(epochs=1)
     run, evaluation = _train(cfg, "whole")
     loaded = load_model(run.path)
@@ -132,3 +140,31 @@ def test_resumed_optimizer_moments_keep_the_parameters_memory_format():
     engine.train_one_epoch(*resumed, data, cfg, device, 2)
     for a, b in zip(straight[0].model.parameters(), network.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_cpu_bf16_autocast_only_for_plain_convolutional_networks(monkeypatch):
+    from cxr_core import engine
+    from cxr_core.models import create_network
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: True)
+    resnet = create_network("resnet18", False, 64)
+    efficientnet = create_network("efficientnet_lite0", False, 64)  # depthwise convolutions
+    assert engine._autocast(cpu, resnet.model, training=True).fast_dtype == torch.bfloat16
+    assert engine._autocast(cpu, resnet.model, training=True)._enabled
+    assert not engine._autocast(cpu, resnet.model, training=False)._enabled  # scores: fp32
+    assert not engine._autocast(cpu, efficientnet.model, training=True)._enabled
+    assert not engine._autocast(cpu, resnet.head, training=True)._enabled  # cached features
+    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: False)
+    assert not engine._autocast(cpu, resnet.model, training=True)._enabled
+
+
+def test_cxr_cpu_bf16_0_keeps_fp32(monkeypatch):
+    from cxr_core import engine
+
+    monkeypatch.setenv("CXR_CPU_BF16", "0")
+    engine._cpu_has_bf16.cache_clear()
+    try:
+        assert not engine._cpu_has_bf16()
+    finally:
+        engine._cpu_has_bf16.cache_clear()
