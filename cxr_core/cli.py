@@ -141,7 +141,10 @@ def _store(args):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from cxr_core.allocator import keep_freed_memory
     from cxr_core.engine import fit
+
+    keep_freed_memory()  # this process only trains: reuse its activation memory
 
     cfg = _config_from_args(args)
     command = "python -m cxr_core " + shlex.join(sys.argv[1:])
@@ -179,8 +182,11 @@ def _print_final(run, evaluation: dict) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from cxr_core.allocator import keep_freed_memory
     from cxr_core.config import TrainConfig
     from cxr_core.engine import fit
+
+    keep_freed_memory()
 
     run = _store(args).get(args.run)
     if run.bundled:
