@@ -86,7 +86,7 @@ def predict_and_explain(model: LoadedModel, image: Path) -> tuple[float, float]:
     start = time.perf_counter()
     result = predict(model, [image])[0]
     middle = time.perf_counter()
-    explain(model, result.pixels, "gradcam")
+    explain(model, result.pixels, "gradcam", result.predicted)  # as the app does
     return (middle - start) * 1000, (time.perf_counter() - middle) * 1000
 
 
@@ -118,11 +118,11 @@ def measure_model(run: Path, images: list[Path], reps: int) -> dict:
 # --------------------------------------------------------------------------- ablations
 
 
-def _inputs(model: LoadedModel, images: list[Path]) -> tuple[list[np.ndarray], list[torch.Tensor]]:
-    """Preprocessed uint8 images and the model inputs made from them."""
-    pixels = [p.pixels for p in predict(model, images)]
-    return pixels, [
-        to_input(torch.from_numpy(px[None]), model.config, model.device) for px in pixels
+def _inputs(model: LoadedModel, images: list[Path]) -> list[torch.Tensor]:
+    """The model inputs of ``images``, preprocessed as predict() does."""
+    return [
+        to_input(torch.from_numpy(p.pixels[None].copy()), model.config, model.device)
+        for p in predict(model, images)
     ]
 
 
@@ -145,20 +145,23 @@ def _with_threads(n: int, fn):
     return run
 
 
-def _gradcam(model: LoadedModel, x: torch.Tensor) -> np.ndarray:
-    """Grad-CAM of a batch with each image's predicted class (as explain does, batched)."""
+def _full_backward_gradcam(model: LoadedModel, pixels: np.ndarray, target: int) -> np.ndarray:
+    """Grad-CAM as it is usually called: every weight and the input require gradients, so
+    the backward runs through the whole network (what explain() avoids)."""
     net = model.network
-    with torch.inference_mode():
-        targets = (torch.sigmoid(net.model(x)).squeeze(1) >= model.threshold).int().tolist()
-    x = x.clone().requires_grad_(True)
-    with GradCAM(model=net.model, target_layers=[net.cam_layer]) as cam:
-        return cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(t) for t in targets])
+    x = to_input(torch.from_numpy(pixels[None].copy()), model.config, model.device)
+    with GradCAM(
+        model=net.model, target_layers=[net.cam_layer], reshape_transform=net.reshape_transform
+    ) as cam:
+        return cam(
+            input_tensor=x.requires_grad_(True), targets=[BinaryClassifierOutputTarget(target)]
+        )
 
 
 def measure_ablations(run: Path, images: list[Path], reps: int, compile_too: bool) -> dict:
-    """What inference_mode, channels_last, threads and batched CAM buy, per image."""
+    """What inference_mode, channels_last, threads and explain()'s short backward buy, per image."""
     model = load_model(run)
-    pixels, xs = _inputs(model, images)
+    xs = _inputs(model, images)
     contiguous = load_model(run)
     contiguous.network.model.to(memory_format=torch.contiguous_format)
     xs_contiguous = [x.contiguous() for x in xs]
@@ -198,17 +201,23 @@ def measure_ablations(run: Path, images: list[Path], reps: int, compile_too: boo
         fn()  # warm-up
     forward_samples = interleaved(forward, reps)
 
-    batch = torch.cat(xs[:8])
+    predictions = predict(model, images[:8])
+    full = load_model(run)
+    full.network.model.requires_grad_(True)
+
+    def cams(fn) -> float:
+        return _per_image_ms(lambda p: fn(p.pixels.copy(), p.predicted), predictions)
+
     cam = {
-        "batched Grad-CAM (8 at once)": lambda: (
-            _per_image_ms(lambda b: _gradcam(model, b), [batch]) / len(batch)
+        "explain() per image": lambda: cams(lambda px, t: explain(model, px, "gradcam", t)),
+        "explain() finding its own target": lambda: cams(
+            lambda px, t: explain(model, px, "gradcam")
         ),
-        "one Grad-CAM per image": lambda: _per_image_ms(lambda x: _gradcam(model, x), xs[:8]),
-        "explain() per image": lambda: _per_image_ms(
-            lambda px: explain(model, px, "gradcam"), pixels[:8]
+        "full backward (weights and input)": lambda: cams(
+            lambda px, t: _full_backward_gradcam(full, px, t)
         ),
         "explain() per image, 1 thread": _with_threads(
-            1, lambda: _per_image_ms(lambda px: explain(model, px, "gradcam"), pixels[:8])
+            1, lambda: cams(lambda px, t: explain(model, px, "gradcam", t))
         ),
     }
     for fn in cam.values():

@@ -71,12 +71,27 @@ def throughput(section: dict) -> str:
             + [f"{a['engine_speedup_over'][n]:.2f}x" for n in names]
             for a in section["ablations"]
         ]
+        compile_s = ", ".join(
+            f"{a['arch']}@{a['img_size']} {a['torch_compile_s']:.0f} s"
+            for a in section["ablations"]
+            if a.get("torch_compile_s") is not None
+        )
         out += [
             "",
             "What each optimisation buys in training: the full engine's speed over the engine "
-            "with that one optimisation taken away (> 1: the optimisation helps).",
+            "with that one optimisation taken away (> 1: the optimisation helps; for the "
+            "precision and torch.compile, the choice the engine did not make).",
             "",
             _table(["model", "engine img/s", *[f"vs {n}" for n in names]], rows),
+            "",
+            "Every side runs in a process of its own, as in real use: the engine as its "
+            "`train` processes run it (glibc malloc keeping freed activation memory, "
+            "`cxr_core/allocator.py`), the reference as a notebook kernel would. "
+            + (
+                f"torch.compile's compilation (not in the figures): {compile_s}."
+                if compile_s
+                else ""
+            ),
         ]
     return "\n".join(out)
 
@@ -216,6 +231,55 @@ def app(section: dict) -> str:
 RENDERERS = {"throughput": throughput, "time": time_to_model, "latency": latency, "app": app}
 
 
+def targets(sections: dict) -> list[list[str]]:
+    """Every figure that has a target: what, measured, target, met."""
+    rows = []
+    for r in sections.get("throughput", {}).get("pairs", []):
+        rows.append(
+            [
+                f"training throughput {r['arch']}@{r['img_size']} vs reference",
+                f"{r['speedup']:.2f}x",
+                f">= {r['target_speedup']}x",
+                _ok(r["meets_target"]),
+            ]
+        )
+    if "time" in sections:
+        r = sections["time"]["run"]
+        rows.append(
+            [
+                f"time to a useful model ({r['preset']})",
+                f"{r['wall_s']:.0f} s, val AUC {r['val_auc']:.3f}",
+                f"<= {r['target_s']} s, val AUC >= {r['target_val_auc']}",
+                _ok(r["meets_target"]),
+            ]
+        )
+    for m in sections.get("latency", {}).get("models", []):
+        if m["target_p50_ms"]:
+            rows.append(
+                [
+                    f"predict + Grad-CAM p50, {m['arch']}@{m['img_size']}",
+                    f"{m['total_ms']['p50']:.0f} ms (p95 {m['total_ms']['p95']:.0f})",
+                    f"<= {m['target_p50_ms']:.0f} ms",
+                    _ok(m["meets_target"]),
+                ]
+            )
+    app_section = sections.get("app", {})
+    for k, v in app_section.get("compare", {}).get("render_s", {}).items():
+        target = app_section["compare"]["target_s"]
+        rows.append([f"Compare page render, {k}", f"{v:.2f} s", f"<= {target} s", _ok(v <= target)])
+    m = app_section.get("memory")
+    if m:
+        rows.append(
+            [
+                "server peak RSS, every bundled model + Grad-CAM",
+                f"{m['peak_rss_gb']:.2f} GB",
+                f"<= {m['target_gb']} GB",
+                _ok(m["meets_target"]),
+            ]
+        )
+    return rows
+
+
 def render(results: dict) -> str:
     parts = [
         "## Benchmarks",
@@ -224,6 +288,9 @@ def render(results: dict) -> str:
         "`benchmarks/results.json`. Ratios are measured interleaved in one run (absolute "
         "times on a shared CPU are noisy).",
     ]
+    rows = targets(results.get("sections", {}))
+    if rows:
+        parts += ["", "### Targets", "", _table(["figure", "measured", "target", "met"], rows)]
     for name, fn in RENDERERS.items():
         if name in results.get("sections", {}):
             parts += ["", fn(results["sections"][name])]

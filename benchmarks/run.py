@@ -114,7 +114,8 @@ def run_latency(args) -> dict:
         )
     ablation = None
     if not args.quick and runs:
-        pick = next((m for m in models if m["arch"] == "resnet18"), models[0])
+        target = [m for m in models if (m["arch"], m["img_size"]) == latency.TARGET_MODEL]
+        pick = (target or models)[0]
         ablation = latency.measure_ablations(
             next(r for r, _ in runs if r.name == pick["run"]), images[:8], args.reps, args.compile
         )

@@ -312,7 +312,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "threshold": round(prediction.threshold, 6),
         }
         if args.cam:
-            heat = explain(model, prediction.pixels, args.cam)
+            heat = explain(model, prediction.pixels, args.cam, prediction.predicted)
             out = Path(args.out) / f"{i:03d}-{_safe_stem(image)}-{args.cam}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(overlay(prediction.pixels, heat, args.opacity)).save(out)

@@ -73,6 +73,11 @@ class Prediction:
     pixels: np.ndarray
     """The preprocessed uint8 image the model saw."""
 
+    @property
+    def predicted(self) -> int:
+        """The predicted class as a CAM target: 1 PNEUMONIA, 0 NORMAL."""
+        return CLASSES.index(self.label)
+
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder or a ``.safetensors`` file -> the weights file."""
@@ -96,7 +101,9 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
         raise UserError(f"{weights}: checkpoint config is invalid ({exc})") from None
     dev = select_device(device)
     network = build_network(config, dev)
-    network.model.requires_grad_(True)  # CAMs need gradients, even for frozen backbones
+    # Inference only: explain() starts the CAM's graph at the CAM layer, so no backward
+    # ever computes weight gradients.
+    network.model.requires_grad_(False)
     checkpoints.load_state_into(network.model, state, config.arch, weights)
     network.model.eval()
     threshold = float(meta.get("threshold", 0.5))
@@ -126,7 +133,12 @@ def explain(
     """A ``[H, W]`` heat map in 0..1 for the preprocessed image ``pixels``.
 
     ``target`` 1 explains the evidence for pneumonia, 0 for normal; by default the class
-    the model predicts. ViT models use their token-to-grid reshape.
+    the model predicts (pass :attr:`Prediction.predicted` to skip a forward pass). ViT
+    models use their token-to-grid reshape.
+
+    Gradients flow from the output back to the CAM layer and no further: its activation
+    enters the graph as a fresh tensor, and the weights never require gradients. (For
+    resnet18 at 224 px that backward is a 7x7 map's, not the whole network's.)
     """
     try:
         cam_class = CAM_METHODS[method]
@@ -136,18 +148,27 @@ def explain(
         ) from None
     net = model.network
     x = to_input(torch.from_numpy(pixels[None].copy()), model.config, model.device)
-    x.requires_grad_(True)  # the MLP's CAM layer is its input: gradients must reach it
     with model.lock:
         if target is None:
             with torch.inference_mode():
                 prob = torch.sigmoid(net.model(x)).item()
             target = int(prob >= model.threshold)
-        with cam_class(
-            model=net.model, target_layers=[net.cam_layer], reshape_transform=net.reshape_transform
-        ) as cam:
-            if isinstance(cam, ScoreCAM):
-                cam.batch_size = 32
-            heat = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(target)])[0]
+        # Registered before the CAM's own hooks, so they record this tensor and its
+        # gradient. A clone, not a leaf: a later in-place op (DenseNet's ReLU) stays legal.
+        start = net.cam_layer.register_forward_hook(
+            lambda module, args, out: out.detach().requires_grad_(True).clone()
+        )
+        try:
+            with cam_class(
+                model=net.model,
+                target_layers=[net.cam_layer],
+                reshape_transform=net.reshape_transform,
+            ) as cam:
+                if isinstance(cam, ScoreCAM):
+                    cam.batch_size = 32
+                heat = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(target)])[0]
+        finally:
+            start.remove()
     return np.nan_to_num(heat.astype(np.float32))
 
 

@@ -42,7 +42,7 @@ def _predict(weights: str, mtime: float, digest: str, name: str, _data: bytes) -
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _heat(
-    weights: str, mtime: float, digest: str, method: str, target: int | None, _pixels: np.ndarray
+    weights: str, mtime: float, digest: str, method: str, target: int, _pixels: np.ndarray
 ) -> np.ndarray:
     return explain(loaded_model(weights, mtime), _pixels, method, target)
 
@@ -69,7 +69,8 @@ def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, con
     with st.spinner(f"Computing {controls['method']} ..."):
         # A writable copy: the cached pixels are read-only, torch wants to own its input.
         pixels = pred.pixels.copy()
-        heat = _heat(weights, mtime, digest, controls["method"], controls["target"], pixels)
+        target = pred.predicted if controls["target"] is None else controls["target"]
+        heat = _heat(weights, mtime, digest, controls["method"], target, pixels)
     image = overlay(pred.pixels, heat, controls["opacity"])
     st.image(
         image,

@@ -80,6 +80,38 @@ def test_registry_entry_contract(arch):
     assert _trainable_ids(model) == _param_ids(model)
 
 
+@pytest.mark.parametrize("arch", list(REGISTRY))
+def test_cam_computes_no_weight_gradients_and_matches_a_full_backward(arch):
+    """explain() starts the backward's graph at the CAM layer (weights frozen, as load_model
+    leaves them) and gives the map of a plain Grad-CAM that backpropagates everything."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    from cxr_core.engine import to_input
+
+    cfg = TrainConfig(arch=arch, data="synthetic", img_size=SIZE, seed=0)
+    network = build_network(cfg, CPU)
+    network.model.eval()
+    pixels = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
+    x = to_input(torch.from_numpy(pixels[None].copy()), cfg, CPU).requires_grad_(True)
+    with GradCAM(
+        model=network.model,
+        target_layers=[network.cam_layer],
+        reshape_transform=network.reshape_transform,
+    ) as cam:
+        full = [cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(t)])[0] for t in (0, 1)]
+    network.model.zero_grad(set_to_none=True)
+    network.model.requires_grad_(False)
+
+    loaded = LoadedModel(network, cfg, 0.5, CPU, None, CPU)
+    heats = [explain(loaded, pixels, "gradcam", target=t) for t in (0, 1)]
+    assert all(p.grad is None for p in network.model.parameters())
+    assert max(float(f.max()) for f in full) > 0
+    for heat, reference in zip(heats, full):
+        np.testing.assert_allclose(heat, reference, atol=1e-3)
+    assert not network.cam_layer._forward_hooks  # the graph-start hook is removed again
+
+
 def test_vit_reshape_transform_folds_tokens_into_a_grid():
     network = create_network("vit_b_16", img_size=64)
     assert network.reshape_transform is not None
