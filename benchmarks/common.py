@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "chest_xray"
+DATA = Path(os.environ.get("CXR_BENCH_DATA", ROOT.parent / "shared" / "data" / "chest_xray"))
+"""The Kaggle-layout folder measured on (``CXR_BENCH_DATA`` points elsewhere, e.g. a
+subset carried to a GPU machine)."""
 
 
 def machine() -> dict:

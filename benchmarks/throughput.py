@@ -8,13 +8,18 @@ its default ``num_workers=0``. Same architecture, batch size, optimizer, loss, d
 images; both are timed over the same number of steps, interleaved, median of ``reps``.
 
 The ablations switch one engine optimisation off at a time (interleaved with the full
-engine) to show what each buys.
+engine) to show what each buys. Every side runs in a worker process of its own (the engine
+as its training processes run it, with the allocator tuning of :mod:`cxr_core.allocator`;
+the reference as a notebook kernel would, without), and the measuring process alternates
+single steps between them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import DATA, alternate, summarise, sync, timed
+from cxr_core.allocator import keep_freed_memory
 from cxr_core.config import Augmentation, TrainConfig
 from cxr_core.engine import (
     Data,
@@ -213,6 +219,11 @@ def with_three_channels(network):
     return dataclasses.replace(network, model=model.to(memory_format=torch.channels_last))
 
 
+def compiled(network):
+    """The model through ``torch.compile`` (inductor); compiled during the warm-up step."""
+    return dataclasses.replace(network, model=torch.compile(network.model))
+
+
 def with_bf16(enabled: bool):
     """Force CPU bf16 autocast on or off inside the engine's own autocast region."""
 
@@ -273,26 +284,150 @@ def batches(data: Data, batch_size: int, count: int, seed: int = 0) -> list[Data
     ]
 
 
+class StepWorker:
+    """One trainer in a process of its own, stepped on demand from the measuring process.
+
+    Each side keeps its own allocator, thread and compilation state, as it would in real
+    use (the engine's training processes tune glibc's malloc, a notebook does not), while
+    the measuring process still alternates single steps between them. A worker waiting
+    for its turn is blocked on its pipe, so it never competes for the CPU.
+    """
+
+    def __init__(self, build, *args) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, build, args), daemon=True)
+        self.process.start()
+        self.setup_s = self._reply()
+
+    def __call__(self, i: int) -> float:
+        self.conn.send(i)
+        return self._reply()
+
+    def _reply(self) -> float:
+        kind, value = self.conn.recv()
+        if kind == "error":
+            raise RuntimeError(f"benchmark worker failed:\n{value}")
+        return value
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join(60)
+
+
+def _serve(conn, build, args) -> None:
+    """Worker loop: build the stepper (its warm-up included), then answer step requests."""
+    try:
+        started = time.perf_counter()
+        step = build(*args)
+        conn.send(("ok", time.perf_counter() - started))
+        while (i := conn.recv()) is not None:
+            conn.send(("ok", step(i)))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+
+
+def _steps_data(cfg: TrainConfig, rounds: int) -> tuple[Data, list[Data]]:
+    """The data and the batches of every round (+1 for warm-up), from the shared cache."""
+    data = load_data(cfg)
+    return data, batches(data, cfg.batch_size, rounds + 1)
+
+
+VARIANTS = (
+    "engine",
+    "no channels_last",
+    "3-channel input",
+    "no decode cache",
+    "per-image augmentation",
+    "unfused optimizer",
+    "glibc malloc defaults",
+    "other precision",
+    "torch.compile",
+)
+"""The engine, then the engine with one optimisation taken away (or, for the precision
+and torch.compile, with the choice the engine did not make)."""
+
+
+def engine_stepper(cfg: TrainConfig, rounds: int, variant: str = "engine"):
+    """In a worker: the engine as a training process runs it, less ``variant``'s change."""
+    if variant != "glibc malloc defaults":
+        keep_freed_memory()
+    data, steps_data = _steps_data(cfg, rounds)
+    pixels = None
+    if variant == "per-image augmentation":
+        pixels = PerImageAugment(data.pixels, cfg.img_size)
+        cfg = dataclasses.replace(cfg, augment=Augmentation(enabled=False))
+    elif variant == "no decode cache":
+        pixels = DecodeOnRead(data, cfg.img_size)
+    wrap = {
+        "no channels_last": without_channels_last,
+        "3-channel input": with_three_channels,
+        "torch.compile": compiled,
+        "other precision": with_bf16(precision_label(cfg.device, cfg.arch) == "bf16 autocast"),
+    }.get(variant)
+    trainer = EngineTrainer(cfg, wrap)
+    if variant == "unfused optimizer":
+        trainer.optimizer = torch.optim.AdamW(
+            [p for p in trainer.network.model.parameters() if p.requires_grad],
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            fused=False,
+        )
+
+    def step(i: int) -> float:
+        batch = steps_data[i]
+        return trainer.run(batch if pixels is None else dataclasses.replace(batch, pixels=pixels))
+
+    step(rounds)  # warm-up: allocator, kernels (and compilation)
+    return step
+
+
+def precision_label(device: str, arch: str) -> str | None:
+    """What "other precision" is for this model here: the precision the engine did not
+    pick (on a CUDA GPU the engine always autocasts, so there is no other to ablate)."""
+    engine_device = select_device(device)
+    if engine_device.type != "cpu":
+        return None
+    network = create_network(arch, False, 64)
+    bf16 = _autocast(engine_device, network.model, training=True)._enabled
+    return "fp32 (no bf16 autocast)" if bf16 else "bf16 autocast"
+
+
+def reference_stepper(cfg: TrainConfig, rounds: int, workers: int):
+    """In a worker: the notebook loop, on the same images as the engine's rounds."""
+    data, steps_data = _steps_data(cfg, rounds)
+    where = row_paths(data)
+    paths = [[where[int(r)] for r in b.rows["train"]] for b in steps_data]
+    reference = ReferenceTrainer(cfg, [p for batch in paths for p in batch], workers)
+
+    def step(i: int) -> float:
+        return reference.run(paths[i])
+
+    step(rounds)  # warm-up
+    return step
+
+
+def _alternated(workers: dict[str, StepWorker], rounds: int) -> dict[str, list[float]]:
+    try:
+        return alternate(workers, rounds)
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
 def measure_pair(
     arch: str, size: int, batch_size: int, steps: int, reps: int, device: str, workers: int
 ) -> dict:
     """Engine vs reference images/s for one architecture and size, one step at a time."""
     cfg = engine_config(arch, size, batch_size, device)
     started = time.perf_counter()
-    data = load_data(cfg)
+    load_data(cfg)  # decode once into the cache the workers read
     load_s = time.perf_counter() - started
     rounds = steps * reps
-    steps_data = batches(data, batch_size, rounds + 1)
-    where = row_paths(data)
-    paths = [[where[int(r)] for r in b.rows["train"]] for b in steps_data]
-    engine = EngineTrainer(cfg)
-    reference = ReferenceTrainer(cfg, [p for batch in paths for p in batch], workers)
-    engine.run(steps_data[-1])  # warm-up: allocator, kernels
-    reference.run(paths[-1])
-    samples = alternate(
+    samples = _alternated(
         {
-            "engine": lambda i: engine.run(steps_data[i]),
-            "reference": lambda i: reference.run(paths[i]),
+            "engine": StepWorker(engine_stepper, cfg, rounds),
+            "reference": StepWorker(reference_stepper, cfg, rounds, workers),
         },
         rounds,
     )
@@ -316,44 +451,17 @@ def measure_ablations(
 ) -> dict:
     """Full engine vs the engine with one optimisation taken away, one step at a time."""
     cfg = engine_config(arch, size, batch_size, device)
-    data = load_data(cfg)
+    load_data(cfg)
     rounds = steps * reps
-    steps_data = batches(data, batch_size, rounds + 1)
-    no_aug = dataclasses.replace(cfg, augment=Augmentation(enabled=False))
-    decode = DecodeOnRead(data, size)
-    per_image = PerImageAugment(data.pixels, size)
-    trainers = {
-        "engine": (EngineTrainer(cfg), None),
-        "no channels_last": (EngineTrainer(cfg, without_channels_last), None),
-        "3-channel input": (EngineTrainer(cfg, with_three_channels), None),
-        "no decode cache": (EngineTrainer(cfg), decode),
-        "per-image augmentation": (EngineTrainer(no_aug), per_image),
-    }
-    unfused = EngineTrainer(cfg)
-    unfused.optimizer = torch.optim.AdamW(
-        [p for p in unfused.network.model.parameters() if p.requires_grad],
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        fused=False,
-    )
-    trainers["unfused optimizer"] = (unfused, None)
-    engine_device = select_device(device)
-    if engine_device.type == "cpu":
-        # The other precision than the engine's own choice for this model on this CPU.
-        bf16 = _autocast(engine_device, trainers["engine"][0].network.model, True)._enabled
-        other = "fp32 (no bf16 autocast)" if bf16 else "bf16 autocast"
-        trainers[other] = (EngineTrainer(cfg, with_bf16(not bf16)), None)
-
-    def step(trainer: EngineTrainer, pixels, i: int) -> float:
-        batch = steps_data[i]
-        return trainer.run(batch if pixels is None else dataclasses.replace(batch, pixels=pixels))
-
-    for trainer, pixels in trainers.values():
-        step(trainer, pixels, rounds)  # warm-up
-    samples = alternate(
-        {name: (lambda i, t=t, px=px: step(t, px, i)) for name, (t, px) in trainers.items()},
-        rounds,
-    )
+    names = {v: v for v in VARIANTS}
+    precision = precision_label(device, arch)
+    if precision is None:
+        del names["other precision"]
+    else:
+        names["other precision"] = precision
+    workers = {label: StepWorker(engine_stepper, cfg, rounds, v) for v, label in names.items()}
+    compile_s = workers["torch.compile"].setup_s - workers["engine"].setup_s
+    samples = _alternated(workers, rounds)
     summary = summarise(samples, "engine", higher_is_better=True)
     return {
         "arch": arch,
@@ -365,5 +473,6 @@ def measure_ablations(
         "engine_speedup_over": {
             k: round(1 / v["ratio_to_engine"], 3) for k, v in summary.items() if k != "engine"
         },
+        "torch_compile_s": round(compile_s, 1),
         "samples": {k: v["samples"] for k, v in summary.items()},
     }
