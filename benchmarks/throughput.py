@@ -220,7 +220,11 @@ def with_three_channels(network):
 
 
 def compiled(network):
-    """The model through ``torch.compile`` (inductor); compiled during the warm-up step."""
+    """The model through ``torch.compile`` (inductor), compiled cold during the warm-up step
+    (no on-disk cache from an earlier run shortens it)."""
+    import torch._inductor.config
+
+    torch._inductor.config.force_disable_caches = True
     return dataclasses.replace(network, model=torch.compile(network.model))
 
 

@@ -155,8 +155,9 @@ def build_network(cfg: TrainConfig, device: torch.device) -> Network:
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    # One fused kernel a step instead of a pass over the weights per operation: resnet18
-    # trained 1.2x faster on a 2-core CPU (benchmarks/). CPU and CUDA have it; NAdam not.
+    # One fused kernel a step instead of a pass over the weights per operation (CUDA and
+    # CPU have it; NAdam not). On 2-core CPUs it measured 1.02-1.2x on a Xeon and 0.91-0.96x
+    # on an AMD EPYC, near the noise: the optimizer is 1% of a step there (benchmarks/).
     fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
     if cfg.optimizer == "nadam":
         return torch.optim.NAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -217,9 +218,10 @@ def _cpu_has_bf16() -> bool:
 
 def _autocast(device: torch.device, model: torch.nn.Module, training: bool):
     """Mixed precision where it is faster: bf16/fp16 on CUDA; on a CPU with native bf16
-    units, bf16 for training convolutional networks without depthwise convolutions
-    (resnet18 and small_cnn trained 2.4-2.8x faster; efficientnet's depthwise convolutions
-    ran 0.8x and a lone linear head gains nothing: those stay fp32; see benchmarks/).
+    units, bf16 for training convolutional networks without depthwise convolutions (on a
+    2-core Xeon with AMX, resnet18 and small_cnn trained 2.4-2.8x faster; efficientnet's
+    depthwise convolutions ran 0.8x and a lone linear head gains nothing: those stay fp32).
+    Without those units bf16 is emulated: several times slower (benchmarks/, AMD EPYC).
     CPU inference stays fp32, so a run's recorded scores reproduce on any CPU."""
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
