@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import ROOT, run_cli
 
@@ -71,6 +72,17 @@ def test_evaluate_reproduces_the_recorded_validation_metrics(path, real_data):
     measured = json.loads(result.stdout)
     recorded = Run(path).evaluation()["splits"]["val"]
     assert measured["n"] == recorded["n"]
-    assert measured["confusion_matrix"] == recorded["confusion_matrix"]
-    for key in ("accuracy", "roc_auc", "sensitivity", "specificity", "f1"):
-        assert measured[key] == pytest.approx(recorded[key], abs=1e-6)
+    assert measured["roc_auc"] == pytest.approx(recorded["roc_auc"], abs=1e-4)
+    # Youden's J puts the threshold on one validation image's own score, so that image
+    # sits on it: another CPU's arithmetic (AVX2 here, AVX-512 where the runs were
+    # recorded) moves its probability in the 7th decimal, to either side. Images that
+    # close may change label; no other image may.
+    threshold = recorded["threshold"]
+    on_threshold = sum(abs(p - threshold) < 1e-5 for p in recorded["probs"])
+    assert on_threshold <= 2
+    got, want = np.array(measured["confusion_matrix"]), np.array(recorded["confusion_matrix"])
+    assert (got.sum(axis=1) == want.sum(axis=1)).all()  # each class keeps its images
+    assert np.abs(got - want).sum() // 2 <= on_threshold
+    per_class = want.sum(axis=1).min()
+    for key in ("accuracy", "sensitivity", "specificity", "f1"):
+        assert measured[key] == pytest.approx(recorded[key], abs=on_threshold / per_class + 1e-6)
