@@ -235,6 +235,8 @@ def watch_the_run(browser, server: str, runs: Path, run_id: str) -> None:
     assert status == "completed", status
     assert page.locator("[data-testid=stException]").count() == 0
     sizes = sorted(set(counts) - {0})
+    if len(sizes) < 2:
+        shot(page, "runs-no-curve")  # what the page showed instead, for the failure report
     assert len(sizes) >= 2, f"the live curve did not grow on the open page: {counts}"
     settle(page)
     shot(page, "runs-final")
