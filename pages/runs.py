@@ -131,7 +131,11 @@ def _live() -> None:
         key=kept("runs_smoothing", 0.0),
         help="Exponential moving average over the points, as in TensorBoard.",
     )
-    histories = {i: by_id[i].history() for i in chosen}
+    # Runs training now are always drawn; the picker adds others. (Under load the live
+    # fragment can rerun before the browser has the picker's new value, and its stale
+    # value would drop a run that had joined the picker.)
+    shown = chosen + [r.id for r in active if r.id not in chosen]
+    histories = {i: by_id[i].history() for i in shown}
     if any(histories.values()):
         st.plotly_chart(plots.learning_curves(histories, smoothing), key="learning_curves")
         st.caption(
@@ -139,7 +143,7 @@ def _live() -> None:
             "batches; a widening gap to validation is a sign of "
             f"overfitting. ({appstate.GLOSSARY['overfitting']})"
         )
-    elif chosen:
+    elif shown:
         st.caption("No training step logged yet; the curves appear as soon as one is.")
 
     ended = [by_id[i] for i in chosen if statuses[i].get("status") not in ACTIVE]

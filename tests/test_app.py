@@ -186,6 +186,24 @@ def test_runs_page_shows_progress_and_cancels(no_bundled):
     assert any(c.value == "cancelling ..." for c in at.caption)
 
 
+def test_a_run_training_now_is_drawn_whatever_the_picker_holds(no_bundled):
+    """Also a run the page first saw inactive, or one the picker lost: the live chart must
+    not depend on when the page looked or on the picker's state."""
+    store = RunStore()
+    store.create({"arch": "small_cnn", "epochs": 1}, "a-old").set_status("completed")
+    at = open_app("runs")
+    assert at.multiselect(key="runs_selected").value == ["a-old"]
+    late = store.create({"arch": "small_cnn", "epochs": 1}, "b-late")
+    late.set_status("interrupted")
+    at.run()
+    late.set_status("running", phase="training", epoch=1, step=1, steps=2)
+    late.append_history({"type": "step", "epoch": 1, "step": 1, "global_step": 1, "loss": 0.7})
+    at.multiselect(key="runs_selected").set_value(["a-old"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    names = {t.get("name", "") for spec in chart_specs(at) for t in spec["data"]}
+    assert any(n.startswith("b-late") for n in names), names
+
+
 def test_train_rejects_a_bad_combination_without_launching(no_bundled):
     at = open_app("train")
     at.toggle(key="opt_pretrained").set_value(True)

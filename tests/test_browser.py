@@ -248,3 +248,28 @@ def watch_the_run(browser, server: str, runs: Path, run_id: str) -> None:
     assert page.get_by_text(re.compile(r"Kermany et al\. 2018")).count() >= 1
     shot(page, "compare-two-runs")
     page.close()
+
+
+def test_a_run_started_while_the_runs_page_is_open_joins_its_chart(browser, server, isolated_store):
+    """The page is open before the run exists (the first look only sees the bundled run);
+    the run joins the chart by itself. The live fragment's own reruns keep the browser's
+    value of the picker, so this needs the page's rerun (it failed in CI without)."""
+    page = open_page(browser, server, "runs", "Runs")
+    settle(page)
+    run = RunStore(isolated_store).create({"arch": "small_cnn", "epochs": 2, "img_size": 64})
+    try:
+        run.set_status("running", phase="training", epoch=1, step=2, steps=4)
+        for step in (1, 2):
+            run.append_history(
+                {"type": "step", "epoch": 1, "step": step, "global_step": step, "loss": 0.7}
+            )
+        deadline = time.monotonic() + 60
+        while curve_points(page, run.id) == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        picker = page.locator("[data-testid=stMultiSelect]").filter(has_text="Runs")
+        assert picker.locator("[data-tag]").filter(has_text=run.id).count() == 1
+        assert curve_points(page, run.id) >= 2
+        assert page.locator("[data-testid=stException]").count() == 0
+    finally:
+        run.set_status("cancelled")
+    page.close()
