@@ -26,10 +26,12 @@ import requests
 import torch
 from conftest import ROOT
 from PIL import Image
+from requests.adapters import HTTPAdapter
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.Common_pb2 import FileUploaderState
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit.proto.WidgetStates_pb2 import WidgetState
+from urllib3.util import Retry
 from websockets.sync.client import connect
 
 from cxr_core.appstate import display_name
@@ -107,6 +109,9 @@ class Browser:
     def __init__(self, base: str) -> None:
         self.base = base
         self.http = requests.Session()
+        # The server (uvicorn) closes a connection idle for 5 s, and a request sent on it as
+        # it closes is reset: a browser then sends it again on a new connection, as this does.
+        self.http.mount("http://", HTTPAdapter(max_retries=Retry(total=2, status=0)))
         self.http.get(f"{base}/_stcore/health", timeout=60)
         self.xsrf = self.http.cookies["_streamlit_xsrf"]
         self.exit = ExitStack()
