@@ -23,7 +23,6 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from benchmarks.common import DATA, ROOT, interleaved, percentile, summarise
-from cxr_core.engine import to_input
 from cxr_core.inference import LoadedModel, explain, load_model, predict
 from cxr_core.runs import bundled_runs_dir
 
@@ -120,10 +119,7 @@ def measure_model(run: Path, images: list[Path], reps: int) -> dict:
 
 def _inputs(model: LoadedModel, images: list[Path]) -> list[torch.Tensor]:
     """The model inputs of ``images``, preprocessed as predict() does."""
-    return [
-        to_input(torch.from_numpy(p.pixels[None].copy()), model.config, model.device)
-        for p in predict(model, images)
-    ]
+    return [model.input_for(p.pixels) for p in predict(model, images)]
 
 
 def _per_image_ms(fn, xs: list[torch.Tensor]) -> float:
@@ -149,7 +145,7 @@ def _full_backward_gradcam(model: LoadedModel, pixels: np.ndarray, target: int) 
     """Grad-CAM as it is usually called: every weight and the input require gradients, so
     the backward runs through the whole network (what explain() avoids)."""
     net = model.network
-    x = to_input(torch.from_numpy(pixels[None].copy()), model.config, model.device)
+    x = model.input_for(pixels)
     with GradCAM(
         model=net.model, target_layers=[net.cam_layer], reshape_transform=net.reshape_transform
     ) as cam:

@@ -64,6 +64,10 @@ class LoadedModel:
     def name(self) -> str:
         return self.run_id or self.source.stem
 
+    def input_for(self, pixels: np.ndarray) -> torch.Tensor:
+        """The network's input (a batch of one) for one preprocessed uint8 image."""
+        return to_input(torch.from_numpy(pixels[None].copy()), self.config, self.device)
+
 
 @dataclass
 class Prediction:
@@ -147,7 +151,7 @@ def explain(
             f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}"
         ) from None
     net = model.network
-    x = to_input(torch.from_numpy(pixels[None].copy()), model.config, model.device)
+    x = model.input_for(pixels)
     with model.lock:
         if target is None:
             with torch.inference_mode():

@@ -4,6 +4,7 @@ load offline (efficientnet_lite0) or fail with a fix (torchvision, when offline)
 from __future__ import annotations
 
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def test_registry_entry_contract(arch):
 
     # A CAM through cxr_core.inference.explain: the input's shape, values in 0..1, and the
     # two targets (pneumonia / normal) are opposite signs of one map, so one is non-zero.
-    loaded = LoadedModel(network, cfg, 0.5, CPU, None, CPU)
+    loaded = LoadedModel(network, cfg, 0.5, Path(arch), None, CPU)
     model.eval()
     pixels = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
     heats = [explain(loaded, pixels, "gradcam", target=t) for t in (0, 1)]
@@ -87,13 +88,12 @@ def test_cam_computes_no_weight_gradients_and_matches_a_full_backward(arch):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
-    from cxr_core.engine import to_input
-
     cfg = TrainConfig(arch=arch, data="synthetic", img_size=SIZE, seed=0)
     network = build_network(cfg, CPU)
     network.model.eval()
+    loaded = LoadedModel(network, cfg, 0.5, Path(arch), None, CPU)
     pixels = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
-    x = to_input(torch.from_numpy(pixels[None].copy()), cfg, CPU).requires_grad_(True)
+    x = loaded.input_for(pixels).requires_grad_(True)
     with GradCAM(
         model=network.model,
         target_layers=[network.cam_layer],
@@ -103,7 +103,6 @@ def test_cam_computes_no_weight_gradients_and_matches_a_full_backward(arch):
     network.model.zero_grad(set_to_none=True)
     network.model.requires_grad_(False)
 
-    loaded = LoadedModel(network, cfg, 0.5, CPU, None, CPU)
     heats = [explain(loaded, pixels, "gradcam", target=t) for t in (0, 1)]
     assert all(p.grad is None for p in network.model.parameters())
     assert max(float(f.max()) for f in full) > 0
