@@ -48,9 +48,16 @@ def choose_threshold(
     labels: np.ndarray, probs: np.ndarray, method: str = "youden", target_sensitivity: float = 0.95
 ) -> float:
     """Threshold from validation data: Youden's J (max sens + spec - 1) or the highest
-    threshold that still reaches ``target_sensitivity``; "fixed" keeps 0.5."""
+    threshold that still reaches ``target_sensitivity``; "fixed" keeps 0.5.
+
+    The ROC curve's thresholds are validation scores themselves. The one returned lies
+    midway between the chosen score and the next lower one (or 0): the same decisions on
+    validation, but no image sits on the threshold, where another CPU's arithmetic (a
+    change in the 7th decimal) would flip its label.
+    """
     if method == "fixed" or len(np.unique(labels)) < 2:
         return 0.5
+    probs = np.asarray(probs, dtype=float)
     fpr, tpr, thresholds = roc_curve(labels, probs)
     finite = np.isfinite(thresholds)
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
@@ -58,7 +65,9 @@ def choose_threshold(
         index = int(np.argmax(tpr >= target_sensitivity))
     else:
         index = int(np.argmax(tpr - fpr))
-    return float(np.clip(thresholds[index], 1e-6, 1 - 1e-6))
+    chosen = thresholds[index]
+    below = probs[probs < chosen].max(initial=0.0)
+    return float(np.clip((chosen + below) / 2, 1e-6, 1 - 1e-6))
 
 
 def _thin(points: np.ndarray, most: int = 400) -> list[float]:

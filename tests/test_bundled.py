@@ -73,10 +73,10 @@ def test_evaluate_reproduces_the_recorded_validation_metrics(path, real_data):
     recorded = Run(path).evaluation()["splits"]["val"]
     assert measured["n"] == recorded["n"]
     assert measured["roc_auc"] == pytest.approx(recorded["roc_auc"], abs=1e-4)
-    # Youden's J puts the threshold on one validation image's own score, so that image
-    # sits on it: another CPU's arithmetic (AVX2 here, AVX-512 where the runs were
-    # recorded) moves its probability in the 7th decimal, to either side. Images that
-    # close may change label; no other image may.
+    # These runs were recorded when the threshold was one validation image's own score
+    # (runs now place it midway to the next score), so that image sits on it: another
+    # CPU's arithmetic (AVX2 here, AVX-512 where they were recorded) moves its probability
+    # in the 7th decimal, to either side. Images that close may change label; no other may.
     threshold = recorded["threshold"]
     on_threshold = sum(abs(p - threshold) < 1e-5 for p in recorded["probs"])
     assert on_threshold <= 2

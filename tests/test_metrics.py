@@ -1,0 +1,75 @@
+"""The decision threshold chosen on validation, and the report drawn from it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxr_core.metrics import choose_threshold, full_report
+
+
+def _decisions_at_every_score(labels, probs):
+    """(score, sensitivity, specificity) for each distinct score as the threshold."""
+    out = []
+    for score in np.unique(probs):
+        pred = probs >= score
+        out.append((score, pred[labels == 1].mean(), 1 - pred[labels == 0].mean()))
+    return out
+
+
+def _scores(seed: int, n: int = 400):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    # Overlapping classes, float32 like a model's sigmoid, some ties.
+    probs = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).astype(np.float32)
+    probs[:20] = probs[20:40]
+    return labels, probs.astype(float)
+
+
+def test_thresholds_on_a_small_case_worked_by_hand():
+    labels, probs = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
+    # J is 0.5 at 0.8 and at 0.35; the higher score wins, and the threshold sits midway
+    # to the next lower score, 0.4.
+    assert choose_threshold(labels, probs, "youden") == pytest.approx(0.6)
+    # Sensitivity 1 first at 0.35; midway to 0.1.
+    assert choose_threshold(labels, probs, "sensitivity", 0.95) == pytest.approx(0.225)
+    assert choose_threshold(labels, probs, "fixed") == 0.5
+    assert choose_threshold(np.ones(4), probs, "youden") == 0.5  # one class: nothing to pick
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_youden_threshold_keeps_the_best_decisions_with_no_score_on_it(seed):
+    labels, probs = _scores(seed)
+    threshold = choose_threshold(labels, probs, "youden")
+    best = max(sens + spec for _, sens, spec in _decisions_at_every_score(labels, probs))
+    pred = probs >= threshold
+    assert pred[labels == 1].mean() + 1 - pred[labels == 0].mean() == pytest.approx(best)
+    # Midway between two neighbouring scores: equally far from the nearest on each side.
+    above, below = probs[probs > threshold].min(), probs[probs < threshold].max()
+    assert threshold - below == pytest.approx(above - threshold)
+    # So a change far smaller than that gap (another CPU's rounding) flips no label.
+    wobble = np.random.default_rng(seed).uniform(-1e-6, 1e-6, probs.shape)
+    gap = above - below
+    assert ((probs + wobble * gap) >= threshold).tolist() == pred.tolist()
+
+
+@pytest.mark.parametrize("target", [0.8, 0.95, 1.0])
+def test_sensitivity_threshold_is_the_highest_that_reaches_the_target(target):
+    labels, probs = _scores(7)
+    threshold = choose_threshold(labels, probs, "sensitivity", target)
+    reaching = [s for s, sens, _ in _decisions_at_every_score(labels, probs) if sens >= target]
+    assert ((probs >= threshold) == (probs >= max(reaching))).all()
+    assert not np.isin(threshold, probs)
+
+
+def test_full_report_counts_at_the_threshold():
+    labels, probs = _scores(3, n=100)
+    threshold = choose_threshold(labels, probs)
+    report = full_report(labels, probs, threshold, [f"img{i}.png" for i in range(100)])
+    (tn, fp), (fn, tp) = report["confusion_matrix"]
+    pred = probs >= threshold
+    assert (tp, fn) == (int(pred[labels == 1].sum()), int((~pred[labels == 1]).sum()))
+    assert (tn, fp) == (int((~pred[labels == 0]).sum()), int(pred[labels == 0].sum()))
+    assert report["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert report["specificity"] == pytest.approx(tn / (tn + fp))
+    assert report["n"] == 100 and report["threshold"] == threshold
