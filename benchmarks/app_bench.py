@@ -7,7 +7,8 @@ with the default 2 runs chosen and with all 20 chosen, interleaved.
 Memory: a real ``streamlit run app.py`` on 127.0.0.1 with the bundled runs, driven by
 headless Chromium (Debian's, through Playwright): the Predict page with every model chosen
 and one radiograph uploaded, so each model is loaded, predicts and computes its Grad-CAM.
-The peak resident memory of the server's process tree is sampled throughout.
+The peak resident memory of the server's process tree is sampled from the moment it is
+up (before any model is loaded).
 """
 
 from __future__ import annotations
@@ -15,18 +16,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from benchmarks.common import DATA, ROOT, tree_rss_bytes
+from tests.appserver import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_app
 
-CHROMIUM = Path("/usr/bin/chromium")
 COMPARE_RUNS = 20
 
 
@@ -124,44 +123,6 @@ class PeakSampler:
         return self.peak
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                if reply.read() == b"ok":
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError("streamlit exited before becoming healthy")
-        time.sleep(0.5)
-    raise RuntimeError("streamlit did not become healthy")
-
-
-def _settle(page, timeout: float = 300) -> None:
-    """Until the script run is over: no running indicator or skeleton for a second."""
-    deadline = time.monotonic() + timeout
-    quiet_since = None
-    while time.monotonic() < deadline:
-        busy = page.locator("[data-testid=stStatusWidget]").count() > 0
-        busy |= page.locator("[data-testid=stSkeleton]").count() > 0
-        busy |= page.locator("[data-testid=stSpinner]").count() > 0
-        if busy:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > 1.0:
-            return
-        time.sleep(0.2)
-
-
 def _choose_every_model(page, available: int) -> int:
     """Add options to the Models picker until all ``available`` are chosen; how many are.
 
@@ -175,9 +136,9 @@ def _choose_every_model(page, available: int) -> int:
             break
         picker.locator("input").click()
         page.get_by_role("option").first.click()
-        _settle(page)
+        settle(page, 300)
     page.keyboard.press("Escape")
-    _settle(page)
+    settle(page, 300)
     return tags.count()
 
 
@@ -186,74 +147,38 @@ def server_peak_rss(bundled: Path, image: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
     available = len(list(bundled.glob("*/model.safetensors")))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="cxr-rss-") as tmp:
-        env = {
-            **os.environ,
-            "CXR_RUNS_DIR": str(Path(tmp) / "runs"),
-            "CXR_BUNDLED_DIR": str(bundled),
-        }
-        log = open(Path(tmp) / "streamlit.log", "wb")  # noqa: SIM115 (closed below)
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app.py",
-                "--server.headless",
-                "true",
-                "--server.address",
-                "127.0.0.1",
-                "--server.port",
-                str(port),
-                "--browser.gatherUsageStats",
-                "false",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        sampler = PeakSampler(server.pid)
-        try:
-            _wait_healthy(url, server)
-            idle = tree_rss_bytes(server.pid)
-            started = time.perf_counter()
-            with sync_playwright() as p:
-                browser = p.chromium.launch(
-                    executable_path=str(CHROMIUM),
-                    args=["--headless", "--no-sandbox", "--disable-gpu"],
-                    headless=True,
-                )
-                page = browser.new_page(viewport={"width": 1600, "height": 1200})
-                page.set_default_timeout(300_000)
-                page.goto(f"{url}/predict")
-                page.get_by_role("heading", name="Predict & explain", exact=True).wait_for()
-                _settle(page)
-                models = _choose_every_model(page, available)
-                page.locator("[data-testid=stFileUploaderDropzoneInput]").set_input_files(
-                    str(image)
-                )
-                # The upload shown as is, then one overlay per model.
-                page.locator("[data-testid=stImage] img").nth(models).wait_for()
-                _settle(page)
-                errors = page.locator("[data-testid=stException]").count()
-                errors += page.locator("[data-testid=stAlertContentError]").count()
-                metrics = page.locator("[data-testid=stMetricValue]").count()
-                browser.close()
-            seconds = time.perf_counter() - started
-            time.sleep(1.0)
-            settled = tree_rss_bytes(server.pid)
-        finally:
-            peak = sampler.stop()
-            server.terminate()
+        env = {"CXR_RUNS_DIR": str(Path(tmp) / "runs"), "CXR_BUNDLED_DIR": str(bundled)}
+        with streamlit_app(env, Path(tmp) / "streamlit.log") as (url, server):
+            sampler = PeakSampler(server.pid)
             try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-            log.close()
+                idle = tree_rss_bytes(server.pid)
+                started = time.perf_counter()
+                with sync_playwright() as p:
+                    browser = p.chromium.launch(
+                        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+                    )
+                    page = browser.new_page(viewport={"width": 1600, "height": 1200})
+                    page.set_default_timeout(300_000)
+                    page.goto(f"{url}/predict")
+                    page.get_by_role("heading", name="Predict & explain", exact=True).wait_for()
+                    settle(page, 300)
+                    models = _choose_every_model(page, available)
+                    page.locator("[data-testid=stFileUploaderDropzoneInput]").set_input_files(
+                        str(image)
+                    )
+                    # The upload shown as is, then one overlay per model.
+                    page.locator("[data-testid=stImage] img").nth(models).wait_for()
+                    settle(page, 300)
+                    errors = page.locator("[data-testid=stException]").count()
+                    errors += page.locator("[data-testid=stAlertContentError]").count()
+                    metrics = page.locator("[data-testid=stMetricValue]").count()
+                    browser.close()
+                seconds = time.perf_counter() - started
+                time.sleep(1.0)
+                settled = tree_rss_bytes(server.pid)
+            finally:
+                peak = sampler.stop()
     gib = 2**30
     return {
         "models": models,

@@ -11,15 +11,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from appserver import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_app
 from conftest import ROOT, SHARED_DATA
 from PIL import Image
 
@@ -29,17 +26,6 @@ from cxr_core.synthetic import radiograph
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = ROOT / "test-artifacts"
 PAGES = {"runs": "Runs", "": "Data", "train": "Train", "compare": "Compare"}
 PAGES |= {"predict": "Predict & explain", "about": "About CXR Lab"}
@@ -63,78 +49,14 @@ def browser():
         chromium.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path, tiny_run_dir, isolated_store):
     """A fresh `streamlit run app.py` with a tmp runs folder and one bundled tiny run."""
     bundled = tmp_path / "bundled"
     shutil.copytree(tiny_run_dir, bundled / "bundled-tiny")
-    port = _free_port()
-    env = {**os.environ, "CXR_RUNS_DIR": str(isolated_store), "CXR_BUNDLED_DIR": str(bundled)}
-    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                    if reply.read() == b"ok":
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError((tmp_path / "streamlit.log").read_text())
-            time.sleep(0.5)
+    env = {"CXR_RUNS_DIR": str(isolated_store), "CXR_BUNDLED_DIR": str(bundled)}
+    with streamlit_app(env, tmp_path / "streamlit.log") as (url, _):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-def settle(page, timeout: float = 90) -> None:
-    """Wait until the script run is over (no 'running' indicator for a second)."""
-    deadline = time.monotonic() + timeout
-    quiet_since = None
-    while time.monotonic() < deadline:
-        busy = page.locator("[data-testid=stStatusWidget]").count() > 0
-        busy |= page.locator("[data-testid=stSkeleton]").count() > 0
-        if busy:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > 1.0:
-            return
-        time.sleep(0.2)
 
 
 def shot(page, name: str) -> None:

@@ -10,11 +10,7 @@ server's memory does not grow with the number of requests.
 from __future__ import annotations
 
 import io
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -24,7 +20,7 @@ import numpy as np
 import pytest
 import requests
 import torch
-from conftest import ROOT
+from appserver import streamlit_app
 from PIL import Image
 from requests.adapters import HTTPAdapter
 from streamlit.proto.BackMsg_pb2 import BackMsg
@@ -45,12 +41,6 @@ HOSTILE_EVERY = 6  # every 6th upload is a decompression bomb or a truncated fil
 RECV_TIMEOUT = 300
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -63,44 +53,16 @@ def server(tiny_run_dir, tmp_path):
     """``streamlit run app.py`` on a free local port over a runs folder with one model."""
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run_dir, runs / "tiny")
-    port = free_port()
     env = {
-        **os.environ,
         "CXR_RUNS_DIR": str(runs),
         "CXR_BUNDLED_DIR": str(tmp_path / "no-bundled"),
         # Eight sessions share two cores: one intra-op thread per request, or OpenMP's
         # spinning threads make each tiny forward pass 50x slower on a busy machine.
         "OMP_NUM_THREADS": "1",
     }
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py",
-         "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{base}/_stcore/health", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.5)
+    log = tmp_path / "server.log"
+    with streamlit_app(env, log, "--server.fileWatcherType", "none") as (base, process):
         yield base, process, runs / "tiny"
-    finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 class Browser:
