@@ -2,7 +2,8 @@
 
 Compare: 20 copies of a tiny finished run (new ids) in a tmp ``CXR_RUNS_DIR``, no bundled
 runs, the page driven by ``streamlit.testing`` AppTest in a child process; script-run time
-with the default 2 runs chosen and with all 20 chosen, interleaved.
+with the default 2 runs chosen, and with all 20 chosen for each tab (only the open tab is
+built), interleaved.
 
 Memory: a real ``streamlit run app.py`` on 127.0.0.1 with the bundled runs, driven by
 headless Chromium (Debian's, through Playwright): the Predict page with every model chosen
@@ -75,8 +76,9 @@ def _compare_child(reps: int, ids: list[str]) -> dict:
     assert not at.exception, [e.value for e in at.exception]
     picker = lambda: at.multiselect(key="compare_runs")  # noqa: E731
 
-    def render(chosen: list[str]) -> float:
+    def render(chosen: list[str], tab: str) -> float:
         picker().set_value(chosen)
+        at.session_state["compare_tab"] = tab
         started = time.perf_counter()
         at.run()
         seconds = time.perf_counter() - started
@@ -84,9 +86,12 @@ def _compare_child(reps: int, ids: list[str]) -> dict:
         assert picker().value == chosen
         return seconds
 
-    samples = interleaved(
-        {"2 runs chosen": lambda: render(ids[:2]), "all 20 chosen": lambda: render(ids)}, reps
-    )
+    # Only the open tab's content is built, so each tab is a render of its own.
+    tabs = [t.label for t in at.tabs]
+    cases = {"2 runs chosen": lambda: render(ids[:2], tabs[0])}
+    for tab in tabs:
+        cases[f"all 20 chosen, {tab} tab"] = lambda tab=tab: render(ids, tab)
+    samples = interleaved(cases, reps)
     medians = {k: round(sorted(v)[len(v) // 2], 3) for k, v in samples.items()}
     return {
         "runs_in_store": len(ids),

@@ -86,50 +86,58 @@ def learning_curves(
         horizontal_spacing=0.08,
     )
     panels = [(2, 1), (2, 2), (3, 1), (3, 2)]
+    # Added in one call: trace by trace, Plotly re-validates the figure each time (0.7 s
+    # for 20 runs' 260 traces).
+    traces, cells = [], []
     for i, (name, history) in enumerate(histories.items()):
         c = color(i)
         steps = step_frame(history)
         if len(steps):
             if smoothing > 0:
-                fig.add_scatter(
-                    x=steps["global_step"],
-                    y=steps["loss"],
-                    mode="lines",
-                    line={"color": c, "width": 1},
-                    opacity=0.25,
-                    legendgroup=name,
-                    showlegend=False,
-                    hoverinfo="skip",
-                    row=1,
-                    col=1,
+                traces.append(
+                    go.Scatter(
+                        x=steps["global_step"],
+                        y=steps["loss"],
+                        mode="lines",
+                        line={"color": c, "width": 1},
+                        opacity=0.25,
+                        legendgroup=name,
+                        showlegend=False,
+                        hoverinfo="skip",
+                    )
                 )
-            fig.add_scatter(
-                x=steps["global_step"],
-                y=smooth(steps["loss"], smoothing),
-                mode="lines",
-                line={"color": c},
-                name=f"{name} · train (steps)",
-                legendgroup=name,
-                row=1,
-                col=1,
+                cells.append((1, 1))
+            traces.append(
+                go.Scatter(
+                    x=steps["global_step"],
+                    y=smooth(steps["loss"], smoothing),
+                    mode="lines",
+                    line={"color": c},
+                    name=f"{name} · train (steps)",
+                    legendgroup=name,
+                )
             )
+            cells.append((1, 1))
         epochs = epoch_frame(history)
-        for (train_key, val_key), (row, col) in zip(CURVES.values(), panels):
+        for (train_key, val_key), cell in zip(CURVES.values(), panels):
             for key, dash, part in ((train_key, "dash", "train"), (val_key, "solid", "val")):
                 if key not in epochs:
                     continue
-                fig.add_scatter(
-                    x=epochs["epoch"],
-                    y=smooth(epochs[key], smoothing),
-                    mode="lines+markers",
-                    line={"color": c, "dash": dash},
-                    marker={"size": 5},
-                    name=f"{name} · {part}",
-                    legendgroup=name,
-                    showlegend=(row, col) == (2, 1),
-                    row=row,
-                    col=col,
+                traces.append(
+                    go.Scatter(
+                        x=epochs["epoch"],
+                        y=smooth(epochs[key], smoothing),
+                        mode="lines+markers",
+                        line={"color": c, "dash": dash},
+                        marker={"size": 5},
+                        name=f"{name} · {part}",
+                        legendgroup=name,
+                        showlegend=cell == (2, 1),
+                    )
                 )
+                cells.append(cell)
+    if traces:
+        fig.add_traces(traces, rows=[r for r, _ in cells], cols=[c for _, c in cells])
     fig.update_xaxes(title_text="step", title_standoff=4, row=1, col=1)
     last_epoch = max((r.get("epoch", 0) for h in histories.values() for r in h), default=0)
     for row, col in panels:
@@ -166,10 +174,14 @@ def confusion_matrix(cm: Sequence[Sequence[int]], normalise: bool, title: str = 
             zmin=0,
             zmax=1 if normalise else None,
             showscale=False,
-        )
+        ),
+        layout={
+            "title": title,
+            "height": 300,
+            "margin": {"t": 40, "b": 10, "l": 10, "r": 10},
+            "yaxis": {"autorange": "reversed"},
+        },
     )
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, height=300, margin={"t": 40, "b": 10, "l": 10, "r": 10})
     return fig
 
 
@@ -237,8 +249,9 @@ def roc_curves(reports: Mapping[str, dict], reference: bool = True) -> go.Figure
 
 
 def pr_curves(reports: Mapping[str, dict]) -> go.Figure:
-    """Precision-recall curve per run with its average precision in the legend."""
-    fig = go.Figure()
+    """Precision-recall curve per run with its average precision in the legend, and the
+    share of pneumonia images (a random model's precision) as a dotted line."""
+    fig, lines = go.Figure(), []
     for i, (name, report) in enumerate(reports.items()):
         if "pr" not in report:
             continue
@@ -251,7 +264,20 @@ def pr_curves(reports: Mapping[str, dict]) -> go.Figure:
         )
         if report.get("labels"):
             prevalence = float(np.mean(report["labels"]))
-            fig.add_hline(y=prevalence, line={"color": color(i), "dash": "dot", "width": 1})
+            lines.append(
+                {
+                    "type": "line",
+                    "xref": "x domain",
+                    "yref": "y",
+                    "x0": 0,
+                    "x1": 1,
+                    "y0": prevalence,
+                    "y1": prevalence,
+                    "line": {"color": color(i), "dash": "dot", "width": 1},
+                }
+            )
+    # One layout update: fig.add_hline per run costs 30 ms each.
+    fig.update_layout(shapes=lines)
     return _unit_square(fig, "recall (sensitivity)", "precision")
 
 

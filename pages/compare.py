@@ -12,6 +12,7 @@ from pages import ensure_app_shell, kept, run_picker, store, user_errors
 
 ensure_app_shell()
 
+TABS = ["ROC & PR", "Confusion matrices", "Per-class reports", "Learning curves", "Cost"]
 SPLITS = {
     "test": "each run's test split",
     "val": "validation split",
@@ -32,6 +33,55 @@ def _class_report(report: dict) -> pd.DataFrame:
     rows = {k: v for k, v in report["classification_report"].items() if isinstance(v, dict)}
     table = pd.DataFrame(rows).T.rename(columns={"f1-score": "f1"})
     return table.round(3).astype({"support": int})
+
+
+def _roc_and_pr(reports: dict[str, dict]) -> None:
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**ROC**", help=appstate.help_text("AUC"))
+        st.plotly_chart(plots.roc_curves(reports), key="roc")
+        ref = plots.KERMANY_2018
+        st.caption(
+            f"★ Published reference: {ref['label']}; accuracy {ref['accuracy']:.1%}, "
+            f"sensitivity {ref['sensitivity']:.1%}, specificity {ref['specificity']:.1%}, "
+            f"AUC {ref['auc']}. A different model, split and protocol: for orientation, "
+            "not a like-for-like comparison. Circles mark each run's threshold."
+        )
+    with right:
+        st.markdown("**Precision-recall**")
+        st.plotly_chart(plots.pr_curves(reports), key="pr")
+        st.caption("Dotted lines: the share of pneumonia images (a random model's AP).")
+
+
+def _confusion_matrices(reports: dict[str, dict]) -> None:
+    for start in range(0, len(reports), 3):
+        cols = st.columns(3)
+        for col, (run_id, report) in zip(cols, list(reports.items())[start : start + 3]):
+            with col:
+                st.markdown(f"**{run_id}** (threshold {report['threshold']:.3f})")
+                cm = report["confusion_matrix"]
+                st.plotly_chart(plots.confusion_matrix(cm, False, "counts"), key=f"cm_{run_id}")
+                st.plotly_chart(
+                    plots.confusion_matrix(cm, True, "normalised per true class"),
+                    key=f"cmn_{run_id}",
+                )
+
+
+def _class_reports(reports: dict[str, dict]) -> None:
+    cols = st.columns(min(len(reports), 3))
+    for i, (run_id, report) in enumerate(reports.items()):
+        with cols[i % len(cols)]:
+            st.markdown(f"**{run_id}** · accuracy {report['accuracy']:.3f}")
+            st.dataframe(_class_report(report), width="stretch")
+
+
+def _cost(table: pd.DataFrame, choice: str) -> None:
+    cost = table[["run", "arch", "params_M", "size_mb", "train_min", "best_epoch", "latency_ms"]]
+    st.dataframe(cost, hide_index=True, width="stretch")
+    score = {"test": "test_roc_auc", "val": "val_roc_auc"}.get(choice)
+    if score:
+        st.plotly_chart(plots.tradeoff(table, score), key="tradeoff")
+        st.caption("Marker size grows with the weights file size.")
 
 
 st.title("Compare")
@@ -68,6 +118,8 @@ with user_errors():
     missing = [r.id for r in chosen if r.id not in reports]
     if missing:
         st.warning(f"No `{choice}` results for: {', '.join(missing)}", icon=":material/warning:")
+    if not reports:
+        st.stop()
     sets = {r.id: evaluation_set(r, _split_of(r, choice) or "") for r in chosen}
     if len(set(sets.values())) > 1:
         detail = ", ".join(f"{i}: {s or 'unknown'}" for i, s in sets.items())
@@ -109,53 +161,27 @@ with user_errors():
         icon=":material/download:",
     )
 
+    # Only the open tab runs: with 20 runs the others would build 40 more charts and 20
+    # tables on every rerun, and the browser would draw them all.
     roc_tab, cm_tab, report_tab, curves_tab, cost_tab = st.tabs(
-        ["ROC & PR", "Confusion matrices", "Per-class reports", "Learning curves", "Cost"]
+        TABS, key=kept("compare_tab", TABS[0]), on_change="rerun"
     )
-    with roc_tab:
-        left, right = st.columns(2)
-        with left:
-            st.markdown("**ROC**", help=appstate.help_text("AUC"))
-            st.plotly_chart(plots.roc_curves(reports), key="roc")
-            ref = plots.KERMANY_2018
-            st.caption(
-                f"★ Published reference: {ref['label']}; accuracy {ref['accuracy']:.1%}, "
-                f"sensitivity {ref['sensitivity']:.1%}, specificity {ref['specificity']:.1%}, "
-                f"AUC {ref['auc']}. A different model, split and protocol: for orientation, "
-                "not a like-for-like comparison. Circles mark each run's threshold."
+    if roc_tab.open:
+        with roc_tab:
+            _roc_and_pr(reports)
+    if cm_tab.open:
+        with cm_tab:
+            _confusion_matrices(reports)
+    if report_tab.open:
+        with report_tab:
+            _class_reports(reports)
+    if curves_tab.open:
+        with curves_tab:
+            smoothing = st.slider(
+                "Smoothing", 0.0, 0.95, step=0.05, key=kept("compare_smooth", 0.0)
             )
-        with right:
-            st.markdown("**Precision-recall**")
-            st.plotly_chart(plots.pr_curves(reports), key="pr")
-            st.caption("Dotted lines: the share of pneumonia images (a random model's AP).")
-    with cm_tab:
-        for start in range(0, len(reports), 3):
-            cols = st.columns(3)
-            for col, (run_id, report) in zip(cols, list(reports.items())[start : start + 3]):
-                with col:
-                    st.markdown(f"**{run_id}** (threshold {report['threshold']:.3f})")
-                    cm = report["confusion_matrix"]
-                    st.plotly_chart(plots.confusion_matrix(cm, False, "counts"), key=f"cm_{run_id}")
-                    st.plotly_chart(
-                        plots.confusion_matrix(cm, True, "normalised per true class"),
-                        key=f"cmn_{run_id}",
-                    )
-    with report_tab:
-        cols = st.columns(min(len(reports), 3))
-        for i, (run_id, report) in enumerate(reports.items()):
-            with cols[i % len(cols)]:
-                st.markdown(f"**{run_id}** · accuracy {report['accuracy']:.3f}")
-                st.dataframe(_class_report(report), width="stretch")
-    with curves_tab:
-        smoothing = st.slider("Smoothing", 0.0, 0.95, step=0.05, key=kept("compare_smooth", 0.0))
-        histories = {r.id: r.history() for r in chosen}
-        st.plotly_chart(plots.learning_curves(histories, smoothing), key="compare_curves")
-    with cost_tab:
-        cost = table[
-            ["run", "arch", "params_M", "size_mb", "train_min", "best_epoch", "latency_ms"]
-        ]
-        st.dataframe(cost, hide_index=True, width="stretch")
-        score = {"test": "test_roc_auc", "val": "val_roc_auc"}.get(choice)
-        if score:
-            st.plotly_chart(plots.tradeoff(table, score), key="tradeoff")
-            st.caption("Marker size grows with the weights file size.")
+            histories = {r.id: r.history() for r in chosen}
+            st.plotly_chart(plots.learning_curves(histories, smoothing), key="compare_curves")
+    if cost_tab.open:
+        with cost_tab:
+            _cost(table, choice)

@@ -291,6 +291,34 @@ def test_compare_two_runs(bundled, tiny_run_dir):
     assert not at.exception
 
 
+def test_compare_builds_only_the_open_tab(bundled, tiny_run_dir):
+    """Hidden tabs build nothing (with 20 runs they were 40 charts and 20 tables on every
+    rerun); each tab shows its own content when opened, and stays open across pages."""
+    shutil.copytree(tiny_run_dir, RunStore().root / "tiny-b")
+    at = open_app("compare")
+    tabs = ["ROC & PR", "Confusion matrices", "Per-class reports", "Learning curves", "Cost"]
+    assert [t.label for t in at.tabs] == tabs
+    assert len(at.get("plotly_chart")) == 2  # ROC and PR
+    # Per tab: its charts, and the tables below the summary table.
+    expected = {
+        "Confusion matrices": (4, 0),  # counts and normalised, per run
+        "Per-class reports": (0, 2),
+        "Learning curves": (1, 0),
+        "Cost": (1, 1),  # the cost table and the score-latency chart
+        "ROC & PR": (2, 0),
+    }
+    for label, (charts, tables) in expected.items():
+        at.session_state["compare_tab"] = label
+        at.run()
+        assert not at.exception, label
+        assert (len(at.get("plotly_chart")), len(at.dataframe) - 1) == (charts, tables), label
+    at.session_state["compare_tab"] = "Cost"
+    at.run()
+    at.switch_page("pages/about.py").run()
+    at.switch_page("pages/compare.py").run()
+    assert len(at.dataframe) == 2 and len(at.get("plotly_chart")) == 1
+
+
 # --------------------------------------------------------------------------- helpers
 
 

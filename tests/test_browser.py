@@ -169,6 +169,14 @@ def watch_the_run(browser, server: str, runs: Path, run_id: str) -> None:
     settle(page)
     assert page.get_by_text(re.compile(r"Kermany et al\. 2018")).count() >= 1
     shot(page, "compare-two-runs")
+    # A tab is built when it is opened: the confusion matrices (two per run) come on a click,
+    # and the ROC and PR charts of the closed tab are gone.
+    page.get_by_role("tab", name="Confusion matrices").click()
+    page.locator(".js-plotly-plot").nth(3).wait_for()
+    settle(page)
+    assert page.locator(".js-plotly-plot").count() == 4
+    assert page.locator("[data-testid=stException]").count() == 0
+    shot(page, "compare-confusion-matrices")
     page.close()
 
 
