@@ -75,6 +75,12 @@ def _class_reports(reports: dict[str, dict]) -> None:
             st.dataframe(_class_report(report), width="stretch")
 
 
+def _learning_curves(runs: list[Run]) -> None:
+    smoothing = st.slider("Smoothing", 0.0, 0.95, step=0.05, key=kept("compare_smooth", 0.0))
+    histories = {r.id: r.history() for r in runs}
+    st.plotly_chart(plots.learning_curves(histories, smoothing), key="compare_curves")
+
+
 def _cost(table: pd.DataFrame, choice: str) -> None:
     cost = table[["run", "arch", "params_M", "size_mb", "train_min", "best_epoch", "latency_ms"]]
     st.dataframe(cost, hide_index=True, width="stretch")
@@ -177,11 +183,7 @@ with user_errors():
             _class_reports(reports)
     if curves_tab.open:
         with curves_tab:
-            smoothing = st.slider(
-                "Smoothing", 0.0, 0.95, step=0.05, key=kept("compare_smooth", 0.0)
-            )
-            histories = {r.id: r.history() for r in chosen}
-            st.plotly_chart(plots.learning_curves(histories, smoothing), key="compare_curves")
+            _learning_curves(chosen)
     if cost_tab.open:
         with cost_tab:
             _cost(table, choice)
