@@ -12,7 +12,6 @@ from pages import ensure_app_shell, kept, run_picker, store, user_errors
 
 ensure_app_shell()
 
-TABS = ["ROC & PR", "Confusion matrices", "Per-class reports", "Learning curves", "Cost"]
 SPLITS = {
     "test": "each run's test split",
     "val": "validation split",
@@ -169,21 +168,15 @@ with user_errors():
 
     # Only the open tab runs: with 20 runs the others would build 40 more charts and 20
     # tables on every rerun, and the browser would draw them all.
-    roc_tab, cm_tab, report_tab, curves_tab, cost_tab = st.tabs(
-        TABS, key=kept("compare_tab", TABS[0]), on_change="rerun"
-    )
-    if roc_tab.open:
-        with roc_tab:
-            _roc_and_pr(reports)
-    if cm_tab.open:
-        with cm_tab:
-            _confusion_matrices(reports)
-    if report_tab.open:
-        with report_tab:
-            _class_reports(reports)
-    if curves_tab.open:
-        with curves_tab:
-            _learning_curves(chosen)
-    if cost_tab.open:
-        with cost_tab:
-            _cost(table, choice)
+    views = {
+        "ROC & PR": lambda: _roc_and_pr(reports),
+        "Confusion matrices": lambda: _confusion_matrices(reports),
+        "Per-class reports": lambda: _class_reports(reports),
+        "Learning curves": lambda: _learning_curves(chosen),
+        "Cost": lambda: _cost(table, choice),
+    }
+    tabs = st.tabs(list(views), key=kept("compare_tab", "ROC & PR"), on_change="rerun")
+    for tab, draw in zip(tabs, views.values()):
+        if tab.open:
+            with tab:
+                draw()
