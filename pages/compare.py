@@ -175,7 +175,8 @@ with user_errors():
         "Learning curves": lambda: _learning_curves(chosen),
         "Cost": lambda: _cost(table, choice),
     }
-    tabs = st.tabs(list(views), key=kept("compare_tab", "ROC & PR"), on_change="rerun")
+    labels = list(views)
+    tabs = st.tabs(labels, key=kept("compare_tab", labels[0]), on_change="rerun")
     for tab, draw in zip(tabs, views.values()):
         if tab.open:
             with tab:
