@@ -367,8 +367,9 @@ def engine_stepper(cfg: TrainConfig, rounds: int, variant: str = "engine"):
         "no channels_last": without_channels_last,
         "3-channel input": with_three_channels,
         "torch.compile": compiled,
-        "other precision": with_bf16(precision_label(cfg.device, cfg.arch) == "bf16 autocast"),
     }.get(variant)
+    if variant == "other precision":
+        wrap = with_bf16(precision_label(cfg.device, cfg.arch) == "bf16 autocast")
     trainer = EngineTrainer(cfg, wrap)
     if variant == "unfused optimizer":
         trainer.optimizer = torch.optim.AdamW(
