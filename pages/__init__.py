@@ -5,6 +5,7 @@ They live in ``pages/__init__.py`` because Streamlit never lists that file as a 
 
 from __future__ import annotations
 
+import runpy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -31,21 +32,22 @@ AUG_HELP = {
 APP_SHELL = "_cxr_app_shell"
 """Session key app.py sets before it navigates."""
 
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
+
 
 def ensure_app_shell() -> None:
-    """Make sure app.py, not Streamlit's legacy pages/ mode, is running this page.
+    """Make sure app.py, the router, runs around this page.
 
-    With a pages/ folder beside the entry point, the very first request of a fresh
-    server runs in Streamlit's pre-``st.navigation`` mode: a deep link (or a reload of
-    /runs) would run the page without app.py's layout, settings and navigation. Leave
-    that mode and rerun, so app.py takes over with the same URL.
+    Streamlit honours a pages/ folder beside the entry point until the first
+    ``st.navigation`` call of the server process (its documented legacy mode). So on a
+    fresh server, a deep link such as /runs runs this page's file alone, without app.py's
+    settings, layout and navigation. Then run app.py itself, in this same script run: its
+    ``st.navigation`` ends the legacy mode for good and runs the linked page as usual.
     """
     if st.session_state.get(APP_SHELL):
         return
-    from streamlit.runtime.pages_manager import PagesManager
-
-    PagesManager.uses_pages_directory = False
-    st.rerun()
+    runpy.run_path(str(APP_SCRIPT), run_name="__main__")
+    st.stop()
 
 
 @contextmanager
