@@ -65,10 +65,18 @@ def throughput(section: dict) -> str:
             f"fp32, default memory format, DataLoader num_workers={r['reference_workers']}."
         )
     if section.get("ablations"):
-        names = list(section["ablations"][0]["engine_speedup_over"])
+        # Models differ in their variants: the precision the engine did not pick is fp32 for
+        # one model and bf16 for another (none on a GPU), so a column per name, "-" where
+        # a model has no such variant.
+        names = list(
+            dict.fromkeys(n for a in section["ablations"] for n in a["engine_speedup_over"])
+        )
         rows = [
             [f"{a['arch']}@{a['img_size']}", f"{a['images_per_s']['engine']:.1f}"]
-            + [f"{a['engine_speedup_over'][n]:.2f}x" for n in names]
+            + [
+                f"{a['engine_speedup_over'][n]:.2f}x" if n in a["engine_speedup_over"] else "-"
+                for n in names
+            ]
             for a in section["ablations"]
         ]
         out += [
