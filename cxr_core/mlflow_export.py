@@ -8,13 +8,15 @@ tags, and the run's files (weights included) as artifacts. MLflow is optional
 Exporting a run again never duplicates it: the MLflow run is found by its ``cxr.run_id`` tag.
 A training record is immutable once the run has ended, so an up-to-date export only has its
 name/tags/note refreshed (they stay editable in CXR Lab), without re-uploading the weights.
-An export whose CXR status changed since (a resumed run) or that never finished (a crash
-mid-upload) is deleted and made again: MLflow params cannot be overwritten in place.
+An export of an older state (the run was resumed and ended again since) or one that never
+finished (the connection dropped mid-upload) is replaced by a new one, and deleted once that
+is whole: MLflow params cannot be overwritten in place.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -44,7 +46,7 @@ ARTIFACTS = (
 )
 META_FILE = "meta.json"  # a run's user-editable name, tags and note
 RUN_ID_TAG = "cxr.run_id"
-COMPLETE_TAG = "cxr.export"  # written last: its presence marks a finished export
+EXPORTED_TAG = "cxr.exported"  # "<status>@<end time>", written last: marks a whole export
 MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED"}  # cancelled, interrupted: KILLED
 _SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
@@ -192,7 +194,7 @@ def _tags(run: Run, status: str) -> dict[str, str]:
     }
     if config.get("sweep_id"):
         tags["cxr.sweep_id"] = str(config["sweep_id"])
-    if "test_split" in evaluation:
+    if evaluation.get("test_split"):
         tags["cxr.test_split"] = str(evaluation["test_split"])
     if "synthetic" in evaluation:
         tags["cxr.synthetic"] = str(evaluation["synthetic"]).lower()
@@ -201,6 +203,11 @@ def _tags(run: Run, status: str) -> dict[str, str]:
 
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
     return (items[i : i + size] for i in range(0, len(items), size))
+
+
+def _state(status: dict) -> str:
+    """Which ending of the run an export holds: a resumed run ends again, later."""
+    return f"{status['status']}@{status.get('ended') or status.get('heartbeat')}"
 
 
 def _log(client: MlflowClient, mlflow_run_id: str, run: Run, status: dict) -> None:
@@ -226,34 +233,31 @@ def _log(client: MlflowClient, mlflow_run_id: str, run: Run, status: dict) -> No
     client.set_terminated(
         mlflow_run_id, MLFLOW_STATUS.get(status["status"], "KILLED"), ended_ms or None
     )
-    client.set_tag(mlflow_run_id, COMPLETE_TAG, "complete")
+    client.set_tag(mlflow_run_id, EXPORTED_TAG, _state(status))
 
 
 def export_run(client: MlflowClient, experiment_id: str, run: Run) -> Exported:
-    """Log one ended run into the experiment; an interrupted upload is deleted, not left."""
+    """Log one ended run into the experiment, or refresh the labels of its current export."""
     status = run.status()
     existing = client.search_runs(
         [experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run.id}'"
     )
-    current = [
-        r
-        for r in existing
-        if r.data.tags.get(COMPLETE_TAG) and r.data.tags.get("cxr.status") == status["status"]
-    ]
+    current = [r for r in existing if r.data.tags.get(EXPORTED_TAG) == _state(status)]
     if current:
         for key, value in _label_tags(run).items():
             client.set_tag(current[0].info.run_id, key, value)
         return Exported(run.id, current[0].info.run_id, "up to date")
-    for stale in existing:
-        client.delete_run(stale.info.run_id)
     started_ms = int(1000 * (status.get("started") or status.get("created") or 0))
     created = client.create_run(experiment_id, start_time=started_ms or None, run_name=run.id)
     mlflow_run_id = created.info.run_id
     try:
         _log(client, mlflow_run_id, run, status)
     except BaseException:
-        client.delete_run(mlflow_run_id)
+        with contextlib.suppress(Exception):  # else left unmarked: the next export replaces it
+            client.delete_run(mlflow_run_id)
         raise
+    for stale in existing:
+        client.delete_run(stale.info.run_id)
     return Exported(run.id, mlflow_run_id, "replaced" if existing else "created")
 
 

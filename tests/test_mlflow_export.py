@@ -154,41 +154,40 @@ def test_artifacts_are_the_run_files_byte_for_byte(exported, run_id, tmp_path):
 
 
 def test_reexport_updates_in_place_and_never_duplicates(exported, tiny_run_dir, tmp_path):
-    """Up to date: labels refreshed, nothing logged twice. Status changed since (an
-    interrupted run, resumed to completion): the old export is replaced by a new one."""
+    """Up to date: labels refreshed, nothing logged twice. An export left unfinished, or of
+    an earlier ending of the run (interrupted, then resumed), is replaced by a whole one."""
     from mlflow.entities import ViewType
 
-    run_dir = Path(exported.argv[1]) / "again"
+    client, run_dir = exported.client, Path(exported.argv[1]) / "again"
     shutil.copytree(tiny_run_dir, run_dir)
-    argv = (
-        *exported.argv,
-        "again",
-        "--experiment",
-        "re-export",
-        "--artifact-location",
-        str(tmp_path),
-    )
+    argv = (*exported.argv, "again", "--experiment", "re-export")
 
     def action() -> str:
-        code, out, err = _export(*argv, env=exported.env)
+        code, out, err = _export(*argv, "--artifact-location", str(tmp_path), env=exported.env)
         assert code == 0, err
         return out.splitlines()[0].removeprefix("again: ").split(" (")[0]
 
-    _set_status(run_dir, status="interrupted")
-    assert action() == "created"
-    _set_status(run_dir, status="completed")
+    experiment_id = client.create_experiment("re-export", tmp_path.as_uri())
+    client.create_run(experiment_id, tags={"cxr.run_id": "again"}, run_name="again")
+    assert action() == "replaced"  # the unfinished export above
+    ended = json.loads((run_dir / "status.json").read_text())["ended"]
+    _set_status(run_dir, status="interrupted", ended=ended - 60)
+    assert action() == "replaced"
+    _set_status(run_dir, status="completed", ended=ended)
     assert action() == "replaced"
     (run_dir / "meta.json").write_text(json.dumps({"name": "renamed"}))
     assert action() == "up to date"
 
-    experiment_id = exported.client.get_experiment_by_name("re-export").experiment_id
-    (active,) = exported.client.search_runs([experiment_id])
+    (active,) = client.search_runs([experiment_id])
     assert active.info.status == "FINISHED" and active.data.tags["cxr.name"] == "renamed"
-    losses = exported.client.get_metric_history(active.info.run_id, "epoch_train_loss")
+    assert active.data.tags["cxr.exported"] == f"completed@{ended}"
+    losses = client.get_metric_history(active.info.run_id, "epoch_train_loss")
     assert [m.step for m in losses] == [1, 2]
-    deleted = exported.client.search_runs([experiment_id], "", ViewType.DELETED_ONLY)
-    assert [(r.info.status, r.data.tags["cxr.status"]) for r in deleted] == [
-        ("KILLED", "interrupted")
+    deleted = client.search_runs([experiment_id], "", ViewType.DELETED_ONLY)
+    assert sorted(str(r.data.tags.get("cxr.exported")) for r in deleted) == [
+        "None",
+        f"completed@{ended}",
+        f"interrupted@{ended - 60}",
     ]
 
 
