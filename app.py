@@ -8,7 +8,7 @@ import os
 
 import streamlit as st
 
-from cxr_core import appstate
+from cxr_core import settings
 from cxr_core.runs import RunStore
 from pages import APP_SHELL
 
@@ -17,7 +17,7 @@ st.set_page_config(page_title="CXR Lab", page_icon=":material/radiology:", layou
 # Deployments may set CXR_* in st.secrets instead of the environment; the environment
 # wins, and training processes inherit whatever is chosen here.
 if st.secrets.load_if_toml_exists():
-    for name in appstate.SETTINGS:
+    for name in settings.SETTINGS:
         if name in st.secrets and name not in os.environ:
             os.environ[name] = str(st.secrets[name])
 

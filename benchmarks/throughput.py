@@ -29,17 +29,11 @@ from torch import nn
 from benchmarks.common import DATA, alternate, summarise, sync, timed
 from cxr_core.allocator import keep_freed_memory
 from cxr_core.config import Augmentation, TrainConfig
-from cxr_core.engine import (
-    Data,
-    _autocast,
-    build_network,
-    load_data,
-    make_optimizer,
-    select_device,
-    train_one_epoch,
-)
+from cxr_core.engine import make_optimizer, train_one_epoch
+from cxr_core.imagesets import Data, load_data
 from cxr_core.imaging import load_and_preprocess
 from cxr_core.models import create_network
+from cxr_core.runtime import autocast, build_network, select_device
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -394,7 +388,7 @@ def precision_label(device: str, arch: str) -> str | None:
     if engine_device.type != "cpu":
         return None
     network = create_network(arch, False, 64)
-    bf16 = _autocast(engine_device, network.model, training=True)._enabled
+    bf16 = autocast(engine_device, network.model, training=True)._enabled
     return "fp32 (no bf16 autocast)" if bf16 else "bf16 autocast"
 
 

@@ -30,14 +30,10 @@ from benchmarks.common import DATA, ROOT, interleaved, timed
 from benchmarks.throughput import subset
 from cxr_core import features
 from cxr_core.config import TrainConfig
-from cxr_core.engine import (
-    build_network,
-    load_data,
-    make_optimizer,
-    select_device,
-    train_one_epoch,
-)
+from cxr_core.engine import make_optimizer, train_one_epoch
+from cxr_core.imagesets import load_data
 from cxr_core.presets import PRESETS, apply_preset
+from cxr_core.runtime import build_network, select_device
 
 PRESET = "quick on CPU"
 TARGET_AUC = 0.95

@@ -23,16 +23,12 @@ from cxr_core.datasets import Sample
 from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_files, read_json
 from cxr_core.imaging import load_and_preprocess
+from cxr_core.settings import cache_dir
 
 PREPROCESS_VERSION = 1
 """Bump when :func:`cxr_core.imaging.preprocess` changes, to invalidate old caches."""
 
 Progress = Callable[[int, int], None]
-
-
-def cache_dir() -> Path:
-    """``$CXR_CACHE_DIR``, else ``~/.cache/cxr-lab``."""
-    return Path(os.environ.get("CXR_CACHE_DIR", Path.home() / ".cache" / "cxr-lab"))
 
 
 @dataclass

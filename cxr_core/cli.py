@@ -217,7 +217,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def _evaluation_samples(args, model):
     """The samples to evaluate: a folder split of --data, or a carved split of the run."""
     from cxr_core.datasets import SplitManifest, scan
-    from cxr_core.engine import resolve_data
+    from cxr_core.datasources import resolve_data
 
     index = scan(resolve_data(args.data))
     if args.split in ("val", "internal_test"):
@@ -239,8 +239,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from cxr_core import metrics
     from cxr_core.cache import decode_images
-    from cxr_core.engine import predict_pixels
     from cxr_core.inference import load_model
+    from cxr_core.runtime import predict_pixels
 
     if bool(args.run) == bool(args.checkpoint):
         raise UserError("give exactly one of --run ID or --checkpoint PATH")
@@ -371,7 +371,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from cxr_core.bundle import results_markdown, update_readme_block
-    from cxr_core.runs import RunStore, bundled_runs_dir
+    from cxr_core.runs import RunStore
+    from cxr_core.settings import bundled_runs_dir
 
     store = RunStore(args.runs_dir) if args.runs_dir else None
     runs = (
@@ -505,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("archs", help="list the architectures")
     p.set_defaults(func=cmd_archs)
+    from cxr_core.mlflow_export import add_export_mlflow_parser
+
+    add_export_mlflow_parser(sub)
     return parser
 
 

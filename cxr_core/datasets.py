@@ -19,8 +19,8 @@ import numpy as np
 from cxr_core.errors import UserError
 from cxr_core.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from cxr_core.security import allowed_data_roots, check_data_root, is_allowed
+from cxr_core.settings import CLASSES
 
-CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 
 _PNEUMONIA_ID = re.compile(r"^person(\d+)_", re.IGNORECASE)

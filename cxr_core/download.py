@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_core.datasets import CLASSES
 from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_bytes
+from cxr_core.settings import CLASSES
 
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}"

@@ -9,16 +9,13 @@ epoch exactly and ends with the same weights as one that was never stopped (on C
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import os
 import platform
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,15 +23,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cxr_core import checkpoints, features, metrics
-from cxr_core.augment import augment_batch
-from cxr_core.cache import decode_images, describe_skipped
 from cxr_core.config import TrainConfig
-from cxr_core.datasets import SplitManifest, make_splits, scan
+from cxr_core.datasets import SplitManifest
 from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_files, atomic_write_json, read_json
-from cxr_core.models import Network, count_parameters, create_network, set_trainable
+from cxr_core.imagesets import Data, load_data
+from cxr_core.models import Network, count_parameters
 from cxr_core.runs import Run
-from cxr_core.synthetic import is_synthetic, synthetic_dataset
+from cxr_core.runtime import autocast, build_network, predict_pixels, select_device, to_input
 
 
 class Cancelled(Exception):
@@ -42,115 +38,6 @@ class Cancelled(Exception):
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA GPU is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps asked for, but Apple MPS is not available")
-    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
-    return torch.device(name)
-
-
-def resolve_data(spec: str) -> Path:
-    """A folder path, or ``synthetic`` / ``synthetic:N`` (N images per class)."""
-    if spec.startswith("synthetic"):
-        _, _, count = spec.partition(":")
-        if count and not count.isdigit():
-            raise UserError("use --data synthetic or synthetic:N with N images per class")
-        return synthetic_dataset(per_class=int(count or 150))
-    return Path(spec).expanduser()
-
-
-@dataclass
-class Data:
-    """Decoded images of a run's splits, ready to slice into batches."""
-
-    root: Path
-    manifest: SplitManifest
-    pixels: torch.Tensor
-    rows: dict[str, torch.Tensor]
-    labels: dict[str, torch.Tensor]
-    skipped: dict[str, str]
-    notes: list[str]
-    synthetic: bool
-
-    def paths(self, split: str) -> list[str]:
-        return [s.path for s in self.manifest.splits[split]]
-
-
-def load_data(
-    cfg: TrainConfig,
-    manifest: SplitManifest | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> Data:
-    """Scan, split (unless a saved ``manifest`` is given) and decode through the cache."""
-    root = resolve_data(cfg.data)
-    index = scan(root)
-    if manifest is None:
-        manifest = make_splits(index, cfg.seed, cfg.val_fraction, cfg.test_fraction, cfg.max_images)
-    samples = [s for split in manifest.splits.values() for s in split]
-    images = decode_images(index.root, samples, cfg.img_size, cfg.clahe, progress)
-    manifest = manifest.without(set(images.skipped))
-    for name in ("train", "val"):
-        if {s.label for s in manifest.splits[name]} != {0, 1}:
-            raise UserError(f"the {name} split lacks a class once unreadable files are skipped")
-    rows = {k: torch.from_numpy(images.rows(v)) for k, v in manifest.splits.items() if v}
-    labels = {
-        k: torch.tensor([s.label for s in v], dtype=torch.float32)
-        for k, v in manifest.splits.items()
-        if v
-    }
-    notes = list(index.notes)
-    if images.skipped:
-        notes.append(describe_skipped(images.skipped))
-    return Data(
-        index.root,
-        manifest,
-        torch.from_numpy(images.pixels),
-        rows,
-        labels,
-        images.skipped,
-        notes,
-        is_synthetic(index.root),
-    )
-
-
-def to_input(
-    pixels: torch.Tensor,
-    cfg: TrainConfig,
-    device: torch.device,
-    gen: torch.Generator | None = None,
-) -> torch.Tensor:
-    """uint8 ``[B, H, W]`` -> normalised float ``[B, 1, H, W]`` (augmented if ``gen``).
-
-    Float rows are cached backbone features (:mod:`cxr_core.features`): used as they are.
-    """
-    if pixels.is_floating_point():
-        return pixels.to(device, non_blocking=True)
-    x = pixels.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
-    if gen is not None:
-        x = augment_batch(x, cfg.augment, gen)
-    x = (x - cfg.norm_mean) / cfg.norm_std
-    return x.contiguous(memory_format=torch.channels_last) if device.type != "mps" else x
-
-
-def build_network(cfg: TrainConfig, device: torch.device) -> Network:
-    torch.manual_seed(cfg.seed)
-    network = create_network(cfg.arch, cfg.pretrained, cfg.img_size)
-    set_trainable(network, cfg.unfreeze_last)
-    memory_format = torch.channels_last if device.type != "mps" else torch.preserve_format
-    network.model.to(device, memory_format=memory_format)
-    return network
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -199,38 +86,6 @@ def _freeze_frozen_batchnorm(model: torch.nn.Module) -> None:
             p.requires_grad for p in module.parameters()
         ):
             module.eval()
-
-
-@functools.cache
-def _cpu_has_bf16() -> bool:
-    """Native bf16 units (AMX or AVX-512 BF16); ``CXR_CPU_BF16=0`` keeps CPUs in fp32.
-
-    Without them bf16 is emulated and slower than fp32.
-    """
-    if os.environ.get("CXR_CPU_BF16") == "0":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
-
-
-def _autocast(device: torch.device, model: torch.nn.Module, training: bool):
-    """Mixed precision where it is faster: bf16/fp16 on CUDA; on a CPU with native bf16
-    units, bf16 for training convolutional networks without depthwise convolutions (on a
-    2-core Xeon with AMX, resnet18 and small_cnn trained 2.4-2.8x faster; efficientnet's
-    depthwise convolutions ran 0.8x and a lone linear head gains nothing: those stay fp32).
-    Without those units bf16 is emulated: several times slower (benchmarks/, AMD EPYC).
-    CPU inference stays fp32, so a run's recorded scores reproduce on any CPU."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    plain = convs and all(c.groups == 1 for c in convs)
-    if device.type == "cpu" and training and plain and _cpu_has_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
 
 
 # --------------------------------------------------------------------------- loops
@@ -289,7 +144,7 @@ def train_one_epoch(
         x = to_input(data.pixels[rows[batch]], cfg, device, gen)
         y = labels[batch].to(device)
         target = y * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
-        with _autocast(device, model, training=True):
+        with autocast(device, model, training=True):
             logits = model(x).float().squeeze(1)
         loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
         if not torch.isfinite(loss):
@@ -321,24 +176,6 @@ def train_one_epoch(
         "lr": optimizer.param_groups[0]["lr"],
         "images_per_s": seen / (time.perf_counter() - started),
     }
-
-
-@torch.inference_mode()
-def predict_pixels(
-    model: torch.nn.Module,
-    pixels: torch.Tensor,
-    cfg: TrainConfig,
-    device: torch.device,
-    batch_size: int = 64,
-) -> np.ndarray:
-    """Pneumonia probabilities for uint8 ``[N, H, W]`` images (no augmentation)."""
-    model.eval()
-    out = []
-    for start in range(0, len(pixels), batch_size):
-        x = to_input(pixels[start : start + batch_size], cfg, device)
-        with _autocast(device, model, training=False):
-            out.append(torch.sigmoid(model(x).float().squeeze(1)).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 def evaluate(
@@ -451,61 +288,129 @@ def _improved(cfg: TrainConfig, value: float, best: float | None) -> bool:
     return value < best if cfg.monitor == "val_loss" else value > best
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- reporting
 
 
-def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = False) -> dict:
-    """Train ``cfg`` into ``run``: the whole life of a run, from data to evaluation.json.
+class Reporter:
+    """What a run tells the world while it trains: status with heartbeat, progress and
+    ETA (what the Runs page and the CLI show), history records, and printed lines.
 
-    Writes status (with heartbeat and ETA), history, checkpoints and the evaluation as it
-    goes; the best epoch and the decision threshold are chosen on validation only.
+    Every call is also where a cancel request is noticed: it raises :class:`Cancelled`.
     """
-    with run.keep_alive():
-        return _fit(run, cfg, resume, half_weights)
 
+    def __init__(self, run: Run, cfg: TrainConfig, every_s: float = 1.0) -> None:
+        self.run, self.cfg, self.every_s = run, cfg, every_s
+        self._last = 0.0
+        self._phase_started = time.perf_counter()
+        self._phase = ""
 
-def _fit(run: Run, cfg: TrainConfig, resume: bool, half_weights: bool) -> dict:
-    device = select_device(cfg.device)
-    run.set_status("running", phase="preparing data", message=None)
-    last_beat = [0.0]
-
-    def beat(**fields) -> None:
-        if run.cancel_requested():
+    def status(self, force: bool = False, **fields) -> None:
+        if self.run.cancel_requested():
             raise Cancelled()
-        if time.time() - last_beat[0] > 1.0:
-            run.set_status("running", **fields)
-            last_beat[0] = time.time()
+        if force or time.time() - self._last > self.every_s:
+            self.run.set_status("running", **fields)
+            self._last = time.time()
 
+    def progress(self, phase: str, done: int, total: int) -> None:
+        """A preparation phase (decoding, features): fraction done and its ETA."""
+        if phase != self._phase:
+            self._phase, self._phase_started = phase, time.perf_counter()
+        elapsed = time.perf_counter() - self._phase_started
+        eta = elapsed / done * (total - done) if done else None
+        self.status(
+            phase=f"{phase} {done}/{total}",
+            progress=round(done / max(total, 1), 4),
+            eta_s=round(eta) if eta is not None else None,
+        )
+
+    def step(self, report: StepReport) -> None:
+        done = (report.epoch - 1) * report.steps + report.step
+        total = self.cfg.epochs * report.steps
+        eta = (total - done) * self.cfg.batch_size / max(report.images_per_s, 1e-9)
+        self.run.append_history(
+            {
+                "type": "step",
+                "epoch": report.epoch,
+                "step": report.step,
+                "global_step": done,
+                "loss": report.loss,
+            }
+        )
+        self.status(
+            phase="training",
+            epoch=report.epoch,
+            step=report.step,
+            steps=report.steps,
+            progress=round(done / total, 4),
+            images_per_s=round(report.images_per_s, 1),
+            eta_s=round(eta),
+        )
+
+    def epoch(self, record: dict) -> None:
+        """An epoch's record: history first, then a status written at once, so a page
+        polling the run sees every epoch even when epochs take milliseconds."""
+        self.run.append_history(record)
+        self.status(force=True, phase="validated", epoch=record["epoch"])
+        print(
+            f"epoch {record['epoch']}/{self.cfg.epochs}  loss {record['train_loss']:.4f}  "
+            f"val_loss {record['val_loss']:.4f}  val_auc {record['val_roc_auc']:.4f}  "
+            f"val_f1 {record['val_f1']:.4f}  {record['seconds']:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+# --------------------------------------------------------------------------- preparing
+
+
+@dataclass
+class Training:
+    """Everything an epoch loop needs, prepared (and restored on resume) before it starts."""
+
+    network: Network
+    """The whole model: what is saved and shipped."""
+    trainee: Network
+    """What the loop trains: the head alone when it trains on cached features."""
+    data: Data
+    """What the loop feeds: decoded images, or the backbone's cached features."""
+    images: Data
+    """The decoded images, to score what ships (fp16 weights change the features)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    scheduler_unit: str
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    state: dict
+    info: dict
+
+
+def prepare(run: Run, cfg: TrainConfig, resume: bool, reporter: Reporter) -> Training:
+    """Data (the saved split on resume), network, optimizer, scheduler and saved state;
+    for a frozen backbone without augmentation, the backbone's features computed once."""
+    device = select_device(cfg.device)
+    reporter.status(force=True, phase="preparing data", message=None)
     saved_split = run.split() if resume else None
     manifest = SplitManifest.from_dict(saved_split) if saved_split else None
-    try:
-        data = load_data(
-            cfg,
-            manifest,
-            progress=lambda done, total: beat(phase=f"decoding images {done}/{total}"),
-        )
-    except Cancelled:
-        run.set_status("cancelled", message="cancelled while preparing data")
-        return {}
+    images = load_data(
+        cfg, manifest, progress=lambda d, t: reporter.progress("decoding images", d, t)
+    )
     if not resume:
         atomic_write_json(
             run.path / "split.json",
             {
-                **data.manifest.to_dict(),
-                "skipped": data.skipped,
-                "notes": data.notes,
-                "synthetic": data.synthetic,
-                "root": str(data.root),
+                **images.manifest.to_dict(),
+                "skipped": images.skipped,
+                "notes": images.notes,
+                "synthetic": images.synthetic,
+                "root": str(images.root),
             },
         )
         atomic_write_json(run.path / "env.json", environment(device))
-    for note in data.notes:
+    for note in images.notes:
         print(f"note: {note}", file=sys.stderr)
 
     network = build_network(cfg, device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(torch.get_num_threads(), 1))
-    n_train = len(data.rows["train"])
+    n_train = len(images.rows["train"])
     steps = n_train // cfg.batch_size if n_train > cfg.batch_size else 1
     optimizer = make_optimizer(cfg, network.model)
     scheduler, unit = make_scheduler(cfg, optimizer, steps)
@@ -517,106 +422,127 @@ def _fit(run: Run, cfg: TrainConfig, resume: bool, half_weights: bool) -> dict:
     if resume:
         state = {**state, **_load_resume_state(run, network, optimizer, scheduler, scaler)}
         run.truncate_history(state["epoch"])
+    trainee, data = network, images
+    if features.applies(cfg):
+        trainee, data = features.cache_features(
+            network,
+            images,
+            cfg,
+            device,
+            progress=lambda d, t: reporter.progress("computing features", d, t),
+        )
     info = count_parameters(network.model)
+    return Training(
+        network, trainee, data, images, optimizer, scheduler, unit, scaler, device, state, info
+    )
 
-    def on_step(report: StepReport) -> None:
-        done = (report.epoch - 1) * report.steps + report.step
-        remaining = cfg.epochs * report.steps - done
-        eta = remaining * cfg.batch_size / max(report.images_per_s, 1e-9)
-        run.append_history(
-            {
-                "type": "step",
-                "epoch": report.epoch,
-                "step": report.step,
-                "global_step": done,
-                "loss": report.loss,
-            }
+
+# --------------------------------------------------------------------------- main
+
+
+def run_epochs(
+    run: Run,
+    cfg: TrainConfig,
+    t: Training,
+    reporter: Reporter,
+    clock: Callable[[], float],
+    half_weights: bool,
+) -> None:
+    """The epoch loop: train, validate, keep the best weights (on the monitored validation
+    metric), checkpoint for resume, stop early when validation stops improving."""
+    state = t.state
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        started = time.perf_counter()
+        train_stats = train_one_epoch(
+            t.trainee,
+            t.optimizer,
+            t.scheduler,
+            t.scheduler_unit,
+            t.scaler,
+            t.data,
+            cfg,
+            t.device,
+            epoch,
+            reporter.step,
         )
-        beat(
-            phase="training",
-            epoch=report.epoch,
-            step=report.step,
-            steps=report.steps,
-            images_per_s=round(report.images_per_s, 1),
-            eta_s=round(eta),
-        )
+        reporter.status(phase="validating", epoch=epoch)
+        probs, labels, val_loss = evaluate(t.trainee, t.data, "val", cfg, t.device)
+        val = metrics.summary(labels, probs)
+        record = {
+            "type": "epoch",
+            "epoch": epoch,
+            **train_stats,
+            "val_loss": val_loss,
+            **{f"val_{k}": v for k, v in val.items()},
+            "seconds": time.perf_counter() - started,
+        }
+        reporter.epoch(record)
+        monitored = record[cfg.monitor if cfg.monitor != "val_auc" else "val_roc_auc"]
+        if t.scheduler is not None and t.scheduler_unit == "epoch":
+            t.scheduler.step(monitored) if cfg.scheduler == "plateau" else t.scheduler.step()
+        state["epoch"] = epoch
+        if _improved(cfg, monitored, state["best"]):
+            state.update(best=monitored, best_epoch=epoch, bad_epochs=0)
+            checkpoints.save_weights(
+                run.weights,
+                t.network.model,
+                {"config": cfg.to_dict(), "epoch": epoch},
+                half=half_weights,
+            )
+        else:
+            state["bad_epochs"] += 1
+        state["train_time_s"] = clock()
+        _save_resume_state(run, t.network, t.optimizer, t.scheduler, t.scaler, state)
+        if state["bad_epochs"] >= cfg.patience:
+            print(f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs", file=sys.stderr)
+            break
 
-    status = "completed"
-    trainee = network  # the head alone when it trains on cached features
-    images = data  # fp16 weights change the backbone's features: score what ships on images
-    try:
-        if features.applies(cfg):
-            trainee, data = features.cache_features(
-                network,
-                data,
-                cfg,
-                device,
-                progress=lambda done, total: beat(phase=f"computing features {done}/{total}"),
-            )
-        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-            started = time.perf_counter()
-            train_stats = train_one_epoch(
-                trainee, optimizer, scheduler, unit, scaler, data, cfg, device, epoch, on_step
-            )
-            beat(phase="validating", epoch=epoch)
-            probs, labels, val_loss = evaluate(trainee, data, "val", cfg, device)
-            val = metrics.summary(labels, probs)
-            record = {
-                "type": "epoch",
-                "epoch": epoch,
-                **train_stats,
-                "val_loss": val_loss,
-                **{f"val_{k}": v for k, v in val.items()},
-                "seconds": time.perf_counter() - started,
-            }
-            run.append_history(record)
-            monitored = record[cfg.monitor if cfg.monitor != "val_auc" else "val_roc_auc"]
-            if scheduler is not None and unit == "epoch":
-                scheduler.step(monitored) if cfg.scheduler == "plateau" else scheduler.step()
-            state["train_time_s"] += time.perf_counter() - started
-            state["epoch"] = epoch
-            if _improved(cfg, monitored, state["best"]):
-                state.update(best=monitored, best_epoch=epoch, bad_epochs=0)
-                checkpoints.save_weights(
-                    run.weights,
-                    network.model,
-                    {"config": cfg.to_dict(), "epoch": epoch},
-                    half=half_weights,
-                )
-            else:
-                state["bad_epochs"] += 1
-            _save_resume_state(run, network, optimizer, scheduler, scaler, state)
-            print(
-                f"epoch {epoch}/{cfg.epochs}  loss {train_stats['train_loss']:.4f}  "
-                f"val_loss {val_loss:.4f}  val_auc {val['roc_auc']:.4f}  "
-                f"val_f1 {val['f1']:.4f}  {record['seconds']:.0f}s",
-                file=sys.stderr,
-                flush=True,
-            )
-            if state["bad_epochs"] >= cfg.patience:
-                print(
-                    f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs", file=sys.stderr
-                )
-                break
-    except Cancelled:
-        status = "cancelled"
-    except KeyboardInterrupt:
-        run.set_status("interrupted", message="stopped by Ctrl-C")
-        raise
-    except torch.OutOfMemoryError:
-        message = f"out of GPU memory at batch size {cfg.batch_size}: try a smaller --batch-size"
-        run.set_status("failed", message=message)
-        raise UserError(message) from None
 
-    if not run.weights.exists():
-        run.set_status(status, message="stopped before any epoch finished")
-        return {}
-    run.set_status("running", phase="final evaluation")
-    scored = images if half_weights else data
-    evaluation = final_evaluation(run, scored, device, cfg, state, info, half_weights)
-    message = "cancelled: evaluated the best epoch so far" if status == "cancelled" else None
-    run.set_status(status, phase="done", message=message)
-    return evaluation
+def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = False) -> dict:
+    """Train ``cfg`` into ``run``: the whole life of a run, from data to evaluation.json.
+
+    Writes status (with heartbeat, progress and ETA), history, checkpoints and the
+    evaluation as it goes; the best epoch and the decision threshold are chosen on
+    validation only. ``train_time_s`` counts the whole run (decoding, cached features,
+    epochs), summed over the processes of a resumed run.
+    """
+    with run.keep_alive():
+        reporter = Reporter(run, cfg)
+        process_started = time.perf_counter()
+        try:
+            t = prepare(run, cfg, resume, reporter)
+        except Cancelled:
+            run.set_status("cancelled", message="cancelled while preparing data")
+            return {}
+        before = t.state["train_time_s"]
+
+        def clock() -> float:
+            return before + time.perf_counter() - process_started
+
+        status = "completed"
+        try:
+            run_epochs(run, cfg, t, reporter, clock, half_weights)
+        except Cancelled:
+            status = "cancelled"
+        except KeyboardInterrupt:
+            run.set_status("interrupted", message="stopped by Ctrl-C")
+            raise
+        except torch.OutOfMemoryError:
+            message = (
+                f"out of GPU memory at batch size {cfg.batch_size}: try a smaller --batch-size"
+            )
+            run.set_status("failed", message=message)
+            raise UserError(message) from None
+        if not run.weights.exists():
+            run.set_status(status, message="stopped before any epoch finished")
+            return {}
+        run.set_status("running", phase="final evaluation")
+        t.state["train_time_s"] = clock()
+        scored = t.images if half_weights else t.data
+        evaluation = final_evaluation(run, scored, t.device, cfg, t.state, t.info, half_weights)
+        message = "cancelled: evaluated the best epoch so far" if status == "cancelled" else None
+        run.set_status(status, phase="done", message=message)
+        return evaluation
 
 
 def final_evaluation(

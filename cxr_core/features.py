@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 import torch
 
-from cxr_core import engine  # a module import: engine imports this module in turn
 from cxr_core.config import TrainConfig
+from cxr_core.imagesets import Data
 from cxr_core.models import Network
+from cxr_core.runtime import to_input
 
 
 def applies(cfg: TrainConfig) -> bool:
@@ -27,7 +28,7 @@ def applies(cfg: TrainConfig) -> bool:
     return cfg.unfreeze_last == 0 and not cfg.augment.enabled
 
 
-def is_cached(data: engine.Data) -> bool:
+def is_cached(data: Data) -> bool:
     """``data`` holds feature vectors (float) rather than decoded images (uint8)."""
     return data.pixels.is_floating_point()
 
@@ -48,7 +49,7 @@ def extract(
     hook = network.head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
     try:
         for start in range(0, len(pixels), batch_size):
-            model(engine.to_input(pixels[start : start + batch_size], cfg, device))
+            model(to_input(pixels[start : start + batch_size], cfg, device))
             captured[-1] = captured[-1].float().flatten(1).cpu()
             if progress:
                 progress(min(start + batch_size, len(pixels)), len(pixels))
@@ -77,11 +78,11 @@ def head_only(network: Network) -> Network:
 
 def cache_features(
     network: Network,
-    data: engine.Data,
+    data: Data,
     cfg: TrainConfig,
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[Network, engine.Data]:
+) -> tuple[Network, Data]:
     """The head network and ``data`` with each decoded image replaced by its features.
 
     Rows and labels are unchanged, so ``train_one_epoch`` and ``evaluate`` work on it as on

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cxr_core.config import TrainConfig
 from cxr_core.fileio import atomic_write_json
-from cxr_core.runs import default_runs_dir, new_run_id
+from cxr_core.runs import new_run_id
+from cxr_core.settings import default_runs_dir
 
 
 def launch_training(

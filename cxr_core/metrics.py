@@ -12,7 +12,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from cxr_core.datasets import CLASSES
+from cxr_core.settings import CLASSES
 
 
 def _safe_auc(labels: np.ndarray, probs: np.ndarray) -> float:

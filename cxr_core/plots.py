@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from cxr_core.datasets import CLASSES
+from cxr_core.settings import CLASSES
 
 PALETTE = qualitative.D3 + qualitative.Set2
 

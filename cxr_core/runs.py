@@ -29,21 +29,11 @@ from typing import Any
 
 from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_json, read_json
+from cxr_core.settings import bundled_runs_dir, default_runs_dir
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 HEARTBEAT_TIMEOUT_S = 90.0
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def default_runs_dir() -> Path:
-    """``$CXR_RUNS_DIR``, else ``runs/`` in the current folder."""
-    return Path(os.environ.get("CXR_RUNS_DIR", "runs"))
-
-
-def bundled_runs_dir() -> Path:
-    """The read-only runs shipped in ``checkpoints/``."""
-    return Path(os.environ.get("CXR_BUNDLED_DIR", PROJECT_ROOT / "checkpoints"))
 
 
 def new_run_id(arch: str) -> str:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from cxr_core.errors import UserError
+from cxr_core.settings import cache_dir
 
 ENV = "CXR_ALLOWED_DATA_ROOTS"
 
@@ -34,8 +35,6 @@ def allowed_data_roots() -> list[Path] | None:
     raw = os.environ.get(ENV)
     if raw is None:
         return None
-    from cxr_core.cache import cache_dir  # cache imports datasets, which imports this
-
     roots = [_resolve(p.strip()) for p in raw.split(os.pathsep) if p.strip()]
     return [*roots, _resolve(cache_dir())]
 

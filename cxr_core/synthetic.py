@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from cxr_core.cache import cache_dir
 from cxr_core.fileio import atomic_write_bytes
+from cxr_core.settings import cache_dir
 
 MARKER = "SYNTHETIC.txt"
 

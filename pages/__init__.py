@@ -13,11 +13,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from cxr_core import appstate
+from cxr_core import settings
 from cxr_core.config import Augmentation
+from cxr_core.datasources import DataSpec
 from cxr_core.errors import UserError
 from cxr_core.inference import LoadedModel, load_model
 from cxr_core.runs import Run, RunStore
+from pages.common import runview, texts
 
 AUG_HELP = {
     "rotation": "Random rotation, degrees (+/-).",
@@ -82,12 +84,12 @@ def synthetic_badge(synthetic: bool) -> None:
 
 
 def medical_notice() -> None:
-    st.warning(appstate.NOT_A_MEDICAL_DEVICE, icon=":material/health_and_safety:")
+    st.warning(texts.NOT_A_MEDICAL_DEVICE, icon=":material/health_and_safety:")
 
 
 def data_spec() -> str:
     """The data source chosen on the Data page (or by a preset) for this session."""
-    return st.session_state.setdefault("data_spec", appstate.default_data())
+    return st.session_state.setdefault("data_spec", settings.default_data())
 
 
 def set_data_spec(spec: str) -> None:
@@ -96,7 +98,7 @@ def set_data_spec(spec: str) -> None:
 
 @st.cache_data(show_spinner="Preparing the data ...", ttl=600)
 def data_root(spec: str) -> Path:
-    return appstate.data_root(spec)
+    return DataSpec.parse(spec).resolve()
 
 
 def augmentation_controls(key: str = "aug") -> Augmentation:
@@ -142,7 +144,7 @@ def data_source_picker() -> str | None:
         index=0 if current.startswith("synthetic") else 1,
         horizontal=True,
         key="data_kind",
-        help=appstate.help_text("synthetic"),
+        help=texts.help_text("synthetic"),
     )
     if kind == "Synthetic demo":
         per_class = int(current.partition(":")[2] or 60) if current.startswith("synthetic") else 60
@@ -173,12 +175,12 @@ def folder_picker(current: str) -> None:
         )
         if st.form_submit_button("Use this folder"):
             with user_errors():
-                set_data_spec(str(appstate.resolve_data_folder(text)))
+                set_data_spec(str(DataSpec.parse(text).resolve()))
 
 
 def download_picker() -> None:
-    from cxr_core.cache import cache_dir
     from cxr_core.download import download_kaggle, download_pneumoniamnist
+    from cxr_core.settings import cache_dir
 
     st.caption(
         "Needs a network connection and the optional packages (kagglehub / medmnist). "
@@ -207,6 +209,6 @@ def run_picker(label: str, runs: list[Run], default: list[Run], key: str, **kwar
     kept(key, [r.id for r in default])
     st.session_state[key] = [i for i in st.session_state[key] if i in by_id]
     chosen = st.multiselect(
-        label, list(by_id), key=key, format_func=lambda i: appstate.run_label(by_id[i]), **kwargs
+        label, list(by_id), key=key, format_func=lambda i: runview.run_label(by_id[i]), **kwargs
     )
     return [by_id[i] for i in chosen]

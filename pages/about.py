@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxr_core import appstate, plots
+from cxr_core import plots
 from pages import ensure_app_shell, medical_notice
+from pages.common import texts
 
 ensure_app_shell()
 
@@ -51,5 +52,5 @@ st.markdown(
 )
 
 st.subheader("Glossary")
-for term, text in appstate.GLOSSARY.items():
+for term, text in texts.GLOSSARY.items():
     st.markdown(f"**{term}**: {text}")

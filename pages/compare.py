@@ -5,10 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from cxr_core import appstate, plots
+from cxr_core import plots
 from cxr_core.compare import compare_table, evaluation_set
 from cxr_core.runs import Run
 from pages import ensure_app_shell, kept, run_picker, store, user_errors
+from pages.common import runview, texts
 
 ensure_app_shell()
 
@@ -37,7 +38,7 @@ def _class_report(report: dict) -> pd.DataFrame:
 def _roc_and_pr(reports: dict[str, dict]) -> None:
     left, right = st.columns(2)
     with left:
-        st.markdown("**ROC**", help=appstate.help_text("AUC"))
+        st.markdown("**ROC**", help=texts.help_text("AUC"))
         st.plotly_chart(plots.roc_curves(reports), key="roc")
         ref = plots.KERMANY_2018
         st.caption(
@@ -96,7 +97,7 @@ st.caption(
 )
 
 with user_errors():
-    runs = appstate.evaluated_runs(store())
+    runs = runview.evaluated_runs(store())
     if len(runs) < 2:
         st.info(
             "Comparing needs at least two evaluated runs; train some on the Train page "
@@ -133,7 +134,7 @@ with user_errors():
             f"directly comparable (set fingerprints: {detail}).",
             icon=":material/warning:",
         )
-    synthetic = [r.id for r in chosen if appstate.is_synthetic_run(r)]
+    synthetic = [r.id for r in chosen if runview.is_synthetic_run(r)]
     if synthetic:
         st.warning(
             f"Evaluated on **synthetic** images: {', '.join(synthetic)}. "
@@ -148,13 +149,9 @@ with user_errors():
         hide_index=True,
         width="stretch",
         column_config={
-            "test_sensitivity": st.column_config.NumberColumn(
-                help=appstate.help_text("sensitivity")
-            ),
-            "test_specificity": st.column_config.NumberColumn(
-                help=appstate.help_text("specificity")
-            ),
-            "test_roc_auc": st.column_config.NumberColumn(help=appstate.help_text("AUC")),
+            "test_sensitivity": st.column_config.NumberColumn(help=texts.help_text("sensitivity")),
+            "test_specificity": st.column_config.NumberColumn(help=texts.help_text("specificity")),
+            "test_roc_auc": st.column_config.NumberColumn(help=texts.help_text("AUC")),
         },
     )
     st.caption("Click a column header to sort.")

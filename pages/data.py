@@ -6,10 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from cxr_core import appstate, plots
-from cxr_core.datasets import CLASSES
+from cxr_core import plots
 from cxr_core.errors import UserError
 from cxr_core.imaging import load_and_preprocess
+from cxr_core.settings import CLASSES
 from pages import (
     augmentation_controls,
     data_root,
@@ -18,6 +18,7 @@ from pages import (
     synthetic_badge,
     user_errors,
 )
+from pages.common import dataview
 
 ensure_app_shell()
 
@@ -25,8 +26,8 @@ PREVIEW_SIZE = 192
 
 
 @st.cache_data(show_spinner="Scanning the folder ...", ttl=300)
-def _overview(root: str) -> appstate.DataOverview:
-    return appstate.overview(Path(root))
+def _overview(root: str) -> dataview.DataOverview:
+    return dataview.overview(Path(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -91,7 +92,7 @@ with user_errors():
         draw = st.session_state["sample_draw"] = draw + 1
     for cls in CLASSES:
         st.markdown(f"**{cls}** ({len(info.samples[cls])} training images)")
-        images, names = _readable(info.root, appstate.pick_samples(info.samples[cls], 6, draw))
+        images, names = _readable(info.root, dataview.pick_samples(info.samples[cls], 6, draw))
         if images:
             st.image(images, caption=names, width=150)
 
@@ -103,7 +104,7 @@ with user_errors():
     checked = st.session_state.setdefault("file_checks", {})
     if st.button("Check every file", icon=":material/fact_check:"):
         bar = st.progress(0.0, text="Decoding ...")
-        checked[str(info.root)] = appstate.check_files(
+        checked[str(info.root)] = dataview.check_files(
             info.root,
             progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} files"),
         )
@@ -122,9 +123,9 @@ with user_errors():
     seed = st.session_state.setdefault("aug_draw", 0)
     if st.button("New random draw", icon=":material/casino:"):
         seed = st.session_state["aug_draw"] = seed + 1
-    chosen = [p for cls in CLASSES for p in appstate.pick_samples(info.samples[cls], 3, seed)]
+    chosen = [p for cls in CLASSES for p in dataview.pick_samples(info.samples[cls], 3, seed)]
     real, names = _readable(info.root, chosen)
-    augmented = appstate.augmentation_preview(real, aug, seed)
+    augmented = dataview.augmentation_preview(real, aug, seed)
     st.markdown("**Real**")
     st.image(real, width=150, caption=names)
     st.markdown("**Augmented**" if aug.enabled else "**Augmented** (augmentation is off)")

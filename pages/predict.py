@@ -8,7 +8,6 @@ import hashlib
 import numpy as np
 import streamlit as st
 
-from cxr_core import appstate
 from cxr_core.errors import UserError
 from cxr_core.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, load_gray
 from cxr_core.inference import CAM_METHODS, Prediction, explain, overlay, predict
@@ -22,6 +21,7 @@ from pages import (
     store,
     synthetic_badge,
 )
+from pages.common import runview, texts, uploads
 
 ensure_app_shell()
 
@@ -31,13 +31,13 @@ TARGETS = {"predicted class": None, "PNEUMONIA": 1, "NORMAL": 0}
 @st.cache_data(max_entries=64, show_spinner=False)
 def _decode(digest: str, name: str, _data: bytes) -> np.ndarray:
     """Validate an upload once: a bad file is one message, not one per model."""
-    return appstate.thumbnail(load_gray(appstate.upload_source(name, _data)))
+    return uploads.thumbnail(load_gray(uploads.upload_source(name, _data)))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _predict(weights: str, mtime: float, digest: str, name: str, _data: bytes) -> Prediction:
     model = loaded_model(weights, mtime)
-    return predict(model, [appstate.upload_source(name, _data)])[0]
+    return predict(model, [uploads.upload_source(name, _data)])[0]
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -50,7 +50,7 @@ def _heat(
 def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, controls: dict):
     weights, mtime = str(run.weights), run.weights.stat().st_mtime
     st.markdown(f"**{run.id}**")
-    if appstate.is_synthetic_run(run):
+    if runview.is_synthetic_run(run):
         synthetic_badge(True)
         st.caption("Trained on synthetic images: its output on a real radiograph means nothing.")
     with st.spinner("Loading the model and predicting ..."):
@@ -64,7 +64,7 @@ def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, con
     tint = "red" if pred.label == "PNEUMONIA" else "green"
     st.markdown(
         f":{tint}-background[**{pred.label}**] at the run's threshold {pred.threshold:.3f}",
-        help=appstate.help_text("threshold"),
+        help=texts.help_text("threshold"),
     )
     with st.spinner(f"Computing {controls['method']} ..."):
         # A writable copy: the cached pixels are read-only, torch wants to own its input.
@@ -80,7 +80,7 @@ def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, con
     )
     st.download_button(
         "PNG",
-        appstate.png_bytes(image),
+        uploads.png_bytes(image),
         file_name=f"{run.id}-{controls['method']}-image{index + 1}.png",
         mime="image/png",
         key=f"png_{run.id}_{index}",
@@ -92,7 +92,7 @@ st.title("Predict & explain")
 medical_notice()
 
 try:
-    models = appstate.model_runs(store())
+    models = runview.model_runs(store())
 except UserError as exc:  # a damaged run folder
     st.error(str(exc), icon=":material/error:")
     st.stop()
@@ -111,18 +111,18 @@ chosen = run_picker(
     key="predict_models",
     help="Pick several to compare them side by side on the same images.",
 )
-uploads = st.file_uploader(
+files = st.file_uploader(
     "Radiographs (JPEG or PNG, 8 or 16 bit, or DICOM)",
     type=[s.lstrip(".") for s in IMAGE_SUFFIXES + DICOM_SUFFIXES],
     accept_multiple_files=True,
     help="Images stay in memory for this session; nothing is written to disk.",
 )
-demos = appstate.demo_images()
+demos = uploads.demo_images()
 samples = st.multiselect(
     "Or try a synthetic sample",
     list(demos),
     key=kept("predict_samples", []),
-    help=appstate.help_text("synthetic"),
+    help=texts.help_text("synthetic"),
 )
 
 c1, c2, c3 = st.columns(3)
@@ -130,7 +130,7 @@ method = c1.selectbox(
     "Explanation method",
     list(CAM_METHODS),
     key=kept("predict_method", "gradcam"),
-    help=appstate.help_text("Grad-CAM") + " scorecam is much slower (many forward passes).",
+    help=texts.help_text("Grad-CAM") + " scorecam is much slower (many forward passes).",
 )
 target_name = c2.selectbox(
     "Explain the evidence for", list(TARGETS), key=kept("predict_target", "predicted class")
@@ -143,7 +143,7 @@ controls = {
     "opacity": opacity,
 }
 
-images = [(u.name, u.getvalue()) for u in uploads or []]
+images = [(u.name, u.getvalue()) for u in files or []]
 images += [(name, demos[name]) for name in samples]
 if not chosen:
     st.info("Pick at least one model.", icon=":material/info:")
@@ -151,7 +151,7 @@ elif not images:
     st.caption("Upload one or more images, or pick a synthetic sample.")
 
 for index, (raw_name, data) in enumerate(images if chosen else []):
-    name = appstate.display_name(raw_name)
+    name = uploads.display_name(raw_name)
     digest = hashlib.sha1(data).hexdigest()
     st.divider()
     st.subheader(name)

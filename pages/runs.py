@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxr_core import appstate, plots
+from cxr_core import plots
 from cxr_core.jobs import log_tail
 from cxr_core.runs import ACTIVE, Run
 from pages import ensure_app_shell, kept, store, synthetic_badge, user_errors
+from pages.common import runview, texts
 
 ensure_app_shell()
 
@@ -34,7 +35,7 @@ def _selection(runs: list[Run], active: list[str]) -> str:
 
 
 def _active_run(run: Run, status: dict) -> None:
-    fraction, detail = appstate.run_progress(status, run.config().get("epochs"))
+    fraction, detail = runview.run_progress(status, run.config().get("epochs"))
     left, right = st.columns([5, 1])
     left.progress(fraction, text=f"**{run.id}** · {detail}")
     cancel = right.empty()
@@ -78,7 +79,7 @@ def _final_results(run: Run) -> None:
         col.metric(
             name,
             "-" if value is None else f"{value:.3f}",
-            help=appstate.help_text(help_term) if help_term else None,
+            help=texts.help_text(help_term) if help_term else None,
         )
 
 
@@ -98,12 +99,12 @@ def _live() -> None:
     active = [r for r in runs if statuses[r.id].get("status") in ACTIVE]
 
     st.dataframe(
-        appstate.runs_table(runs),
+        runview.runs_table(runs),
         hide_index=True,
         width="stretch",
         column_config={
             "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
-            "val AUC": st.column_config.NumberColumn(format="%.3f", help=appstate.help_text("AUC")),
+            "val AUC": st.column_config.NumberColumn(format="%.3f", help=texts.help_text("AUC")),
             "test AUC": st.column_config.NumberColumn(format="%.3f"),
         },
     )
@@ -120,7 +121,7 @@ def _live() -> None:
         "Runs",
         list(by_id),
         key=key,
-        format_func=lambda i: appstate.run_label(by_id[i]),
+        format_func=lambda i: runview.run_label(by_id[i]),
         help="Several runs are overlaid, one colour each (dashed: train, solid: validation).",
     )
     smoothing = right.slider(
@@ -141,7 +142,7 @@ def _live() -> None:
         st.caption(
             "Train accuracy, F1 and AUC are running values over each epoch's augmented "
             "batches; a widening gap to validation is a sign of "
-            f"overfitting. ({appstate.GLOSSARY['overfitting']})"
+            f"overfitting. ({texts.GLOSSARY['overfitting']})"
         )
     elif shown:
         st.caption("No training step logged yet; the curves appear as soon as one is.")

@@ -11,13 +11,14 @@ import uuid
 
 import streamlit as st
 
-from cxr_core import appstate, config
+from cxr_core import config, settings
 from cxr_core.errors import UserError
 from cxr_core.jobs import launch_training
 from cxr_core.models import REGISTRY
 from cxr_core.presets import PRESETS, apply_preset
 from cxr_core.runs import ACTIVE
 from pages import augmentation_controls, data_spec, ensure_app_shell, kept, store, user_errors
+from pages.common import forms, runview, texts
 
 ensure_app_shell()
 
@@ -89,7 +90,7 @@ def _show_queue(active: list, starting: list[str]) -> None:
     if not active and not starting:
         st.caption("No run is training or queued.")
     for run in active:
-        fraction, detail = appstate.run_progress(run.status(), run.config().get("epochs"))
+        fraction, detail = runview.run_progress(run.status(), run.config().get("epochs"))
         st.progress(fraction, text=f"{run.id}: {detail}")
 
 
@@ -127,7 +128,7 @@ c1, c2, c3 = st.columns(3)
 pretrained = c1.toggle(
     "Start from ImageNet weights (pretrained)",
     key=_opt("pretrained"),
-    help=appstate.help_text("transfer learning"),
+    help=texts.help_text("transfer learning"),
 )
 unfreeze = c2.number_input(
     "Trainable backbone stages",
@@ -135,7 +136,7 @@ unfreeze = c2.number_input(
     max_value=50,
     key=_opt("unfreeze_last"),
     help="-1: train every layer (fine-tune). 0: freeze the backbone, train the head only. "
-    "N: the head plus the last N stages. " + appstate.help_text("transfer learning"),
+    "N: the head plus the last N stages. " + texts.help_text("transfer learning"),
 )
 img_size = c3.selectbox(
     "Image size (px)",
@@ -145,7 +146,7 @@ img_size = c3.selectbox(
     help="Images are resized to a square of this side, exactly as at prediction time.",
 )
 for arch in archs:
-    if appstate.needs_download(arch, pretrained):
+    if forms.needs_download(arch, pretrained):
         st.info(
             f"{arch}: ImageNet weights are downloaded from the internet on first use. "
             "Offline, use efficientnet_lite0 (its weights ship with pip).",
@@ -229,14 +230,14 @@ with st.expander("Advanced"):
         min_value=1,
         max_value=100,
         key=_opt("patience"),
-        help=appstate.help_text("overfitting"),
+        help=texts.help_text("overfitting"),
     )
     monitor = c3.selectbox("Best epoch by", config.MONITORS, key=_opt("monitor"))
     threshold_method = c3.selectbox(
         "Threshold",
         config.THRESHOLD_METHODS,
         key=_opt("threshold_method"),
-        help=appstate.help_text("threshold"),
+        help=texts.help_text("threshold"),
     )
     target_sensitivity = c3.number_input(
         "Target sensitivity",
@@ -245,11 +246,11 @@ with st.expander("Advanced"):
         step=0.01,
         key=_opt("target_sensitivity"),
         disabled=threshold_method != "sensitivity",
-        help=appstate.help_text("sensitivity"),
+        help=texts.help_text("sensitivity"),
     )
     device = c1.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key=_opt("device"))
     try:
-        default_queue = appstate.queue_limit()
+        default_queue = settings.queue_limit()
     except UserError as exc:
         st.error(str(exc))
         default_queue = 1
@@ -294,7 +295,7 @@ label = f"Launch {len(archs)} run(s)" if len(archs) > 1 else "Launch run"
 if st.button(label, type="primary", icon=":material/rocket_launch:", key=f"launch_{nonce}"):
     st.session_state["launch_nonce"] = uuid.uuid4().hex
     with user_errors():
-        configs = appstate.build_configs(archs, options)
+        configs = forms.build_configs(archs, options)
         runs_dir = store().root
         launched = [launch_training(cfg, runs_dir, queue=int(queue)) for cfg in configs]
         st.session_state["launched"] = launched

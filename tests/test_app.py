@@ -15,10 +15,11 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cxr_core import appstate, plots
+from cxr_core import plots
 from cxr_core.errors import UserError
 from cxr_core.runs import ACTIVE, RunStore
 from cxr_core.synthetic import radiograph
+from pages.common import forms, runview, uploads
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["data", "train", "runs", "compare", "predict", "about"]
@@ -259,7 +260,7 @@ def test_predict_with_synthetic_samples_and_two_models(bundled, tiny_run_dir):
     shutil.copytree(tiny_run_dir, RunStore().root / "second")
     at = open_app("predict")
     at.multiselect(key="predict_models").set_value(["second", "bundled-tiny"])
-    at.multiselect(key="predict_samples").set_value(list(appstate.demo_images())).run()
+    at.multiselect(key="predict_samples").set_value(list(uploads.demo_images())).run()
     assert not at.exception
     assert len([m for m in at.metric if m.label == "P(pneumonia)"]) == 4  # 2 images x 2 models
 
@@ -331,23 +332,23 @@ def test_smoothing_is_a_debiased_moving_average():
 
 def test_run_progress_and_eta():
     status = {"status": "running", "phase": "training", "epoch": 2, "step": 5, "steps": 10}
-    fraction, text = appstate.run_progress({**status, "eta_s": 125}, epochs=4)
+    fraction, text = runview.run_progress({**status, "eta_s": 125}, epochs=4)
     assert fraction == pytest.approx(15 / 40)
     assert "epoch 2/4" in text and "ETA 2 min 05 s" in text
-    assert appstate.run_progress({"status": "completed"}, 4) == (1.0, "completed")
+    assert runview.run_progress({"status": "completed"}, 4) == (1.0, "completed")
 
 
 def test_upload_names_are_only_labels():
-    assert appstate.display_name("../../etc/passwd") == "passwd"
-    assert appstate.display_name("C:\\x\\scan<1>.dcm") == "scan_1_.dcm"
-    assert appstate.upload_source("a/b.dcm", b"x").name == "b.dcm"
+    assert uploads.display_name("../../etc/passwd") == "passwd"
+    assert uploads.display_name("C:\\x\\scan<1>.dcm") == "scan_1_.dcm"
+    assert uploads.upload_source("a/b.dcm", b"x").name == "b.dcm"
 
 
 def test_build_configs_checks_before_launching():
     options = {"data": "synthetic:40", "img_size": 0, "pretrained": False}
-    configs = appstate.build_configs(["small_cnn", "mlp"], options)
+    configs = forms.build_configs(["small_cnn", "mlp"], options)
     assert [(c.arch, c.img_size) for c in configs] == [("small_cnn", 128), ("mlp", 64)]
     with pytest.raises(UserError, match="pick at least one"):
-        appstate.build_configs([], options)
+        forms.build_configs([], options)
     with pytest.raises(UserError, match="needs image size 224"):
-        appstate.build_configs(["vit_b_16"], {**options, "pretrained": True, "img_size": 128})
+        forms.build_configs(["vit_b_16"], {**options, "pretrained": True, "img_size": 128})

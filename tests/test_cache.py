@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_core import cache
+from cxr_core import cache, settings
 from cxr_core.datasets import scan
 from cxr_core.errors import UserError
 from cxr_core.imaging import load_and_preprocess
@@ -45,7 +45,7 @@ def _decode(index, samples=None, size=32, clahe=False):
 def test_second_call_reads_the_npy_without_decoding(data, decoder):
     first = _decode(data)
     assert decoder.calls == len(data.samples["train"])
-    assert len(list(cache.cache_dir().glob("*.npy"))) == 1
+    assert len(list(settings.cache_dir().glob("*.npy"))) == 1
     decoder.forbid()
     again = _decode(data)
     assert again.paths == first.paths
@@ -75,7 +75,7 @@ def test_cache_key_changes_with_size_preprocessing_and_files(data, decoder, chan
         path.write_bytes(path.read_bytes() + b"\0")
         result = _decode(data)
     assert decoder.calls > before
-    assert len(list(cache.cache_dir().glob("*.npy"))) == 2
+    assert len(list(settings.cache_dir().glob("*.npy"))) == 2
 
 
 def test_rows_follow_the_sample_order(data):
@@ -110,4 +110,4 @@ def test_nothing_readable_is_a_user_error(data):
 
 def test_use_cache_false_writes_nothing(data):
     cache.decode_images(data.root, data.samples["train"], 32, use_cache=False)
-    assert not cache.cache_dir().exists() or not any(cache.cache_dir().iterdir())
+    assert not settings.cache_dir().exists() or not any(settings.cache_dir().iterdir())

@@ -12,8 +12,8 @@ from conftest import ROOT, write_kaggle_tree
 
 from cxr_core.config import TrainConfig
 from cxr_core.datasets import SplitManifest, make_splits, patient_id, scan
-from cxr_core.engine import load_data
 from cxr_core.errors import UserError
+from cxr_core.imagesets import load_data
 
 
 @pytest.mark.parametrize(

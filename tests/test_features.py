@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_core import features
+from cxr_core import features, runtime
 from cxr_core.config import Augmentation, TrainConfig
 from cxr_core.datasets import SplitManifest
-from cxr_core.engine import fit, load_data, predict_pixels
+from cxr_core.engine import fit
+from cxr_core.imagesets import load_data
 from cxr_core.inference import load_model
 from cxr_core.runs import RunStore
+from cxr_core.runtime import predict_pixels
 
 
 def _config(**overrides) -> TrainConfig:
@@ -34,9 +36,7 @@ def _config(**overrides) -> TrainConfig:
 @pytest.fixture
 def fp32(monkeypatch):
     """Compare the two paths at one precision: no CPU bf16 autocast, whatever the CPU."""
-    from cxr_core import engine
-
-    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: False)
 
 
 def _train(cfg: TrainConfig, run_id: str):
@@ -52,7 +52,7 @@ def test_applies_only_to_frozen_backbone_without_augmentation():
 
 
 def test_extract_returns_the_heads_input_per_image(fp32):
-    from cxr_core.engine import build_network
+    from cxr_core.runtime import build_network
 
     cfg = _config()
     network = build_network(cfg, torch.device("cpu"))
@@ -117,7 +117,7 @@ def test_resumed_optimizer_moments_keep_the_parameters_memory_format():
     device = torch.device("cpu")
 
     def setup():
-        network = engine.build_network(cfg, device)
+        network = runtime.build_network(cfg, device)
         optimizer = engine.make_optimizer(cfg, network.model)
         scheduler, unit = engine.make_scheduler(cfg, optimizer, len(data.rows["train"]) // 8)
         return network, optimizer, scheduler, unit, torch.amp.GradScaler("cpu", enabled=False)
@@ -143,28 +143,25 @@ def test_resumed_optimizer_moments_keep_the_parameters_memory_format():
 
 
 def test_cpu_bf16_autocast_only_for_plain_convolutional_networks(monkeypatch):
-    from cxr_core import engine
     from cxr_core.models import create_network
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: True)
     resnet = create_network("resnet18", False, 64)
     efficientnet = create_network("efficientnet_lite0", False, 64)  # depthwise convolutions
-    assert engine._autocast(cpu, resnet.model, training=True).fast_dtype == torch.bfloat16
-    assert engine._autocast(cpu, resnet.model, training=True)._enabled
-    assert not engine._autocast(cpu, resnet.model, training=False)._enabled  # scores: fp32
-    assert not engine._autocast(cpu, efficientnet.model, training=True)._enabled
-    assert not engine._autocast(cpu, resnet.head, training=True)._enabled  # cached features
-    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: False)
-    assert not engine._autocast(cpu, resnet.model, training=True)._enabled
+    assert runtime.autocast(cpu, resnet.model, training=True).fast_dtype == torch.bfloat16
+    assert runtime.autocast(cpu, resnet.model, training=True)._enabled
+    assert not runtime.autocast(cpu, resnet.model, training=False)._enabled  # scores: fp32
+    assert not runtime.autocast(cpu, efficientnet.model, training=True)._enabled
+    assert not runtime.autocast(cpu, resnet.head, training=True)._enabled  # cached features
+    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: False)
+    assert not runtime.autocast(cpu, resnet.model, training=True)._enabled
 
 
 def test_cxr_cpu_bf16_0_keeps_fp32(monkeypatch):
-    from cxr_core import engine
-
     monkeypatch.setenv("CXR_CPU_BF16", "0")
-    engine._cpu_has_bf16.cache_clear()
+    runtime._cpu_has_bf16.cache_clear()
     try:
-        assert not engine._cpu_has_bf16()
+        assert not runtime._cpu_has_bf16()
     finally:
-        engine._cpu_has_bf16.cache_clear()
+        runtime._cpu_has_bf16.cache_clear()

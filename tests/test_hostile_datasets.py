@@ -18,8 +18,8 @@ from streamlit.testing.v1 import AppTest
 from cxr_core import cli
 from cxr_core.config import TrainConfig
 from cxr_core.datasets import scan
-from cxr_core.engine import load_data
 from cxr_core.errors import UserError
+from cxr_core.imagesets import load_data
 from cxr_core.runs import RunStore
 from cxr_core.security import ENV, check_data_root
 from cxr_core.synthetic import make_synthetic_dataset

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from cxr_core.config import TrainConfig
-from cxr_core.engine import build_network
 from cxr_core.errors import UserError
 from cxr_core.inference import LoadedModel, explain
 from cxr_core.models import REGISTRY, count_parameters, create_network, set_trainable
+from cxr_core.runtime import build_network
 
 CPU = torch.device("cpu")
 SIZE = 64

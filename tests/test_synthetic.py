@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxr_core.datasets import scan
-from cxr_core.engine import resolve_data
+from cxr_core.datasources import resolve_data
 from cxr_core.errors import UserError
 from cxr_core.synthetic import is_synthetic, make_synthetic_dataset, radiograph
 

@@ -1,0 +1,37 @@
+"""Turning the Train page's form into checked training configs."""
+
+from __future__ import annotations
+
+from cxr_core.config import TrainConfig
+from cxr_core.datasources import DataSpec
+from cxr_core.errors import UserError
+from cxr_core.models import get_architecture
+
+
+def build_configs(archs: list[str], options: dict) -> list[TrainConfig]:
+    """One :class:`TrainConfig` per architecture with the same options, checked before
+    anything is launched, so a bad combination is one message and no half-started batch."""
+    if not archs:
+        raise UserError("pick at least one architecture")
+    data = DataSpec.parse(options.get("data", ""))
+    if not data.synthetic:
+        data.resolve()  # a preset or CXR_DATA_DIR must obey the allowed roots too
+    configs = []
+    for arch in archs:
+        spec = get_architecture(arch)
+        if options.get("pretrained") and spec.pretrained_source is None:
+            raise UserError(f"{arch} has no pretrained weights: untick 'pretrained' or drop it")
+        size = options.get("img_size")
+        fixed = spec.fixed_img_size
+        if fixed and options.get("pretrained") and size not in (None, 0, fixed):
+            raise UserError(
+                f"pretrained {arch} needs image size {spec.fixed_img_size} "
+                "(or 'architecture default')"
+            )
+        configs.append(TrainConfig(**{**options, "arch": arch, "img_size": size or None}))
+    return configs
+
+
+def needs_download(arch: str, pretrained: bool) -> bool:
+    """Whether starting ``arch`` needs ImageNet weights from the internet."""
+    return pretrained and get_architecture(arch).pretrained_source == "torchvision"

@@ -1,0 +1,99 @@
+"""The Runs, Compare and Predict pages' view of the run store: progress lines, labels
+and the runs table."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from cxr_core.datasources import is_synthetic_spec
+from cxr_core.runs import ACTIVE, Run, RunStore
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not np.isfinite(seconds):
+        return ""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def run_progress(status: dict, epochs: int | None) -> tuple[float, str]:
+    """Fraction done (0..1) and a one-line description, from a run's status.json."""
+    state = status.get("status", "queued")
+    if state not in ACTIVE:
+        return (1.0 if state == "completed" else 0.0), state
+    epoch, step, steps = status.get("epoch"), status.get("step"), status.get("steps")
+    phase = status.get("phase") or state
+    if not (epoch and steps and epochs):
+        return 0.0, phase
+    fraction = min(((epoch - 1) * steps + (step or 0)) / (epochs * steps), 1.0)
+    parts = [phase, f"epoch {epoch}/{epochs}", f"step {step}/{steps}"]
+    if status.get("images_per_s"):
+        parts.append(f"{status['images_per_s']:.0f} img/s")
+    if status.get("eta_s") is not None and phase == "training":
+        parts.append(f"ETA {format_duration(status['eta_s'])}")
+    return fraction, " · ".join(parts)
+
+
+def is_synthetic_run(run: Run) -> bool:
+    """Trained or evaluated on the synthetic demo data (split.json / evaluation.json)."""
+    evaluation = run.evaluation() or {}
+    if "synthetic" in evaluation:
+        return bool(evaluation["synthetic"])
+    split = run.split() or {}
+    return bool(split.get("synthetic")) or is_synthetic_spec(run.config().get("data"))
+
+
+def run_label(run: Run) -> str:
+    """How a run is named in pickers: id, architecture, and its origin."""
+    tags = [run.config().get("arch") or "?"]
+    if run.bundled:
+        tags.append("bundled")
+    if is_synthetic_run(run):
+        tags.append("synthetic")
+    return f"{run.id} ({', '.join(tags)})"
+
+
+def runs_table(runs: list[Run]) -> pd.DataFrame:
+    """The Runs page's table: one row per run with progress and headline scores."""
+    rows = []
+    for run in runs:
+        row = run.summary()
+        status = run.status()
+        fraction, detail = run_progress(status, run.config().get("epochs"))
+        created = row.get("created")
+        rows.append(
+            {
+                "run": run.id,
+                "arch": row["arch"],
+                "status": row["status"],
+                "progress": fraction,
+                "detail": detail if row["status"] in ACTIVE else "",
+                "ETA": format_duration(status.get("eta_s")) if row["status"] in ACTIVE else "",
+                "data": "synthetic" if is_synthetic_run(run) else (row["data"] or ""),
+                "val AUC": row["val_auc"],
+                "test AUC": row["test_auc"],
+                "test split": row["test_split"],
+                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(created))
+                if created
+                else "",
+                "bundled": row["bundled"],
+                "message": row["message"] or "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def model_runs(store: RunStore) -> list[Run]:
+    """Runs whose weights can be used for predictions (finished, weights on disk)."""
+    return [r for r in store.list() if r.weights.exists() and r.status()["status"] not in ACTIVE]
+
+
+def evaluated_runs(store: RunStore) -> list[Run]:
+    return [r for r in store.list() if r.evaluation()]

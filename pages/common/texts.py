@@ -1,0 +1,35 @@
+"""The words the app shows in more than one place: the notice and the glossary."""
+
+from __future__ import annotations
+
+NOT_A_MEDICAL_DEVICE = (
+    "**Not a medical device.** CXR Lab is for learning and research on public data. "
+    "Its outputs are not a diagnosis and must not be used to make clinical decisions."
+)
+
+GLOSSARY = {
+    "sensitivity": "Share of pneumonia images the model calls pneumonia (recall, true "
+    "positive rate). Low sensitivity means missed cases.",
+    "specificity": "Share of normal images the model calls normal (true negative rate). "
+    "Low specificity means false alarms.",
+    "AUC": "Area under the ROC curve: the chance that a random pneumonia image scores "
+    "higher than a random normal one. 0.5 is guessing, 1.0 is perfect ranking; it does not "
+    "depend on the decision threshold.",
+    "overfitting": "The model learns its training images rather than the task: training "
+    "metrics keep improving while validation metrics stall or get worse.",
+    "transfer learning": "Starting from weights learned on another task (ImageNet photos) "
+    "instead of random ones, then training only the head (frozen backbone) or fine-tuning "
+    "some or all layers on the radiographs.",
+    "threshold": "The probability above which an image is labelled PNEUMONIA. Each run "
+    "chooses it on its validation split (Youden's J by default), never on the test split.",
+    "Grad-CAM": "A heat map of the image regions that raised the score of the explained "
+    "class most, from the gradients at the model's last convolutional (or attention) layer.",
+    "synthetic": "Procedurally drawn radiograph-like images made by CXR Lab for offline "
+    "demos. Models trained on them say nothing about real patients.",
+}
+
+
+def help_text(term: str) -> str:
+    """The glossary entry for ``term``, for ``help=`` tooltips."""
+    return f"{term}: {GLOSSARY[term]}"
+
