@@ -41,7 +41,7 @@ CORES = 2
 
 
 def preset_config() -> TrainConfig:
-    return TrainConfig(**apply_preset(PRESET, {"data": str(DATA), "device": "cpu"}))
+    return TrainConfig.from_options(apply_preset(PRESET, {"data": str(DATA), "device": "cpu"}))
 
 
 def _pin_to_cores() -> None:

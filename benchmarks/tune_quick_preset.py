@@ -43,7 +43,7 @@ DATA = ROOT.parent / "shared" / "data" / "chest_xray"
 
 def base_config(size: int, **overrides) -> TrainConfig:
     preset = {**PRESETS["quick on CPU"], "img_size": size, "max_images": None, **overrides}
-    return TrainConfig(data=str(DATA), **preset)
+    return TrainConfig.from_options({"data": str(DATA), **preset})
 
 
 def all_features(size: int, device: torch.device) -> tuple:

@@ -20,57 +20,26 @@ EXIT_USAGE = 2
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from cxr_core.config import IMBALANCE, MONITORS, OPTIMIZERS, SCHEDULERS, THRESHOLD_METHODS
-    from cxr_core.models import REGISTRY
+    """The ``train`` flags, one per :func:`cxr_core.config.options` (defaults come from
+    TrainConfig, or the preset), plus what concerns the run rather than the model."""
+    from cxr_core.config import options
+    from cxr_core.presets import PRESETS
 
     p.add_argument("--config", help="a TrainConfig JSON (as saved in a run); flags are ignored")
-    p.add_argument("--arch", choices=list(REGISTRY))
-    p.add_argument("--data", help="Kaggle-layout folder, or synthetic[:N]")
-    p.add_argument("--img-size", type=int, help="input size (default: the architecture's)")
-    p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
-    p.add_argument(
-        "--unfreeze-last",
-        type=int,
-        default=-1,
-        help="-1 train all layers; 0 head only; N head + last N stages",
-    )
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="cosine")
-    p.add_argument("--imbalance", choices=IMBALANCE, default="weighted")
-    p.add_argument("--no-augment", action="store_true", help="train on the images as they are")
-    p.add_argument("--rotation", type=float, default=10.0, help="degrees (+/-)")
-    p.add_argument("--translate", type=float, default=0.06, help="fraction of the side (+/-)")
-    p.add_argument("--scale", type=float, default=0.10, help="zoom range 1 +/- SCALE")
-    p.add_argument("--crop", type=float, default=0.85, help="random resized crop keeps >= CROP")
-    p.add_argument("--brightness", type=float, default=0.15)
-    p.add_argument("--contrast", type=float, default=0.15)
-    p.add_argument("--gamma", type=float, default=0.0, help="gamma exp(U(-G, G)); 0 = off")
-    p.add_argument(
-        "--hflip",
-        action="store_true",
-        help="random horizontal flips (off by default: the heart is on the left)",
-    )
-    p.add_argument("--clahe", action="store_true", help="contrast-limited histogram equalisation")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument(
-        "--test-fraction",
-        type=float,
-        default=0.15,
-        help="internal test carved from train when there is no test/ folder",
-    )
-    p.add_argument("--max-images", type=int, help="train on a patient-grouped subset")
-    p.add_argument("--patience", type=int, default=5, help="early stopping, in epochs")
-    p.add_argument("--monitor", choices=MONITORS, default="val_auc")
-    p.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default="youden")
-    p.add_argument("--target-sensitivity", type=float, default=0.95)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--log-every", type=int, default=10, help="log the loss every N steps")
+    p.add_argument("--preset", choices=list(PRESETS), help="start from a preset; flags win")
+    for opt in options():
+        kwargs: dict = {"dest": opt.name, "default": None, "help": opt.help}
+        if opt.type is not bool and not opt.choices:
+            kwargs["metavar"] = opt.flag.upper().replace("-", "_")
+        if opt.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif opt.choices:
+            kwargs["choices"] = opt.choices
+        else:
+            kwargs["type"] = opt.type
+        if opt.default is not None and opt.type is not bool:
+            kwargs["help"] += f" (default: {opt.default})"
+        p.add_argument(f"--{opt.flag}", **kwargs)
     p.add_argument("--half-weights", action="store_true", help="store best weights as fp16")
     p.add_argument("--run-id", help="name of the run folder (default: time-arch-random)")
     p.add_argument(
@@ -83,53 +52,19 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from cxr_core.config import Augmentation, TrainConfig
+    from cxr_core.config import TrainConfig, options
+    from cxr_core.presets import apply_preset
 
     if args.config:
         try:
             return TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
         except (OSError, json.JSONDecodeError, TypeError) as exc:
             raise UserError(f"{args.config}: not a usable training config ({exc})") from None
-    if not args.arch or not args.data:
-        raise UserError("train needs --arch and --data (or --config FILE)")
-    aug = Augmentation(
-        not args.no_augment,
-        args.rotation,
-        args.translate,
-        args.scale,
-        args.crop,
-        args.brightness,
-        args.contrast,
-        args.gamma,
-        args.hflip,
-    )
-    return TrainConfig(
-        arch=args.arch,
-        data=args.data,
-        img_size=args.img_size,
-        pretrained=args.pretrained,
-        unfreeze_last=args.unfreeze_last,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        optimizer=args.optimizer,
-        scheduler=args.scheduler,
-        imbalance=args.imbalance,
-        augment=aug,
-        clahe=args.clahe,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        max_images=args.max_images,
-        patience=args.patience,
-        monitor=args.monitor,
-        threshold_method=args.threshold_method,
-        target_sensitivity=args.target_sensitivity,
-        label_smoothing=args.label_smoothing,
-        device=args.device,
-        log_every=args.log_every,
-    )
+    given = {o.name: getattr(args, o.name) for o in options() if getattr(args, o.name) is not None}
+    values = apply_preset(args.preset, given) if args.preset else given
+    if not values.get("arch") or not values.get("data"):
+        raise UserError("train needs --arch and --data (or --config FILE, or a --preset)")
+    return TrainConfig.from_options(values)
 
 
 def _print_json(obj) -> None:

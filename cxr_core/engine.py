@@ -562,7 +562,7 @@ def final_evaluation(
     scorer = features.head_only(network) if features.is_cached(data) else network
     val_probs, val_labels, _ = evaluate(scorer, data, "val", cfg, device)
     threshold = metrics.choose_threshold(
-        val_labels, val_probs, cfg.threshold_method, cfg.target_sensitivity
+        val_labels, val_probs, cfg.threshold_method, cfg.target_sensitivity, cfg.target_specificity
     )
     splits = {}
     for split in data.rows:

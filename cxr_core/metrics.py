@@ -45,10 +45,16 @@ def summary(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> di
 
 
 def choose_threshold(
-    labels: np.ndarray, probs: np.ndarray, method: str = "youden", target_sensitivity: float = 0.95
+    labels: np.ndarray,
+    probs: np.ndarray,
+    method: str = "youden",
+    target_sensitivity: float = 0.95,
+    target_specificity: float = 0.90,
 ) -> float:
-    """Threshold from validation data: Youden's J (max sens + spec - 1) or the highest
-    threshold that still reaches ``target_sensitivity``; "fixed" keeps 0.5.
+    """Threshold from validation data: Youden's J (max sens + spec - 1), the highest
+    threshold that still reaches ``target_sensitivity``, or the lowest one that keeps
+    ``target_specificity`` (fewer false alarms where the test films look unlike the
+    training ones); "fixed" keeps 0.5.
 
     The ROC curve's thresholds are validation scores themselves. The one returned lies
     midway between the chosen score and the next lower one (or 0): the same decisions on
@@ -58,11 +64,13 @@ def choose_threshold(
     if method == "fixed" or len(np.unique(labels)) < 2:
         return 0.5
     probs = np.asarray(probs, dtype=float)
-    fpr, tpr, thresholds = roc_curve(labels, probs)
+    fpr, tpr, thresholds = roc_curve(labels, probs, drop_intermediate=False)
     finite = np.isfinite(thresholds)
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
     if method == "sensitivity":
         index = int(np.argmax(tpr >= target_sensitivity))
+    elif method == "specificity":
+        index = int(np.flatnonzero(1 - fpr >= target_specificity)[-1])
     else:
         index = int(np.argmax(tpr - fpr))
     chosen = thresholds[index]

@@ -1,7 +1,7 @@
 """Named starting points for the Train page and the CLI's ``--preset``.
 
-Each preset is a partial :class:`~cxr_core.config.TrainConfig`; anything the user sets
-explicitly wins over it.
+Each preset gives some training options, named as :func:`cxr_core.config.options` names
+them (``augment.enabled``); anything the user sets explicitly wins over it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ PRESETS: dict[str, dict] = {
         "batch_size": 64,
         "lr": 3e-3,
         "scheduler": "cosine",
-        "augment": {"enabled": False},
+        "augment.enabled": False,
     },
     "fine-tune (best)": {
         "arch": "efficientnet_lite0",
@@ -53,12 +53,10 @@ PRESETS: dict[str, dict] = {
 
 
 def apply_preset(name: str, overrides: dict) -> dict:
-    """The preset's values, then ``overrides`` on top (augment dicts merged)."""
+    """The preset's option values (names as in :func:`cxr_core.config.options`), then
+    ``overrides`` on top."""
     from cxr_core.errors import UserError
 
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    merged = {**PRESETS[name], **overrides}
-    if "augment" in PRESETS[name] and "augment" in overrides:
-        merged["augment"] = {**PRESETS[name]["augment"], **overrides["augment"]}
-    return merged
+    return {**PRESETS[name], **overrides}

@@ -8,28 +8,17 @@ from __future__ import annotations
 import runpy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 
 import streamlit as st
 
 from cxr_core import settings
-from cxr_core.config import Augmentation
+from cxr_core.config import Augmentation, Option, options
 from cxr_core.datasources import DataSpec
 from cxr_core.errors import UserError
 from cxr_core.inference import LoadedModel, load_model
 from cxr_core.runs import Run, RunStore
 from pages.common import runview, texts
-
-AUG_HELP = {
-    "rotation": "Random rotation, degrees (+/-).",
-    "translate": "Random shift, fraction of the image side (+/-).",
-    "scale": "Random zoom range 1 +/- this.",
-    "crop": "Random resized crop keeps at least this fraction of the side (1 = off).",
-    "brightness": "Random brightness shift (+/-).",
-    "contrast": "Random contrast factor 1 +/- this.",
-}
-
 
 APP_SHELL = "_cxr_app_shell"
 """Session key app.py sets before it navigates."""
@@ -65,12 +54,15 @@ def kept(key: str, default):
     """Key for a widget whose value must survive leaving the page.
 
     Streamlit drops a widget's state when its page is not shown; this keeps a copy and
-    restores it, so choices made on one page are still there after a visit to another."""
+    restores it, so choices made on one page are still there after a visit to another.
+    The copy is written back on every run, not only when the key is gone: a widget of
+    another page that shares the key (the augmentation toggle is on the Data and the
+    Train page) would otherwise leave a value the new widget does not take as its own,
+    and the two pages would disagree."""
     store = st.session_state.setdefault("_kept", {})
     if key in st.session_state:
         store[key] = st.session_state[key]
-    else:
-        st.session_state[key] = store.get(key, default)
+    st.session_state[key] = store.get(key, default)
     return key
 
 
@@ -101,35 +93,38 @@ def data_root(spec: str) -> Path:
     return DataSpec.parse(spec).resolve()
 
 
+def option_input(opt: Option, key: str, where=st, **kwargs):
+    """The widget for one training option, from its metadata in TrainConfig (label, help,
+    choices, bounds); its value survives leaving the page. ``key`` names its state."""
+    default = opt.default
+    common = {"key": kept(key, default), "help": opt.help or None, **kwargs}
+    if opt.type is bool:
+        return where.toggle(opt.label, **common)
+    if opt.choices:
+        return where.selectbox(opt.label, opt.choices, **common)
+    if opt.type is str:
+        return where.text_input(opt.label, **common)
+    if opt.type is float and opt.group == "augmentation":
+        return where.slider(opt.label, float(opt.low), float(opt.high), step=opt.step, **common)
+    number = {"min_value": opt.type(opt.low), "max_value": opt.type(opt.high)}
+    if opt.type is float:
+        small = default is not None and 0 < abs(default) < 1e-2
+        number.update(step=opt.step or (1e-4 if small else 0.01), format="%.1e" if small else None)
+    if opt.optional:
+        common["placeholder"] = "default"
+    return where.number_input(opt.label, **number, **common)
+
+
 def augmentation_controls(key: str = "aug") -> Augmentation:
-    """The augmentation settings, shared by the Data page (preview) and the Train page."""
-    default = Augmentation()
-    enabled = st.toggle(
-        "Augment training images",
-        key=kept(f"{key}_enabled", default.enabled),
-        help="Random geometric and intensity changes to each training batch; "
-        "a regulariser against overfitting.",
-    )
+    """The augmentation settings, shared by the Data page (preview) and the Train page:
+    one set of widget keys, so both pages show the same choice."""
+    opts = {o.name.split(".", 1)[1]: o for o in options() if o.group == "augmentation"}
+    enabled = option_input(opts.pop("enabled"), f"{key}_enabled")
     values: dict = {"enabled": enabled}
     with st.expander("Augmentation settings", expanded=False):
         cols = st.columns(3)
-        for i, spec in enumerate(f for f in fields(Augmentation) if f.name in AUG_HELP):
-            upper = 45.0 if spec.name == "rotation" else 1.0
-            lower = 0.5 if spec.name == "crop" else 0.0
-            values[spec.name] = cols[i % 3].slider(
-                spec.name,
-                lower,
-                upper,
-                key=kept(f"{key}_{spec.name}", float(getattr(default, spec.name))),
-                disabled=not enabled,
-                help=AUG_HELP[spec.name],
-            )
-        values["hflip"] = st.checkbox(
-            "horizontal flips",
-            key=kept(f"{key}_hflip", default.hflip),
-            disabled=not enabled,
-            help="Off by default: the heart is on the left, a flipped film is another anatomy.",
-        )
+        for i, (name, opt) in enumerate(opts.items()):
+            values[name] = option_input(opt, f"{key}_{name}", cols[i % 3], disabled=not enabled)
     return Augmentation(**values)
 
 

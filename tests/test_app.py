@@ -16,6 +16,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cxr_core import plots
+from cxr_core.config import options
 from cxr_core.errors import UserError
 from cxr_core.runs import ACTIVE, RunStore
 from cxr_core.synthetic import radiograph
@@ -148,7 +149,7 @@ def test_train_launches_a_run_and_runs_page_plots_it(no_bundled):
     at.switch_page("pages/train.py").run()
     assert any("synthetic:40" in m.value for m in at.markdown)
     at.multiselect(key="opt_archs").set_value(["small_cnn"])
-    at.selectbox(key="opt_img_size").set_value(64)
+    at.number_input(key="opt_img_size").set_value(64)
     at.number_input(key="opt_epochs").set_value(2)
     at.number_input(key="opt_batch_size").set_value(16)
     launch = next(b for b in at.run().button if b.label == "Launch run")
@@ -222,6 +223,29 @@ def test_preset_fills_the_form(no_bundled):
     assert at.multiselect(key="opt_archs").value == ["small_cnn"]
     assert at.number_input(key="opt_epochs").value == 3
     assert at.session_state["data_spec"] == "synthetic:60"
+
+
+def test_every_training_option_has_a_widget_on_the_train_page(no_bundled):
+    """The Train page's widgets come from TrainConfig's fields: an option added there
+    shows up here with its default, with no edit to the page."""
+    at = open_app("train")
+    for opt in options():
+        if opt.name in ("arch", "data"):
+            continue  # the architecture picker and the Data page
+        key = f"aug_{opt.name.split('.', 1)[1]}" if opt.name.startswith("augment.") else None
+        key = key or f"opt_{opt.name}"
+        assert at.session_state[key] == opt.default, opt.name
+
+
+def test_augmentation_toggle_is_the_same_on_the_data_and_train_pages(no_bundled):
+    at = open_app("data")
+    data_toggle = next(t for t in at.toggle if t.label == "Augment training images")
+    at.switch_page("pages/train.py").run()
+    train_toggle = next(t for t in at.toggle if t.label == "Augment training images")
+    assert data_toggle.value is True and train_toggle.value is True
+    train_toggle.set_value(False).run()
+    at.switch_page("pages/data.py").run()
+    assert next(t for t in at.toggle if t.label == "Augment training images").value is False
 
 
 # --------------------------------------------------------------------------- predict

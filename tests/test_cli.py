@@ -22,6 +22,7 @@ from conftest import run_cli
 from PIL import Image
 
 from cxr_core import cli
+from cxr_core.config import options
 from cxr_core.datasets import scan
 from cxr_core.models import REGISTRY
 from cxr_core.synthetic import MARKER
@@ -90,6 +91,25 @@ def test_train_wrote_a_complete_run_folder(tiny_run_dir):
     for key in (*EVALUATE_KEYS, "roc", "pr", "classification_report", "probs", "labels", "paths"):
         assert key in val, key
     assert sum(map(sum, val["confusion_matrix"])) == val["n"] == len(val["paths"])
+
+
+@pytest.mark.parametrize("opt", options(), ids=lambda o: o.name)
+def test_every_training_option_is_a_train_flag(opt):
+    """The train flags come from TrainConfig's fields: each one parses into the field."""
+    parser = cli.build_parser()
+    if opt.choices:
+        value = str(opt.choices[-1])
+    elif opt.low is not None:
+        value = str(opt.type((opt.low + opt.high) / 2))
+    else:
+        value = "cpu"
+    base = ["train", "--arch", "mlp", "--data", "synthetic:4"]
+    flag = [f"--no-{opt.flag}"] if opt.type is bool else [f"--{opt.flag}", value]
+    args = parser.parse_args(base + ([] if opt.name in ("arch", "data") else flag))
+    cfg = cli._config_from_args(args)
+    if opt.name not in ("arch", "data"):
+        expected = False if opt.type is bool else opt.type(value)
+        assert opt.get(cfg) == expected
 
 
 def test_archs_lists_every_architecture(capsys):

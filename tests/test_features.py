@@ -102,7 +102,7 @@ def test_fast_path_saves_the_whole_model_that_reproduces_its_evaluation(fp32):
 def test_quick_preset_trains_on_cached_features():
     from cxr_core.presets import apply_preset
 
-    cfg = TrainConfig(**apply_preset("quick on CPU", {"data": "synthetic:12"}))
+    cfg = TrainConfig.from_options(apply_preset("quick on CPU", {"data": "synthetic:12"}))
     assert features.applies(cfg)
     assert cfg.pretrained and cfg.arch == "efficientnet_lite0"
 

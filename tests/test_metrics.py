@@ -62,6 +62,15 @@ def test_sensitivity_threshold_is_the_highest_that_reaches_the_target(target):
     assert not np.isin(threshold, probs)
 
 
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.99])
+def test_specificity_threshold_is_the_lowest_that_keeps_the_target(target):
+    labels, probs = _scores(8)
+    threshold = choose_threshold(labels, probs, "specificity", target_specificity=target)
+    keeping = [s for s, _, spec in _decisions_at_every_score(labels, probs) if spec >= target]
+    assert ((probs >= threshold) == (probs >= min(keeping))).all()
+    assert not np.isin(threshold, probs)
+
+
 def test_full_report_counts_at_the_threshold():
     labels, probs = _scores(3, n=100)
     threshold = choose_threshold(labels, probs)
