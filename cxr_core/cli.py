@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shlex
 import sys
@@ -65,6 +66,22 @@ def _config_from_args(args: argparse.Namespace):
     if not values.get("arch") or not values.get("data"):
         raise UserError("train needs --arch and --data (or --config FILE, or a --preset)")
     return TrainConfig.from_options(values)
+
+
+def _add_scoring_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--data",
+        required=required,
+        help="a labelled folder: a Kaggle-layout root (with or without train/), a root with "
+        "only test/, or NORMAL/ and PNEUMONIA/ directly",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "official_val", "train", "val", "internal_test"],
+        help="test/official_val/train: that folder; val/internal_test: the run's carved split",
+    )
+    p.add_argument("--device", default="auto")
 
 
 def _print_json(obj) -> None:
@@ -149,76 +166,80 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluation_samples(args, model):
-    """The samples to evaluate: a folder split of --data, or a carved split of the run."""
+def _scored_set(data: str, split: str, model):
+    """``model`` scored on a folder's split (any labelled layout), or on one of its run's
+    carved splits (val, internal_test) of the Kaggle-layout folder ``data``."""
+    from cxr_core import evalsets
     from cxr_core.datasets import SplitManifest, scan
     from cxr_core.datasources import resolve_data
 
-    index = scan(resolve_data(args.data))
-    if args.split in ("val", "internal_test"):
+    if split in evalsets.INTERNAL:
         manifest_file = model.source.parent / "split.json"
         if not manifest_file.exists():
-            raise UserError(f"--split {args.split} needs the run's split.json beside the weights")
+            raise UserError(f"--split {split} needs the run's split.json beside the weights")
         manifest = SplitManifest.from_dict(json.loads(manifest_file.read_text()))
-        if args.split not in manifest.splits:
-            raise UserError(f"the run has no {args.split} split")
-        return index.root, manifest.splits[args.split]
-    folder = {"official_val": "val"}.get(args.split, args.split)
-    if folder not in index.samples:
-        raise UserError(f"{index.root} has no {folder}/ folder with images")
-    return index.root, index.samples[folder]
+        if split not in manifest.splits:
+            raise UserError(f"the run has no {split} split")
+        root = scan(resolve_data(data)).root
+        samples = manifest.splits[split]
+        return evalsets.score(model, root, samples, f"{split} ({len(samples)} images)", split)
+    folder = {"official_val": "val"}.get(split, split)
+    return evalsets.score_folder(model, resolve_data(data), folder)
+
+
+def _metrics_json(evalset, threshold: float | None = None) -> dict:
+    """Every catalogue metric and its patient-bootstrap 95% CI, as the CLI prints them."""
+    from cxr_core.metrics import CATALOGUE, confusion
+
+    values = evalset.metrics(threshold)
+    at_run_threshold = threshold is None or threshold == evalset.threshold
+    ci = evalset.ci95() if at_run_threshold else {}
+    return {
+        **values,
+        "threshold": evalset.threshold if threshold is None else threshold,
+        "confusion_matrix": confusion(
+            evalset.labels, evalset.probs, threshold or evalset.threshold
+        ),
+        "n": evalset.n,
+        "ci95": {k: [round(lo, 6), round(hi, 6)] for k, (lo, hi) in ci.items() if k in CATALOGUE},
+    }
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from cxr_core import metrics
-    from cxr_core.cache import decode_images
+    from cxr_core import evalsets
     from cxr_core.inference import load_model
-    from cxr_core.runtime import predict_pixels
+    from cxr_core.metrics import CATALOGUE
+    from cxr_core.stats import format_ci
 
     if bool(args.run) == bool(args.checkpoint):
         raise UserError("give exactly one of --run ID or --checkpoint PATH")
-    source = _store(args).get(args.run).path if args.run else args.checkpoint
-    model = load_model(source, args.device)
-    root, samples = _evaluation_samples(args, model)
-    cfg = model.config
-    images = decode_images(root, samples, cfg.img_size, cfg.clahe)
-    kept = [s for s in samples if s.path not in images.skipped]
-    if not kept:
-        raise UserError("no readable images to evaluate")
-    probs = predict_pixels(
-        model.network.model, torch.from_numpy(images.pixels[images.rows(kept)]), cfg, model.device
-    )
-    labels = [s.label for s in kept]
-    threshold = model.threshold if args.threshold is None else args.threshold
-    report = metrics.full_report(labels, probs, threshold)
-    keys = (
-        "accuracy",
-        "roc_auc",
-        "pr_auc",
-        "f1",
-        "precision",
-        "sensitivity",
-        "specificity",
-        "threshold",
-        "confusion_matrix",
-        "n",
-    )
+    run = _store(args).get(args.run) if args.run else None
+    if args.save and (run is None or args.threshold is not None):
+        raise UserError("--save needs --run ID (and the run's own threshold)")
+    model = load_model(run.path if run else args.checkpoint, args.device)
+    evalset = _scored_set(args.data, args.split, model)
     out = {
         "checkpoint": str(model.source),
         "split": args.split,
-        **{k: report[k] for k in keys},
-        "skipped": len(images.skipped),
+        "set": evalset.name,
+        "fingerprint": evalset.key,
+        **_metrics_json(evalset, args.threshold),
+        "skipped": len(evalset.skipped),
     }
+    if args.save:
+        out["saved"] = str(evalsets.save(run, evalset))
     if args.json:
         _print_json(out)
-    else:
-        for key in keys:
-            value = out[key]
-            print(f"{key:18s} {value:.4f}" if isinstance(value, float) else f"{key:18s} {value}")
-        if images.skipped:
-            print(f"skipped {len(images.skipped)} unreadable image(s)")
+        return 0
+    print(f"{evalset.name}, threshold {out['threshold']:.4f}, 95% CIs by patient")
+    for key, info in CATALOGUE.items():
+        ci = out["ci95"].get(key, (math.nan, math.nan))
+        print(f"  {info.label:12s} {format_ci(out[key], ci, info.percent)}")
+    print(f"  confusion    {out['confusion_matrix']} (rows: true NORMAL, PNEUMONIA)")
+    if evalset.skipped:
+        print(f"skipped {len(evalset.skipped)} unreadable image(s)")
+    if args.save:
+        print(f"saved as an evaluation set of {run.id}: {out['saved']}")
     return 0
 
 
@@ -285,15 +306,68 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_table(table):
+    """The comparison as a terminal shows it: headline metrics with their intervals."""
+    from cxr_core.metrics import CATALOGUE
+    from cxr_core.stats import format_ci
+
+    out = table[["run", "arch", "threshold"]].copy()
+    for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):
+        info = CATALOGUE[key]
+        out[info.label] = [
+            format_ci(r[key], (r[f"{key}_lo"], r[f"{key}_hi"]), info.percent)
+            for _, r in table.iterrows()
+        ]
+    return out
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    from cxr_core.compare import compare_table
+    """Runs side by side; with ``--data``, every run scored on the same images and each
+    pair tested (McNemar on the decisions, DeLong on the AUCs, Holm-corrected)."""
+    from cxr_core import evalsets, stats
+    from cxr_core.compare import compare_table, run_facts
+    from cxr_core.inference import load_model
 
     store = _store(args)
-    table = compare_table([store.get(r) for r in args.runs])
-    if args.json:
-        _print_json(table.to_dict(orient="records"))
+    runs = [store.get(r) for r in args.runs]
+    if len({r.id for r in runs}) != len(runs):
+        raise UserError("name each run once")
+    if args.data:
+        sets = {
+            r.id: _scored_set(args.data, args.split, load_model(r.path, args.device)) for r in runs
+        }
+        if len({s.key for s in sets.values()}) > 1:
+            raise UserError("the runs were scored on different images (their splits differ)")
     else:
-        print(table.to_string(index=False))
+        shared = evalsets.shared_sets(runs)
+        if not shared:
+            raise UserError(
+                "these runs share no evaluation set; give --data DIR to score them all on it"
+            )
+        key = shared[0].key
+        sets = {r.id: evalsets.run_sets(r)[key] for r in runs}
+    first = next(iter(sets.values()))
+    table = compare_table(runs, sets)
+    paired = stats.pairwise_table(
+        list(sets),
+        first.labels,
+        {i: s.probs for i, s in sets.items()},
+        {i: s.threshold for i, s in sets.items()},
+    )
+    if args.json:
+        _print_json(
+            {
+                "set": first.name,
+                "fingerprint": first.key,
+                "runs": [{**run_facts(r), **_metrics_json(sets[r.id])} for r in runs],
+                "paired": paired,
+            }
+        )
+        return 0
+    print(f"scored on {first.name}; 95% CIs by patient")
+    print(_text_table(table).to_string(index=False))
+    for row in paired:
+        print(f"{row['a']} vs {row['b']}: {row['verdict']}")
     return 0
 
 
@@ -378,18 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("evaluate", help="metrics of a run on a split of a Kaggle-layout folder")
+    p = sub.add_parser("evaluate", help="metrics (with 95%% CIs) of a run on any labelled folder")
     p.add_argument("--run")
     p.add_argument("--checkpoint")
-    p.add_argument("--data", required=True)
-    p.add_argument(
-        "--split",
-        default="test",
-        choices=["test", "official_val", "train", "val", "internal_test"],
-        help="test/official_val/train: that folder; val/internal_test: the run's carved split",
-    )
+    _add_scoring_options(p)
     p.add_argument("--threshold", type=float, help="override the run's threshold")
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--save", action="store_true", help="keep the result as an evaluation set of the run"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -412,8 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("compare", help="side-by-side metrics of several runs")
+    p = sub.add_parser("compare", help="runs side by side on the same images, with paired tests")
     p.add_argument("runs", nargs="+")
+    _add_scoring_options(p, required=False)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 

@@ -1,48 +1,42 @@
-"""Side-by-side summaries of runs, shared by the CLI's ``compare`` and the Compare page."""
+"""Runs side by side on one evaluation set, shared by the CLI's ``compare``, the Compare
+page and the report: what each run is, what it costs, and every catalogue metric with its
+patient-bootstrap 95% interval."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pandas as pd
 
+from cxr_core.evalsets import EvalSet
+from cxr_core.metrics import CATALOGUE
 from cxr_core.runs import Run
 
-METRICS = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc")
+
+def run_facts(run: Run) -> dict:
+    """What a run is and what it cost, from its record."""
+    config, evaluation = run.config(), run.evaluation() or {}
+    return {
+        "run": run.id,
+        "arch": config.get("arch"),
+        "pretrained": config.get("pretrained"),
+        "img_size": config.get("img_size"),
+        "params_M": round(evaluation.get("params", 0) / 1e6, 2) if evaluation else None,
+        "size_mb": evaluation.get("file_mb"),
+        "train_min": round(evaluation.get("train_time_s", 0) / 60, 1) if evaluation else None,
+        "best_epoch": evaluation.get("best_epoch"),
+        "latency_ms": evaluation.get("latency_ms"),
+    }
 
 
-def evaluation_set(run: Run, split: str) -> str | None:
-    """A short hash of the files a run was evaluated on: equal hashes, comparable numbers."""
-    report = (run.evaluation() or {}).get("splits", {}).get(split)
-    if not report or "paths" not in report:
-        return None
-    return hashlib.sha1("\n".join(report["paths"]).encode()).hexdigest()[:10]
-
-
-def compare_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: what it is, what it costs, how it scores on val and on test."""
+def compare_table(runs: list[Run], sets: dict[str, EvalSet]) -> pd.DataFrame:
+    """One row per run scored in ``sets`` (by run id): facts, threshold, and for each
+    catalogue metric its value and 95% interval (``<key>``, ``<key>_lo``, ``<key>_hi``)."""
     rows = []
     for run in runs:
-        config, evaluation = run.config(), run.evaluation() or {}
-        splits = evaluation.get("splits", {})
-        test = evaluation.get("test_split")
-        row = {
-            "run": run.id,
-            "arch": config.get("arch"),
-            "pretrained": config.get("pretrained"),
-            "img_size": config.get("img_size"),
-            "params_M": round(evaluation.get("params", 0) / 1e6, 2) if evaluation else None,
-            "size_mb": evaluation.get("file_mb"),
-            "train_min": round(evaluation.get("train_time_s", 0) / 60, 1) if evaluation else None,
-            "best_epoch": evaluation.get("best_epoch"),
-            "latency_ms": evaluation.get("latency_ms"),
-            "threshold": evaluation.get("threshold"),
-            "test_set": test,
-        }
-        for prefix, split in (("val", "val"), ("test", test)):
-            report = splits.get(split, {}) if split else {}
-            for metric in METRICS:
-                value = report.get(metric)
-                row[f"{prefix}_{metric}"] = round(value, 4) if value is not None else None
+        evalset = sets[run.id]
+        values, ci = evalset.metrics(), evalset.ci95()
+        row = {**run_facts(run), "threshold": round(evalset.threshold, 4), "n": evalset.n}
+        for key in CATALOGUE:
+            lo, hi = ci.get(key, (None, None))
+            row |= {key: values[key], f"{key}_lo": lo, f"{key}_hi": hi}
         rows.append(row)
     return pd.DataFrame(rows)

@@ -7,7 +7,6 @@ are patient-grouped, stratified by class, seeded, and saved as a manifest.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections import Counter
@@ -48,14 +47,6 @@ class DatasetIndex:
     def all_samples(self) -> list[Sample]:
         return [s for split in self.samples.values() for s in split]
 
-    def fingerprint(self) -> str:
-        """Hash of every file's relative path and size: same files, same cache key."""
-        digest = hashlib.sha1()
-        for sample in sorted(self.all_samples(), key=lambda s: s.path):
-            size = (self.root / sample.path).stat().st_size
-            digest.update(f"{sample.path}\0{size}\n".encode())
-        return digest.hexdigest()[:16]
-
 
 def patient_id(file_name: str) -> str:
     """Patient id from a Kermany file name; unknown patterns count as their own patient.
@@ -72,12 +63,6 @@ def patient_id(file_name: str) -> str:
     if m := _SYNTHETIC_ID.match(stem):
         return f"S{int(m.group(1))}"
     return f"F:{stem}"
-
-
-def pneumonia_subtype(file_name: str) -> str | None:
-    """``bacteria`` / ``virus`` from a pneumonia file name, else None."""
-    lowered = file_name.lower()
-    return next((kind for kind in ("bacteria", "virus") if kind in lowered), None)
 
 
 def _find_root(root: Path) -> Path:
@@ -128,6 +113,18 @@ def _image_files(folder: Path, roots: list[Path] | None) -> tuple[list[Path], in
     return sorted(found), bad
 
 
+def _class_samples(folder: Path, base: Path, roots: list[Path] | None) -> tuple[list[Sample], int]:
+    """The images of ``folder/{NORMAL,PNEUMONIA}`` (any case), paths relative to ``base``,
+    and how many image-named entries were unusable."""
+    found, unusable = [], 0
+    for label, cls in enumerate(CLASSES):
+        class_dir = _child(folder, cls)
+        files, bad = _image_files(class_dir, roots) if class_dir else ([], 0)
+        unusable += bad
+        found += [Sample(str(f.relative_to(base)), label, patient_id(f.name)) for f in files]
+    return found, unusable
+
+
 def scan(root: str | Path) -> DatasetIndex:
     """Index a Kaggle-layout folder; raise :class:`UserError` for an unusable one."""
     base = _find_root(check_data_root(root))
@@ -140,12 +137,8 @@ def scan(root: str | Path) -> DatasetIndex:
         if split_dir is None:
             notes.append(f"no {split}/ folder")
             continue
-        found = []
-        for label, cls in enumerate(CLASSES):
-            class_dir = _child(split_dir, cls)
-            files, bad = _image_files(class_dir, roots) if class_dir else ([], 0)
-            unusable += bad
-            found += [Sample(str(f.relative_to(base)), label, patient_id(f.name)) for f in files]
+        found, bad = _class_samples(split_dir, base, roots)
+        unusable += bad
         if found:
             samples[split] = found
     if unusable:
@@ -167,6 +160,33 @@ def scan(root: str | Path) -> DatasetIndex:
             f"{unknown} train file names carry no patient id; each is treated as its own patient"
         )
     return DatasetIndex(base, samples, notes)
+
+
+def labelled_images(root: str | Path, split: str = "test") -> tuple[Path, list[Sample], str]:
+    """The labelled images to score a model on, from any of the layouts a user may have:
+    a Kaggle-layout root (``split``/NORMAL, ``split``/PNEUMONIA; with or without train/,
+    the zip's nested chest_xray/ too), or a folder holding NORMAL/ and PNEUMONIA/ itself.
+
+    Returns the folder the sample paths are relative to, the samples (both classes not
+    required: a set of normal films alone can still be scored) and a readable name.
+    """
+    given = check_data_root(root)
+    if not given.is_dir():
+        raise UserError(f"{root}: no such folder")
+    roots = allowed_data_roots()
+    for base in (given, given / "chest_xray", given / "chest_xray" / "chest_xray"):
+        folder = _child(base, split) if base.is_dir() else None
+        if folder is not None:
+            samples, _ = _class_samples(folder, base, roots)
+            if samples:
+                return base, samples, f"{split}/ of {base} ({len(samples)} images)"
+    samples, _ = _class_samples(given, given, roots)
+    if samples:
+        return given, samples, f"{given} ({len(samples)} images)"
+    raise UserError(
+        f"{root}: no labelled images found; expected {split}/NORMAL and {split}/PNEUMONIA, "
+        "or NORMAL/ and PNEUMONIA/ directly, holding .jpeg/.jpg/.png/.dcm files"
+    )
 
 
 def _carve(

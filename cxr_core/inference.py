@@ -60,10 +60,6 @@ class LoadedModel:
     device: torch.device
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
-    def name(self) -> str:
-        return self.run_id or self.source.stem
-
     def input_for(self, pixels: np.ndarray) -> torch.Tensor:
         """The network's input (a batch of one) for one preprocessed uint8 image."""
         return to_input(torch.from_numpy(pixels[None].copy()), self.config, self.device)

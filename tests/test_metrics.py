@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
-from cxr_core.metrics import choose_threshold, full_report
+from cxr_core.metrics import CATALOGUE, MetricInfo, choose_threshold, full_report, register_metric
 
 
 def _decisions_at_every_score(labels, probs):
@@ -82,3 +90,39 @@ def test_full_report_counts_at_the_threshold():
     assert report["sensitivity"] == pytest.approx(tp / (tp + fn))
     assert report["specificity"] == pytest.approx(tn / (tn + fp))
     assert report["n"] == 100 and report["threshold"] == threshold
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_catalogue_agrees_with_sklearn(seed):
+    """The catalogue's numpy metrics (fast enough for a thousand bootstrap resamples)
+    give sklearn's values, ties included."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    probs = np.round(np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1), 2)
+    pred = (probs >= 0.5).astype(int)
+    reference = {
+        "accuracy": accuracy_score(labels, pred),
+        "sensitivity": recall_score(labels, pred),
+        "specificity": recall_score(1 - labels, 1 - pred),
+        "precision": precision_score(labels, pred),
+        "npv": precision_score(1 - labels, 1 - pred),
+        "f1": f1_score(labels, pred),
+        "roc_auc": roc_auc_score(labels, probs),
+        "pr_auc": average_precision_score(labels, probs),
+    }
+    assert set(CATALOGUE) == set(reference)
+    for key, info in CATALOGUE.items():
+        assert info.compute(labels, probs, 0.5) == pytest.approx(reference[key], abs=1e-12), key
+
+
+def test_catalogue_metrics_are_nan_where_undefined_not_zero():
+    labels, probs = np.zeros(5, dtype=int), np.array([0.1, 0.2, 0.6, 0.7, 0.9])
+    for key in ("sensitivity", "roc_auc", "pr_auc"):
+        assert np.isnan(CATALOGUE[key].compute(labels, probs, 0.5)), key
+    assert np.isnan(CATALOGUE["precision"].compute(labels, probs, 0.95))
+    assert CATALOGUE["specificity"].compute(labels, probs, 0.5) == pytest.approx(0.4)
+
+
+def test_a_metric_is_registered_once():
+    with pytest.raises(ValueError, match="twice"):
+        register_metric(MetricInfo("accuracy", "again", CATALOGUE["accuracy"].compute, ""))

@@ -176,3 +176,11 @@ def test_unknown_arch_and_impossible_options_are_user_errors():
         create_network("vit_b_16", pretrained=True, img_size=128)
     with pytest.raises(UserError, match=r"outside 32\.\.512"):
         create_network("small_cnn", img_size=16)
+
+
+def test_register_refuses_a_name_taken():
+    from cxr_core.models import register
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register("mlp", default_img_size=64, description="a second mlp")
+    assert REGISTRY["mlp"].description != "a second mlp"
