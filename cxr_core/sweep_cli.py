@@ -68,20 +68,20 @@ def add_sweep_parser(
 
 def cmd_sweep(args: argparse.Namespace, config_from_args: Callable) -> int:
     grid = parse_grid(args.grid)
-    archs = args.arch or []
-    if archs and "arch" in grid:
-        raise UserError("give architectures with --arch or with --grid arch=..., not both")
     if args.run_id:
         raise UserError("a sweep names its runs itself: drop --run-id")
-    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
-    args.arch = (archs or grid.get("arch") or [None])[0]
-    base = config_from_args(args).to_dict()
-    if not args.config and args.img_size is None:
-        base["img_size"] = None  # each architecture at its own default size
-    grid = grid if "arch" in grid else {"arch": archs or [base["arch"]], **grid}
+    # Each architecture's base config as `train` would build it from these options.
+    if args.config and args.arch:
+        raise UserError("--config fixes the architecture: drop --arch, or --config")
+    archs = args.arch or [None]
+    bases = {}
+    for arch in archs:
+        config = config_from_args(argparse.Namespace(**{**vars(args), "arch": arch})).to_dict()
+        bases[config["arch"]] = config
+    seeds = parse_seeds(args.seeds) if args.seeds else [next(iter(bases.values()))["seed"]]
     executor = get_executor(args.executor, args.queue)
     command = "python -m cxr_core " + shlex.join(sys.argv[1:])
-    sweep_id, jobs = sweep_jobs(base, grid, seeds, {"command": command}, args.half_weights)
+    sweep_id, jobs = sweep_jobs(bases, grid, seeds, {"command": command}, args.half_weights)
 
     store = RunStore(args.runs_dir)
     launched = executor.launch(jobs, store.root)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import itertools
 import json
 import statistics
-import typing
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from cxr_core.config import Augmentation, TrainConfig
+from cxr_core.config import Option, TrainConfig, options
 from cxr_core.errors import UserError
 from cxr_core.jobs import Job
 from cxr_core.runs import Run, RunStore
@@ -28,68 +27,58 @@ VAL_METRICS = ("roc_auc", "pr_auc", "accuracy", "f1", "sensitivity", "specificit
 """Validation metrics a sweep reports; ``roc_auc`` (threshold-free) is the default choice.
 The others are measured at a threshold chosen on the same validation images."""
 NOT_GRIDDED = {
+    "arch": "give each architecture with --arch",
     "seed": "give seeds with --seeds",
-    "augment": "grid its fields instead, e.g. augment.crop",
 }
 
 
-def grid_fields() -> dict[str, type]:
-    """Every setting a grid may vary, by name (``augment.<field>`` for augmentation)."""
-    top = typing.get_type_hints(TrainConfig)
-    nested = typing.get_type_hints(Augmentation)
-    names = {name: kind for name, kind in top.items() if name not in NOT_GRIDDED}
-    return names | {f"augment.{name}": kind for name, kind in nested.items()}
+def _options() -> dict[str, Option]:
+    return {o.name: o for o in options() if o.name not in NOT_GRIDDED}
 
 
-def _field_name(name: str) -> str:
-    """The canonical field for a grid key: dashes as in CLI flags are accepted, and an
-    augmentation field may be named without ``augment.`` (``crop``, like ``--crop``)."""
-    name = name.strip().replace("-", "_")
-    if name in NOT_GRIDDED:
-        raise UserError(f"--grid {name}: cannot be gridded; {NOT_GRIDDED[name]}")
-    fields = grid_fields()
-    for candidate in (name, f"augment.{name}"):
-        if candidate in fields:
-            return candidate
-    raise UserError(f"--grid {name}: no such training setting; one of {', '.join(fields)}")
+def _option(name: str) -> Option:
+    """The option a grid key names: its field (``batch_size``, ``augment.crop``) or its
+    CLI flag (``batch-size``, ``crop``)."""
+    key = name.strip()
+    if key.replace("-", "_") in NOT_GRIDDED:
+        raise UserError(f"--grid {key}: cannot be gridded; {NOT_GRIDDED[key.replace('-', '_')]}")
+    found = _options()
+    for opt in found.values():
+        if key in (opt.name, opt.flag) or key.replace("-", "_") == opt.name:
+            return opt
+    raise UserError(f"--grid {key}: no such training option; one of {', '.join(found)}")
 
 
-def _parse_value(name: str, text: str, kind: type) -> object:
+def _parse_value(opt: Option, text: str) -> object:
     text = text.strip()
-    options = [a for a in typing.get_args(kind) if a is not type(None)]
-    if options:  # an optional setting, e.g. max_images: int | None
-        if text.lower() in ("none", "null"):
-            return None
-        kind = options[0]
+    if opt.optional and text.lower() in ("none", "null"):
+        return None
     try:
-        if kind is bool:
+        if opt.type is bool:
             return {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}[
                 text.lower()
             ]
-        if kind in (int, float, str):
-            if not text:
-                raise ValueError
-            return kind(text)
+        if not text:
+            raise ValueError
+        return opt.type(text)
     except (ValueError, KeyError):
-        raise UserError(f"--grid {name}: {text!r} is not a {kind.__name__}") from None
-    raise UserError(f"--grid {name}: cannot be gridded ({kind})")
+        raise UserError(f"--grid {opt.name}: {text!r} is not a {opt.type.__name__}") from None
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list]:
     """``["lr=1e-3,3e-4", "batch-size=16,32"]`` -> ``{"lr": [0.001, 0.0003], ...}``."""
     grid: dict[str, list] = {}
-    fields = grid_fields()
     for spec in specs:
         name, sep, values = spec.partition("=")
         if not sep or not values.strip():
-            raise UserError(f"--grid {spec!r}: write FIELD=V1,V2,... (e.g. lr=1e-3,3e-4)")
-        field = _field_name(name)
-        if field in grid:
-            raise UserError(f"--grid {field} is given twice")
-        parsed = [_parse_value(field, v, fields[field]) for v in values.split(",")]
+            raise UserError(f"--grid {spec!r}: write OPTION=V1,V2,... (e.g. lr=1e-3,3e-4)")
+        opt = _option(name)
+        if opt.name in grid:
+            raise UserError(f"--grid {opt.name} is given twice")
+        parsed = [_parse_value(opt, v) for v in values.split(",")]
         if len(set(map(repr, parsed))) < len(parsed):
-            raise UserError(f"--grid {field}: a value is repeated")
-        grid[field] = parsed
+            raise UserError(f"--grid {opt.name}: a value is repeated")
+        grid[opt.name] = parsed
     return grid
 
 
@@ -114,18 +103,21 @@ def _with(base: dict, point: dict, seed: int) -> dict:
     return config
 
 
-def expand(base: dict, grid: dict[str, list], seeds: Sequence[int]) -> list[tuple[dict, int]]:
-    """Every grid point with every seed, as ``(point, seed)``, each checked by building its
-    TrainConfig (a bad value stops the sweep before any run is made). Seeds vary
-    slowest, so each point has a first result early.
+def expand(
+    bases: dict[str, dict], grid: dict[str, list], seeds: Sequence[int]
+) -> list[tuple[dict, int]]:
+    """Every point of the architectures x ``grid``, with every seed, as ``(point, seed)``;
+    each point is checked by building its TrainConfig, so a bad value stops the sweep
+    before any run is made. Seeds vary slowest: each point has a first result early.
 
-    ``base`` is a TrainConfig dict; its ``img_size`` may be None for each architecture's
-    own default.
+    ``bases`` maps each architecture to the config dict its runs start from (the train
+    options as given, at that architecture's default image size unless one was given).
     """
-    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    full = {"arch": list(bases), **grid}
+    points = [dict(zip(full, values)) for values in itertools.product(*full.values())]
     for point in points:
         try:
-            TrainConfig.from_dict(_with(base, point, seeds[0]))
+            TrainConfig.from_dict(_with(bases[point["arch"]], point, seeds[0]))
         except (UserError, TypeError, ValueError) as exc:
             shown = ", ".join(f"{k}={v}" for k, v in point.items())
             raise UserError(f"grid point {shown}: {exc}") from None
@@ -137,18 +129,20 @@ def new_sweep_id() -> str:
 
 
 def sweep_jobs(
-    base: dict,
+    bases: dict[str, dict],
     grid: dict[str, list],
     seeds: Sequence[int],
     extra: dict | None = None,
     half_weights: bool = False,
 ) -> tuple[str, list[Job]]:
-    """The sweep's id and one job per (grid point, seed), tagged with the sweep."""
+    """The sweep's id and one job per (point, seed) of :func:`expand`, each tagged with
+    the sweep in its ``config.json``."""
     sweep_id = new_sweep_id()
+    full = {"arch": list(bases), **grid}
     jobs = []
-    for point, seed in expand(base, grid, seeds):
-        tag = {"id": sweep_id, "grid": grid, "seeds": list(seeds), "point": point, "seed": seed}
-        config = TrainConfig.from_dict(_with(base, point, seed))
+    for point, seed in expand(bases, grid, seeds):
+        tag = {"id": sweep_id, "grid": full, "seeds": list(seeds), "point": point, "seed": seed}
+        config = TrainConfig.from_dict(_with(bases[point["arch"]], point, seed))
         jobs.append(Job(config, extra={**(extra or {}), SWEEP_KEY: tag}, half_weights=half_weights))
     return sweep_id, jobs
 
