@@ -43,6 +43,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{opt.flag}", **kwargs)
     p.add_argument("--half-weights", action="store_true", help="store best weights as fp16")
     p.add_argument("--run-id", help="name of the run folder (default: time-arch-random)")
+    _add_meta_options(p)
     p.add_argument(
         "--queue",
         type=int,
@@ -66,6 +67,12 @@ def _config_from_args(args: argparse.Namespace):
     if not values.get("arch") or not values.get("data"):
         raise UserError("train needs --arch and --data (or --config FILE, or a --preset)")
     return TrainConfig.from_options(values)
+
+
+def _add_meta_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="a readable name for the run")
+    p.add_argument("--tags", help="comma-separated tags, e.g. baseline,cpu")
+    p.add_argument("--note", help="a free-text note")
 
 
 def _add_scoring_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -106,6 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = store.create(
         {**cfg.to_dict(), "command": command, "half_weights": args.half_weights}, args.run_id
     )
+    if args.name or args.tags or args.note:
+        run.set_meta(name=args.name, tags=args.tags, note=args.note)
     print(run.id, flush=True)
     if args.queue:
         store.wait_for_slot(run, args.queue)
@@ -156,6 +165,28 @@ def cmd_resume(args: argparse.Namespace) -> int:
         half_weights=config.get("half_weights", False),
     )
     _print_final(run, evaluation)
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    run = _store(args).get(args.run)
+    meta = run.set_meta(name=args.name, tags=args.tags, note=args.note)
+    print(f"{run.id}: " + ", ".join(f"{k} {v!r}" for k, v in meta.items() if k != "owner"))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    store = _store(args)
+    run = store.get(args.run)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"delete {run.id} for good? add --yes (no terminal to ask in)")
+        answer = input(f"Delete run {run.id} and everything recorded for it? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("kept")
+            return 0
+    store.delete(run)
+    print(f"deleted {run.id}")
     return 0
 
 
@@ -288,7 +319,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    rows = [run.summary() for run in _store(args).list(args.status, args.arch)]
+    rows = [run.summary() for run in _store(args).list(args.status, args.arch, args.tag)]
     if args.json:
         _print_json(rows)
         return 0
@@ -443,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model into a new run")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+    from cxr_core.sweep_cli import add_sweep_parser
+
+    add_sweep_parser(sub, _add_train_options, _config_from_args)
 
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     p.add_argument("run")
@@ -451,6 +485,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="ask a running run to stop after the current step")
     p.add_argument("run")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("edit", help="name, tag or annotate a run")
+    p.add_argument("run")
+    _add_meta_options(p)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("delete", help="delete a finished or failed run (not a bundled one)")
+    p.add_argument("run")
+    p.add_argument("--yes", action="store_true", help="do not ask")
+    p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("evaluate", help="metrics (with 95%% CIs) of a run on any labelled folder")
     p.add_argument("--run")
@@ -479,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list"])
     p.add_argument("--status")
     p.add_argument("--arch")
+    p.add_argument("--tag")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
 

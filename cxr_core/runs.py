@@ -1,22 +1,23 @@
-"""The run store: one self-describing folder per training run, plus an SQLite index.
+"""The run store: one self-describing folder per training run.
 
 A run folder holds everything needed to audit, compare, resume or reuse a run::
 
     config.json  env.json  split.json  status.json  history.jsonl
     model.safetensors (best weights)  last.safetensors + last.json (resume state)
-    evaluation.json  train.log  cancel (a flag file)
+    evaluation.json  evaluations/ (sets scored later)  meta.json (name, tags, note)
+    cancel (a flag file)
 
-The folders are the truth; ``index.sqlite`` is a cache for listing and filtering that is
-re-synced from them. Status is written by the training process itself, with a heartbeat,
-so a process that died without a word (kill -9, power cut) is detected as "interrupted".
+The folders are the only record: listing and filtering read them. Status is written by
+the training process itself, with a heartbeat, so a process that died without a word
+(kill -9, power cut) reads as "interrupted".
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -69,6 +70,30 @@ def _process_start_time(pid: int) -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
+META_FILE = "meta.json"
+
+
+def normalise_tags(tags: Any) -> list[str]:
+    """Tags as a sorted list of short lower-case words (a comma-separated string works)."""
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    cleaned = sorted({str(t).strip().lower() for t in tags if str(t).strip()})
+    for tag in cleaned:
+        if len(tag) > 30 or not tag.replace("-", "").replace("_", "").isalnum():
+            raise UserError(f"tag {tag!r}: letters, digits, - and _ only, at most 30")
+    return cleaned
+
+
+def may_change(run: Run, session: str | None, operator: bool) -> bool:
+    """Whether someone may rename, tag, cancel or delete ``run``: an operator may change
+    any run (a bundled one's files stay read-only all the same); a visitor (an app
+    session) only the runs it launched, so on a shared deployment nobody touches
+    another's runs."""
+    if operator:
+        return True
+    return bool(session) and not run.bundled and run.meta().get("owner") == session
+
+
 _STATUS_LOCK = threading.Lock()
 
 
@@ -115,12 +140,42 @@ class Run:
         return self._json("evaluation.json")
 
     def status(self) -> dict:
-        """Status with liveness applied: an active run whose process is gone is interrupted."""
+        """Status with liveness applied: an active run whose process is gone reads as
+        interrupted. Only read: status.json belongs to the process that trains the run."""
         status = self._json("status.json", {"status": "queued"})
         if status.get("status") in ACTIVE and not self.bundled and self._is_dead(status):
             status = {**status, "status": "interrupted", "message": "training process stopped"}
-            atomic_write_json(self.path / "status.json", status)
         return status
+
+    def meta(self) -> dict:
+        """What a user says about the run: ``name``, ``tags``, ``note``, and ``owner`` (the
+        app session that launched it). A bundled run's lives in the writable store."""
+        try:
+            return read_json((self.overlay or self.path) / META_FILE)
+        except FileNotFoundError:
+            return {}
+        except json.JSONDecodeError:
+            raise UserError(f"run {self.id}: {META_FILE} is corrupt") from None
+
+    def set_meta(self, **fields: Any) -> dict:
+        """Update name, tags, note or owner (None leaves a field as it is)."""
+        unknown = set(fields) - {"name", "tags", "note", "owner"}
+        if unknown:
+            raise UserError(f"unknown run field(s): {', '.join(sorted(unknown))}")
+        meta = {**self.meta(), **{k: v for k, v in fields.items() if v is not None}}
+        name, note = str(meta.get("name", "")), str(meta.get("note", ""))
+        if len(name) > 80 or "\n" in name:
+            raise UserError("a run's name is one line of at most 80 characters")
+        if len(note) > 2000:
+            raise UserError("a run's note holds at most 2000 characters")
+        meta["tags"] = normalise_tags(meta.get("tags", []))
+        atomic_write_json((self.overlay or self.path) / META_FILE, meta)
+        return meta
+
+    @property
+    def label(self) -> str:
+        """The run's name when it has one, else its id."""
+        return self.meta().get("name") or self.id
 
     @staticmethod
     def _is_dead(status: dict) -> bool:
@@ -205,12 +260,15 @@ class Run:
         return (self.path / "cancel").exists()
 
     def summary(self) -> dict:
-        """One flat row for tables and the index."""
+        """One flat row for tables and the CLI."""
         config, status, evaluation = self.config(), self.status(), self.evaluation() or {}
         splits = evaluation.get("splits", {})
         test_name = evaluation.get("test_split")
+        meta = self.meta()
         row = {
             "id": self.id,
+            "name": meta.get("name"),
+            "tags": meta.get("tags", []),
             "arch": config.get("arch"),
             "status": status.get("status"),
             "bundled": self.bundled,
@@ -266,37 +324,41 @@ class RunStore:
                 return run
         raise UserError(f"no run {run_id!r} in {self.root} or the bundled runs")
 
-    def list(self, status: str | None = None, arch: str | None = None) -> list[Run]:
-        """Runs, newest first, optionally filtered; re-syncs the SQLite index."""
-        runs = {run.id: run for run in self._folders()}
-        with self._index() as db:
-            db.execute("DELETE FROM runs")
-            db.executemany(
-                "INSERT OR REPLACE INTO runs VALUES "
-                "(:id, :arch, :status, :bundled, :created, :val_auc, :test_auc)",
-                [run.summary() for run in runs.values()],
-            )
-            query, args = "SELECT id FROM runs WHERE 1=1", []
-            if status:
-                query, args = query + " AND status = ?", [*args, status]
-            if arch:
-                query, args = query + " AND arch = ?", [*args, arch]
-            rows = db.execute(query + " ORDER BY bundled, created DESC", args).fetchall()
-        return [runs[r[0]] for r in rows]
+    def list(
+        self, status: str | None = None, arch: str | None = None, tag: str | None = None
+    ) -> list[Run]:
+        """Runs, the user's newest first then the bundled ones, optionally filtered.
 
-    @contextmanager
-    def _index(self) -> Iterator[sqlite3.Connection]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.root / "index.sqlite", timeout=30)
-        try:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, arch TEXT, status TEXT,"
-                " bundled INTEGER, created REAL, val_auc REAL, test_auc REAL)"
-            )
-            with db:
-                yield db
-        finally:
-            db.close()
+        Read from the run folders each time: they are the only record (a few hundred
+        folders list in milliseconds), so nothing can go stale."""
+        rows = []
+        for run in self._folders():
+            state = run.status()
+            if status and state.get("status") != status:
+                continue
+            if arch and run.config().get("arch") != arch:
+                continue
+            if tag and tag.lower() not in run.meta().get("tags", []):
+                continue
+            rows.append((run.bundled, -(state.get("created") or 0), run.id, run))
+        return [row[-1] for row in sorted(rows, key=lambda r: r[:3])]
+
+    def delete(self, run: Run) -> None:
+        """Remove a finished run and everything recorded for it; bundled runs and runs
+        still training or queued cannot be deleted. The folder is first renamed out of
+        sight, so a reader never meets half a run."""
+        if run.bundled:
+            raise UserError(f"{run.id} is a bundled run; it cannot be deleted")
+        if run.status().get("status") in ACTIVE:
+            raise UserError(f"run {run.id} is still {run.status()['status']}: cancel it first")
+        trash = self.root / f".deleting-{run.id}-{uuid.uuid4().hex[:6]}"
+        run.path.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        for leftover in (
+            self.root / ".logs" / f"{run.id}.log",
+            self.root / ".logs" / f"{run.id}.json",
+        ):
+            leftover.unlink(missing_ok=True)
 
     def wait_for_slot(self, run: Run, limit: int, poll_s: float = 1.0) -> None:
         """Block until ``run`` may start: fewer than ``limit`` runs running and no older

@@ -468,3 +468,18 @@ def test_user_mistakes_in_a_real_terminal_show_no_traceback(mistakes):
         assert result.returncode == 2, (case, result.stderr)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
         assert "Traceback" not in result.stderr
+
+
+def test_edit_list_by_tag_and_delete(capsys, store):
+    code, out, _ = _main(capsys, "edit", "tiny", "--name", "small one", "--tags", "demo,cpu")
+    assert code == 0 and "small one" in out
+    rows = _json(capsys, "runs", "list", "--tag", "demo")
+    assert [(r["id"], r["name"], r["tags"]) for r in rows] == [
+        ("tiny", "small one", ["cpu", "demo"])
+    ]
+    code, _, err = _main(capsys, "delete", "tiny")  # no terminal to ask in: refuse
+    assert code == 2 and "--yes" in err and (store / "tiny").exists()
+    code, out, _ = _main(capsys, "delete", "tiny", "--yes")
+    assert code == 0 and not (store / "tiny").exists()
+    code, _, err = _main(capsys, "edit", "tiny2", "--tags", "no spaces")
+    assert code == 2 and err.count("\n") == 1

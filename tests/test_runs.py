@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from cxr_core import cli, runs
-from cxr_core.compare import compare_table, evaluation_set
+from cxr_core import cli, evalsets, runs
+from cxr_core.compare import compare_table
 from cxr_core.errors import UserError
 from cxr_core.runs import HEARTBEAT_TIMEOUT_S, RunStore
 
@@ -57,8 +57,8 @@ def test_a_dead_process_makes_an_active_run_interrupted(store):
     _running_here(run, pid, time.time())
     status = run.status()
     assert status["status"] == "interrupted"
-    # Written back, so every reader agrees.
-    assert json.loads((run.path / "status.json").read_text())["status"] == "interrupted"
+    # Only read: status.json stays the training process's own record.
+    assert json.loads((run.path / "status.json").read_text())["status"] == "running"
 
 
 def test_a_live_process_stays_running_even_with_a_stale_heartbeat(store, monkeypatch):
@@ -153,9 +153,66 @@ def test_summary_and_compare_read_the_evaluation(store, tiny_run_dir):
     assert row["val_auc"] == evaluation["splits"]["val"]["roc_auc"]
     assert row["test_split"] == "internal_test"
     assert row["test_auc"] == evaluation["splits"]["internal_test"]["roc_auc"]
-    table = compare_table([run])
+    sets = evalsets.run_sets(run)
+    by_split = {s.split: s for s in sets.values()}
+    table = compare_table([run], {"a": by_split["internal_test"]})
     assert table.loc[0, "params_M"] == round(evaluation["params"] / 1e6, 2)
-    # The same files evaluated: the same evaluation-set hash; another split, another hash.
-    assert evaluation_set(run, "val") == evaluation_set(store.get("a"), "val")
-    assert evaluation_set(run, "val") != evaluation_set(run, "internal_test")
-    assert evaluation_set(run, "test") is None
+    assert table.loc[0, "roc_auc"] == pytest.approx(row["test_auc"])
+    # The same files evaluated: the same fingerprint; another split, another one.
+    shutil.copytree(tiny_run_dir, store.root / "b")
+    again = {s.split: s.key for s in evalsets.run_sets(store.get("b")).values()}
+    assert again["val"] == by_split["val"].key != by_split["internal_test"].key
+    assert "test" not in by_split
+
+
+def test_name_tags_and_note_live_beside_the_run(store, tiny_run_dir, tmp_path, monkeypatch):
+    run = store.create({"arch": "mlp"}, "named")
+    assert run.label == "named" and run.meta() == {}
+    run.set_meta(name="first try", tags="Baseline, cpu", note="lr too high?")
+    assert run.label == "first try" and run.meta()["tags"] == ["baseline", "cpu"]
+    assert [r.id for r in store.list(tag="baseline")] == ["named"]
+    assert store.list(tag="nope") == []
+    for bad in ({"name": "two\nlines"}, {"tags": ["no spaces"]}, {"colour": "red"}):
+        with pytest.raises(UserError):
+            run.set_meta(**bad)
+    # A bundled run's name and tags go to the writable store, never into checkpoints/.
+    bundled = tmp_path / "bundled"
+    shutil.copytree(tiny_run_dir, bundled / "shipped")
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(bundled))
+    before = sorted(p.name for p in (bundled / "shipped").iterdir())
+    shipped = RunStore(store.root).get("shipped")
+    shipped.set_meta(tags=["reference"])
+    assert RunStore(store.root).get("shipped").meta()["tags"] == ["reference"]
+    assert sorted(p.name for p in (bundled / "shipped").iterdir()) == before
+
+
+def test_delete_removes_a_finished_run_but_not_a_bundled_or_active_one(
+    store, tiny_run_dir, tmp_path, monkeypatch
+):
+    failed = store.create({"arch": "mlp"}, "failed-run")
+    _write_status(failed, status="failed", created=time.time())
+    (store.root / ".logs").mkdir()
+    (store.root / ".logs" / "failed-run.log").write_text("boom")
+    store.delete(failed)
+    assert not failed.path.exists() and not (store.root / ".logs" / "failed-run.log").exists()
+    assert not list(store.root.glob(".deleting-*"))
+    active = store.create({"arch": "mlp"}, "busy")
+    _running_here(active, os.getpid(), time.time())
+    with pytest.raises(UserError, match="cancel it first"):
+        store.delete(active)
+    bundled = tmp_path / "bundled"
+    shutil.copytree(tiny_run_dir, bundled / "shipped")
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(bundled))
+    with pytest.raises(UserError, match="bundled run"):
+        RunStore(store.root).delete(RunStore(store.root).get("shipped"))
+    assert (bundled / "shipped" / "model.safetensors").exists()
+
+
+def test_only_the_launching_session_or_an_operator_may_change_a_run(store):
+    run = store.create({"arch": "mlp"}, "owned")
+    run.set_meta(owner="session-a")
+    assert runs.may_change(run, "session-a", operator=False)
+    assert not runs.may_change(run, "session-b", operator=False)
+    assert not runs.may_change(run, None, operator=False)
+    assert runs.may_change(run, "session-b", operator=True)
+    assert not runs.may_change(store.create({"arch": "mlp"}, "nobody"), "session-a", False)
