@@ -31,7 +31,10 @@ page = st.navigation(
             st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
             st.Page("pages/predict.py", title="Predict & explain", icon=":material/search:"),
         ],
-        "Help": [st.Page("pages/about.py", title="About", icon=":material/info:")],
+        "Help": [
+            st.Page("pages/lesson.py", title="Distribution shift", icon=":material/school:"),
+            st.Page("pages/about.py", title="About", icon=":material/info:"),
+        ],
     }
 )
 with st.sidebar:

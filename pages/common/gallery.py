@@ -1,0 +1,116 @@
+"""Image by image: a run's per-image results on an evaluation set as a table, the images
+of one confusion-matrix cell, and the images two runs disagree on (McNemar's discordant
+pairs). No Streamlit here, so the views stay thin and these stay testable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr_core import mistakes
+from cxr_core.errors import UserError
+from cxr_core.evalsets import EvalSet
+from cxr_core.security import check_data_root
+from cxr_core.settings import CLASSES
+
+CELLS = {
+    "FP": ("NORMAL", "PNEUMONIA", "false alarms"),
+    "FN": ("PNEUMONIA", "NORMAL", "missed pneumonias"),
+    "TN": ("NORMAL", "NORMAL", "normals called normal"),
+    "TP": ("PNEUMONIA", "PNEUMONIA", "pneumonias found"),
+}
+"""Confusion-matrix cells: (true class, decision, plain name); the mistakes first."""
+
+ORDERS = {
+    "confident": "most confident first",
+    "borderline": "closest to the threshold first",
+}
+
+
+def cell_of(truth: str, decision: str) -> str:
+    """The cell's short name ("FP") for a true class and a decision."""
+    return next(k for k, (t, d, _) in CELLS.items() if (t, d) == (truth, decision))
+
+
+def image_table(evalset: EvalSet) -> pd.DataFrame:
+    """One row per image, in the set's order: file, patient, true label, probability,
+    decision at the run's threshold, right or wrong, confusion cell and confidence (the
+    decision's distance from the threshold in log-odds)."""
+    called = mistakes.decisions(evalset)
+    truth = [CLASSES[int(v)] for v in evalset.labels]
+    decision = [CLASSES[int(v)] for v in called]
+    return pd.DataFrame(
+        {
+            "file": evalset.paths,
+            "patient": evalset.patients,
+            "truth": truth,
+            "probability": evalset.probs.astype(float),
+            "decision": decision,
+            "correct": called == evalset.labels,
+            "cell": [cell_of(t, d) for t, d in zip(truth, decision)],
+            "confidence": mistakes.margin(evalset.probs, evalset.threshold),
+        }
+    )
+
+
+def cell_images(evalset: EvalSet, cell: str, order: str = "confident") -> pd.DataFrame:
+    """The rows of one confusion cell (``CELLS``), most confident decision first, or the
+    closest calls first (``order="borderline"``); the index is the image's position."""
+    if cell not in CELLS:
+        raise UserError(f"unknown confusion cell {cell!r}; choose from {', '.join(CELLS)}")
+    table = image_table(evalset)
+    chosen = np.flatnonzero(table["cell"].to_numpy() == cell)
+    ranked = mistakes.by_confidence(evalset, chosen)
+    return table.loc[ranked[::-1] if order == "borderline" else ranked]
+
+
+def _aligned(set_a: EvalSet, set_b: EvalSet) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both runs' image tables in the first set's order (a set's order is its scoring's)."""
+    if set_a.key != set_b.key:
+        raise UserError("the two runs were scored on different images; pick a shared set")
+    a = image_table(set_a)
+    return a, image_table(set_b).set_index("file").loc[a["file"]].reset_index()
+
+
+def paired_correct(set_a: EvalSet, set_b: EvalSet) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each run is right on each image, image for image (McNemar's input)."""
+    a, b = _aligned(set_a, set_b)
+    return a["correct"].to_numpy(), b["correct"].to_numpy()
+
+
+def discordant(set_a: EvalSet, set_b: EvalSet) -> pd.DataFrame:
+    """The images one run gets right and the other wrong (McNemar's discordant pairs),
+    matched by file; the wrong run's most confident mistakes first. Columns: file, truth,
+    both probabilities and decisions, and ``right``: "A" or "B"."""
+    a, b = _aligned(set_a, set_b)
+    right_a = a["correct"].to_numpy()
+    pairs = pd.DataFrame(
+        {
+            "file": a["file"],
+            "truth": a["truth"],
+            "probability_a": a["probability"],
+            "decision_a": a["decision"],
+            "probability_b": b["probability"],
+            "decision_b": b["decision"],
+            "right": np.where(right_a, "A", "B"),
+            "confidence": np.where(right_a, b["confidence"], a["confidence"]),
+        }
+    )
+    differ = right_a != b["correct"].to_numpy()
+    return pairs[differ].sort_values(["confidence", "file"], ascending=[False, True])
+
+
+def image_file(evalset: EvalSet, path: str) -> Path:
+    """The image file behind one of the set's relative paths: inside the set's folder
+    (a record naming ``../`` cannot reach out of it) and in a folder data may be read from."""
+    if not evalset.root:
+        raise UserError(f"{evalset.name}: the set does not say which folder its images are in")
+    root = check_data_root(evalset.root)
+    file = (root / path).resolve()
+    if not file.is_relative_to(root):
+        raise UserError(f"{path}: outside the set's folder {root}")
+    if not file.is_file():
+        raise UserError(f"{file}: not found (the data folder moved, or is on another machine)")
+    return file

@@ -1,0 +1,222 @@
+"""A lesson on distribution shift: one model on the split carved from its own training
+folder and on films from elsewhere, with the user's own runs and the app's own charts."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from cxr_core import plots
+from cxr_core.evalsets import EvalSet, run_sets
+from cxr_core.metrics import CATALOGUE, choose_threshold, confusion, full_report
+from cxr_core.runs import Run
+from cxr_core.stats import format_ci
+from pages import ensure_app_shell, kept, store, user_errors
+from pages.common import runview
+from pages.views import errors
+
+ensure_app_shell()
+
+HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
+
+
+def internal_set(sets: list[EvalSet]) -> EvalSet | None:
+    """The run's own held-out split: internal_test, else val (which chose the threshold)."""
+    by_split = {s.split: s for s in sets}
+    return by_split.get("internal_test") or by_split.get("val")
+
+
+def outside_sets(sets: list[EvalSet]) -> list[EvalSet]:
+    """Sets from outside the training folder's split: a test/ folder or any labelled
+    folder. The 16 films of the official val/ are too few to show anything."""
+    return [s for s in sets if not s.internal and s.split != "official_val"]
+
+
+def _both_classes(evalset: EvalSet) -> bool:
+    return len(np.unique(evalset.labels)) == 2
+
+
+def _metrics_table(sets: dict[str, EvalSet]) -> None:
+    rows = {}
+    for key in HEADLINE:
+        info = CATALOGUE[key]
+        rows[info.label] = {
+            name: format_ci(s.metrics()[key], s.ci95()[key], info.percent)
+            for name, s in sets.items()
+        }
+    st.dataframe(rows, width="stretch")
+    st.caption("95% intervals from 1000 bootstrap resamples of patients.")
+
+
+def _normal_scores(inside: EvalSet, outside: EvalSet, threshold: float) -> go.Figure:
+    """P(pneumonia) of the normal films of both sets, with the run's threshold."""
+    fig = go.Figure()
+    for i, (name, s) in enumerate((("internal", inside), ("outside", outside))):
+        fig.add_histogram(
+            x=s.probs[s.labels == 0],
+            name=f"{name}: {s.name}",
+            histnorm="percent",
+            xbins={"start": 0, "end": 1, "size": 0.025},
+            marker_color=plots.color(i),
+            opacity=0.6,
+        )
+    fig.add_vline(
+        x=threshold,
+        line={"color": "black", "dash": "dash"},
+        annotation_text=f"threshold {threshold:.3f} (chosen on val)",
+        annotation_position="top right",
+    )
+    fig.update_layout(
+        barmode="overlay",
+        height=360,
+        margin={"t": 30, "b": 10, "l": 10, "r": 10},
+        xaxis={"title": "P(pneumonia) of NORMAL films", "range": [0, 1]},
+        yaxis={"title": "% of the set's normal films"},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig
+
+
+def _no_outside_set(run: Run, inside: EvalSet | None) -> None:
+    st.info(
+        f"**{run.id}** has been scored only on images from its own training folder. To see "
+        "the shift, score it on labelled films from elsewhere, such as the official test/ "
+        "folder of Kaggle's chest-xray-pneumonia (624 films), and keep the result:\n\n"
+        f"```\npython -m cxr_core evaluate --run {run.id} --data /path/to/chest_xray "
+        "--split test --save\n```\n\n"
+        "(any folder holding NORMAL/ and PNEUMONIA/ works too), or score it from the "
+        "Compare page. Then come back here.",
+        icon=":material/school:",
+    )
+    if inside is not None:
+        st.markdown(f"Until then, its numbers on **{inside.name}**, the easy case:")
+        _metrics_table({inside.name: inside})
+
+
+def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
+    a, b = inside.metrics(), outside.metrics()
+    st.subheader("1. The same model, two sets of films")
+    st.markdown(
+        f"**{inside.name}** was carved from the same folder as the training films: the same "
+        f"hospital, machines and years. **{outside.name}** was not. Specificity goes from "
+        f"**{a['specificity']:.0%}** to **{b['specificity']:.0%}**: of every 100 normal "
+        f"films, {100 * (1 - b['specificity']):.0f} are now called pneumonia instead of "
+        f"{100 * (1 - a['specificity']):.0f}. Sensitivity goes from {a['sensitivity']:.0%} to "
+        f"{b['sensitivity']:.0%}."
+    )
+    _metrics_table({f"internal: {inside.name}": inside, f"outside: {outside.name}": outside})
+    cols = st.columns(2)
+    for col, (name, s) in zip(cols, (("internal", inside), ("outside", outside))):
+        cm = confusion(s.labels, s.probs, s.threshold)
+        col.plotly_chart(
+            plots.confusion_matrix(cm, True, f"{name}, normalised per true class"),
+            key=f"lesson_cm_{name}",
+        )
+
+    st.subheader("2. The ranking survives; the threshold does not")
+    if _both_classes(outside):
+        reports = {
+            f"{name}: {s.name}": full_report(s.labels, s.probs, s.threshold)
+            for name, s in (("internal", inside), ("outside", outside))
+        }
+        left, right = st.columns(2)
+        left.plotly_chart(plots.roc_curves(reports, reference=False), key="lesson_roc")
+        left.caption("Circles: the run's threshold on each set.")
+    else:
+        right = st.container()
+    right.plotly_chart(
+        _normal_scores(inside, outside, outside.threshold), key="lesson_normal_scores"
+    )
+    medians = [float(np.median(s.probs[s.labels == 0])) for s in (inside, outside)]
+    text = (
+        f"AUC goes from {a['roc_auc']:.3f} to {b['roc_auc']:.3f}: the model still ranks most "
+        "pneumonia films above most normal ones. But the normal films' scores have moved "
+        f"(median {medians[0]:.3f} inside, {medians[1]:.3f} outside), and the threshold was "
+        "chosen on validation films, a sample of the training folder. Brighter or darker "
+        "exposures, other machines, other ages or another hospital's way of framing move the "
+        "scores, and a fixed line now cuts into the normal films."
+    )
+    if _both_classes(outside):
+        moved = choose_threshold(
+            outside.labels, outside.probs, "specificity", target_specificity=a["specificity"]
+        )
+        sens = outside.metrics(moved)["sensitivity"]
+        text += (
+            f" On the outside films, {a['specificity']:.0%} specificity would need a threshold "
+            f"of {moved:.3f} instead of {outside.threshold:.3f}, at {sens:.0%} sensitivity. "
+            "Read that as insight, never as a result: a threshold chosen on the films you "
+            "report on makes those numbers look better than they are."
+        )
+    st.markdown(text)
+
+    st.subheader("3. The normal films it now calls pneumonia")
+    st.markdown(
+        "The false alarms on the outside films, most confident first (click another cell of "
+        "the matrix for the rest). Switch on a film's CAM: does the map sit on the lungs, or "
+        "on borders, text markers, the abdomen: things that differ between hospitals?"
+    )
+    errors.confusion_gallery(run, outside, key=f"lesson_{run.id}_{outside.key}")
+
+    st.subheader("4. What to do about it")
+    st.markdown(
+        """
+- **Report the outside numbers**, with their intervals: the internal split tells you
+  how well the model learnt its folder, not how it will do elsewhere.
+- **Choose the threshold again on the new site's films**: a labelled validation sample
+  from there (never the test films you report), or recalibrate on it (temperature
+  scaling) and then choose.
+- **Train on more varied films**: several hospitals and machines, augmentation of
+  contrast, exposure and framing, so that less of what changes between sites is learnt.
+- **Check the CAMs for shortcuts**: borders, markers and the abdomen differ by site.
+- **Keep watching after deployment**: a change in the share of films called pneumonia is
+  often the first sign that the films have changed.
+"""
+    )
+
+
+st.title("A lesson on distribution shift")
+st.caption(
+    "Why a model that does well on the test split carved from its own training folder can "
+    "raise many false alarms on another hospital's films: shown with your runs."
+)
+with user_errors():
+    runs = runview.evaluated_runs(store())
+    if not runs:
+        st.info(
+            "No evaluated run yet: train one on the Train page, or ship runs in checkpoints/.",
+            icon=":material/info:",
+        )
+        st.stop()
+    sets = {r.id: list(run_sets(r).values()) for r in runs}
+    by_id = {r.id: r for r in runs}
+    with_outside = [r.id for r in runs if outside_sets(sets[r.id])]
+    default = (with_outside or list(by_id))[0]
+    if st.session_state.get(kept("lesson_run", default)) not in by_id:
+        st.session_state["lesson_run"] = default
+    run = by_id[
+        st.selectbox(
+            "Run",
+            list(by_id),
+            format_func=lambda i: (
+                runview.run_label(by_id[i]) + (" · has an outside set" if i in with_outside else "")
+            ),
+            key="lesson_run",
+        )
+    ]
+    inside, outside = internal_set(sets[run.id]), outside_sets(sets[run.id])
+    if runview.is_synthetic_run(run):
+        st.warning(
+            "A run trained on **synthetic** images: the lesson's mechanics hold, its numbers "
+            "say nothing about radiographs.",
+            icon=":material/science:",
+        )
+    if not outside:
+        _no_outside_set(run, inside)
+        st.stop()
+    if inside is None:
+        st.info(f"{run.id} has no internal split to compare with.", icon=":material/info:")
+        st.stop()
+    names = {s.key: s.name for s in outside}
+    chosen = st.selectbox("Outside set", list(names), format_func=names.get, key="lesson_outside")
+    _lesson(run, inside, next(s for s in outside if s.key == chosen))
