@@ -70,19 +70,28 @@ def step_frame(history: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).drop_duplicates("global_step", keep="last").sort_values("global_step")
 
 
+def _steps_per_epoch(steps: pd.DataFrame, epochs: pd.DataFrame) -> float:
+    """Logged steps in a whole epoch: the last step of an epoch that ended (an epoch still
+    running has not reached it), else the furthest step logged so far."""
+    done = steps[steps["epoch"].isin(epochs["epoch"])] if "epoch" in epochs else steps[:0]
+    return float(max((done if len(done) else steps)["step"].max(), 1))
+
+
 def learning_curves(
-    histories: Mapping[str, list[dict]], smoothing: float = 0.0, height: int = 760
+    histories: Mapping[str, list[dict]], smoothing: float = 0.0, height: int | None = None
 ) -> go.Figure:
     """Training loss per logged step, then loss, accuracy, F1 and AUC per epoch, train
-    (dashed) against validation (solid); one colour per run, so runs overlay.
+    (dashed) against validation (solid); one colour and one legend entry per run.
 
-    Train accuracy/F1/AUC are running values over the epoch's augmented batches."""
+    Every x axis counts epochs (a step is a fraction of its epoch), so runs with different
+    batch sizes line up; the y axes fit the data. Train accuracy/F1/AUC are running values
+    over the epoch's augmented batches."""
     fig = make_subplots(
         rows=3,
         cols=2,
         specs=[[{"colspan": 2}, None], [{}, {}], [{}, {}]],
         subplot_titles=["training loss per step", *CURVES],
-        vertical_spacing=0.12,
+        vertical_spacing=0.1,
         horizontal_spacing=0.08,
     )
     panels = [(2, 1), (2, 2), (3, 1), (3, 2)]
@@ -90,13 +99,14 @@ def learning_curves(
     # for 20 runs' 260 traces).
     traces, cells = [], []
     for i, (name, history) in enumerate(histories.items()):
-        c = color(i)
-        steps = step_frame(history)
-        if len(steps):
+        c, in_legend = color(i), True
+        steps, epochs = step_frame(history), epoch_frame(history)
+        if len(steps) and "step" in steps:
+            x = steps["epoch"] - 1 + steps["step"] / _steps_per_epoch(steps, epochs)
             if smoothing > 0:
                 traces.append(
                     go.Scatter(
-                        x=steps["global_step"],
+                        x=x,
                         y=steps["loss"],
                         mode="lines",
                         line={"color": c, "width": 1},
@@ -109,16 +119,17 @@ def learning_curves(
                 cells.append((1, 1))
             traces.append(
                 go.Scatter(
-                    x=steps["global_step"],
+                    x=x,
                     y=smooth(steps["loss"], smoothing),
                     mode="lines",
                     line={"color": c},
-                    name=f"{name} · train (steps)",
+                    name=name,
                     legendgroup=name,
+                    hovertemplate=f"{name}<br>epoch %{{x:.2f}}: loss %{{y:.3f}}<extra></extra>",
                 )
             )
             cells.append((1, 1))
-        epochs = epoch_frame(history)
+            in_legend = False
         for (train_key, val_key), cell in zip(CURVES.values(), panels):
             for key, dash, part in ((train_key, "dash", "train"), (val_key, "solid", "val")):
                 if key not in epochs:
@@ -130,29 +141,42 @@ def learning_curves(
                         mode="lines+markers",
                         line={"color": c, "dash": dash},
                         marker={"size": 5},
-                        name=f"{name} · {part}",
+                        name=name if in_legend else f"{name} · {part}",
                         legendgroup=name,
-                        showlegend=cell == (2, 1),
+                        showlegend=in_legend,
+                        hovertemplate=f"{name} · {part}: %{{y:.3f}}<extra></extra>",
                     )
                 )
                 cells.append(cell)
-    if traces:
-        fig.add_traces(traces, rows=[r for r, _ in cells], cols=[c for _, c in cells])
-    fig.update_xaxes(title_text="step", title_standoff=4, row=1, col=1)
+                in_legend = False
+    for dash, part in (("dash", "train (dashed)"), ("solid", "validation (solid)")):
+        # Legend entries for the two line styles, so runs get one entry each.
+        traces.append(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                line={"color": "gray", "dash": dash},
+                name=part,
+                hoverinfo="skip",
+            )
+        )
+        cells.append((2, 1))
+    fig.add_traces(traces, rows=[r for r, _ in cells], cols=[c for _, c in cells])
     last_epoch = max((r.get("epoch", 0) for h in histories.values() for r in h), default=0)
-    for row, col in panels:
+    for row, col in [(1, 1), *panels]:
         # Whole epochs only; let Plotly thin the ticks out for long runs.
         fig.update_xaxes(
             row=row, col=col, rangemode="tozero", dtick=1 if last_epoch <= 20 else None
         )
-        if row == 3:
-            fig.update_xaxes(title_text="epoch", row=row, col=col)
-    for row, col in panels[1:]:
-        fig.update_yaxes(range=[0, 1.02], row=row, col=col)
+    fig.update_xaxes(title_text="epoch", title_standoff=4, row=1, col=1)
+    for _, col in panels[2:]:
+        fig.update_xaxes(title_text="epoch", row=3, col=col)
+    rows_of_legend = 1 + len(histories) // 3
     fig.update_layout(
-        height=height,
+        height=height or 760 + 22 * rows_of_legend,
         margin={"t": 40, "b": 20, "l": 10, "r": 10},
-        legend={"orientation": "h", "y": -0.06},
+        legend={"orientation": "h", "y": -0.06, "yanchor": "top"},
         hovermode="x unified",
     )
     return fig
@@ -185,23 +209,32 @@ def confusion_matrix(cm: Sequence[Sequence[int]], normalise: bool, title: str = 
     return fig
 
 
-def _unit_square(fig: go.Figure, x_title: str, y_title: str) -> go.Figure:
-    """The shared frame of ROC and PR charts: both axes 0..1, legend below."""
+def _unit_square(
+    fig: go.Figure, x_title: str, y_title: str, x: tuple = (0.0, 1.0), y: tuple = (0.0, 1.0)
+) -> go.Figure:
+    """The shared frame of ROC and PR charts: a square plot of at least 400 px whatever the
+    number of runs (the legend below grows the figure instead of squashing the plot);
+    axes 0..1 unless given (ranges of equal length, so the square keeps its scale)."""
+    entries = sum(t.showlegend is not False for t in fig.data)
+    pad = (x[1] - x[0]) * 0.015
     fig.update_layout(
         xaxis_title=x_title,
         yaxis_title=y_title,
-        height=460,
+        height=470 + 21 * entries,
         margin={"t": 30, "b": 10, "l": 10, "r": 10},
-        legend={"orientation": "h", "y": -0.18},
+        legend={"orientation": "h", "y": -0.12, "yanchor": "top", "x": 0},
     )
-    fig.update_xaxes(range=[-0.01, 1.01])
-    fig.update_yaxes(range=[-0.01, 1.02])
+    fig.update_xaxes(range=[x[0] - pad, x[1] + pad], constrain="domain")
+    fig.update_yaxes(range=[y[0] - pad, y[1] + pad], scaleanchor="x", scaleratio=1)
     return fig
 
 
-def roc_curves(reports: Mapping[str, dict], reference: bool = True) -> go.Figure:
+def roc_curves(
+    reports: Mapping[str, dict], reference: bool = True, corner: float | None = None
+) -> go.Figure:
     """ROC curve per run with its AUC in the legend and its operating point (the run's
-    threshold); the published reference point, labelled as a different setup."""
+    threshold); the published reference point, labelled as a different setup. ``corner``
+    shows only the top-left square of that side, where good runs' curves part."""
     fig = go.Figure()
     fig.add_scatter(
         x=[0, 1],
@@ -243,14 +276,20 @@ def roc_curves(reports: Mapping[str, dict], reference: bool = True) -> go.Figure
             textposition="bottom right",
             name=f"{ref['label']} (AUC {ref['auc']:.3f})",
         )
+    side = corner or 1.0
     return _unit_square(
-        fig, "1 - specificity (false positive rate)", "sensitivity (true positive rate)"
+        fig,
+        "1 - specificity (false positive rate)",
+        "sensitivity (true positive rate)",
+        (0.0, side),
+        (1.0 - side, 1.0),
     )
 
 
-def pr_curves(reports: Mapping[str, dict]) -> go.Figure:
+def pr_curves(reports: Mapping[str, dict], corner: float | None = None) -> go.Figure:
     """Precision-recall curve per run with its average precision in the legend, and the
-    share of pneumonia images (a random model's precision) as a dotted line."""
+    share of pneumonia images (a random model's precision) as a dotted line; ``corner``
+    shows only the top-right square of that side."""
     fig, lines = go.Figure(), []
     for i, (name, report) in enumerate(reports.items()):
         if "pr" not in report:
@@ -278,7 +317,9 @@ def pr_curves(reports: Mapping[str, dict]) -> go.Figure:
             )
     # One layout update: fig.add_hline per run costs 30 ms each.
     fig.update_layout(shapes=lines)
-    return _unit_square(fig, "recall (sensitivity)", "precision")
+    side = corner or 1.0
+    square = (1.0 - side, 1.0)
+    return _unit_square(fig, "recall (sensitivity)", "precision", square, square)
 
 
 def class_counts(table: pd.DataFrame, title: str = "") -> go.Figure:
@@ -296,26 +337,236 @@ def class_counts(table: pd.DataFrame, title: str = "") -> go.Figure:
     return fig
 
 
-def tradeoff(table: pd.DataFrame, score: str = "test_roc_auc") -> go.Figure:
-    """Score against inference latency, marker size by model size: what a point costs."""
+def tradeoff(table: pd.DataFrame, score: str = "roc_auc", label: str | None = None) -> go.Figure:
+    """Score (with its 95% interval when the table has ``<score>_lo``/``_hi``) against
+    inference latency, marker size by weights file size: what a point costs. Runs are
+    named in the legend beside the chart: labels on the points collide and get clipped."""
     data = table.dropna(subset=[score, "latency_ms"])
     fig = go.Figure()
-    for i, row in enumerate(data.itertuples()):
-        size = float(getattr(row, "size_mb", 0) or 0)
+    for i, row in enumerate(data.to_dict("records")):
+        size = float(row.get("size_mb") or 0)
+        error = None
+        if f"{score}_lo" in row and np.isfinite(row[f"{score}_lo"]):
+            error = {
+                "type": "data",
+                "array": [row[f"{score}_hi"] - row[score]],
+                "arrayminus": [row[score] - row[f"{score}_lo"]],
+                "thickness": 1.5,
+            }
         fig.add_scatter(
-            x=[row.latency_ms],
-            y=[getattr(row, score)],
-            mode="markers+text",
-            text=[row.run],
-            textposition="top center",
-            marker={"size": 10 + 4 * np.sqrt(size), "color": color(i)},
-            name=row.run,
-            showlegend=False,
+            x=[row["latency_ms"]],
+            y=[row[score]],
+            error_y=error,
+            mode="markers",
+            marker={"size": 10 + 4 * np.sqrt(size), "color": color(i), "opacity": 0.85},
+            name=f"{row['run']} ({size:.1f} MB)",
         )
     fig.update_layout(
         xaxis_title="latency per image (ms)",
-        yaxis_title=score,
-        height=360,
+        yaxis_title=label or score,
+        height=max(380, 120 + 22 * len(data)),
         margin={"t": 30, "b": 10, "l": 10, "r": 10},
+        legend={"x": 1.02, "y": 1, "xanchor": "left"},
+    )
+    return fig
+
+
+def _fitted_range(lows: Sequence[float], highs: Sequence[float]) -> list[float]:
+    """An axis range that holds every interval with a small margin, inside [0, 1] plus that
+    margin: a fixed 0..1 axis would make 0.95 and 0.99 look alike."""
+    values = [v for v in (*lows, *highs) if v is not None and np.isfinite(v)]
+    if not values:
+        return [0.0, 1.0]
+    lo, hi = min(values), max(values)
+    pad = max((hi - lo) * 0.12, 0.005)
+    return [max(lo - pad, -0.01), min(hi + pad, 1.01)]
+
+
+def forest(table: pd.DataFrame, keys: Sequence[str]) -> go.Figure:
+    """A forest plot: each run's value and 95% interval (error bars), one panel per metric
+    of the catalogue, the runs down a shared axis, each x axis fitted to its intervals.
+    ``table`` holds ``run``, ``<key>``, ``<key>_lo`` and ``<key>_hi`` per metric."""
+    from cxr_core.metrics import CATALOGUE
+
+    fig = make_subplots(
+        rows=1,
+        cols=len(keys),
+        shared_yaxes=True,
+        horizontal_spacing=0.03,
+        subplot_titles=[CATALOGUE[k].label for k in keys],
+    )
+    runs = list(table["run"])
+    colors = [color(i) for i in range(len(runs))]
+    traces = []
+    for col, key in enumerate(keys, start=1):
+        info = CATALOGUE[key]
+        scale, unit, digits = (100, "%", 1) if info.percent else (1, "", 3)
+        values = table[key].to_numpy(dtype=float)
+        lo = table[f"{key}_lo"].to_numpy(dtype=float)
+        hi = table[f"{key}_hi"].to_numpy(dtype=float)
+        has_ci = np.isfinite(lo) & np.isfinite(hi)
+        text = [
+            f"{v * scale:.{digits}f}{unit}"
+            + (f" ({a * scale:.{digits}f}-{b * scale:.{digits}f})" if ok else "")
+            for v, a, b, ok in zip(values, lo, hi, has_ci)
+        ]
+        # One trace per panel (colours per point): a trace per run and metric costs
+        # Plotly a validation each, 0.3 s for 10 runs.
+        traces.append(
+            go.Scatter(
+                x=values,
+                y=runs,
+                error_x={
+                    "type": "data",
+                    "array": np.where(has_ci, hi - values, 0),
+                    "arrayminus": np.where(has_ci, values - lo, 0),
+                    "thickness": 2,
+                    "width": 5,
+                    "color": "#555",
+                },
+                mode="markers",
+                marker={"color": colors, "size": 10, "symbol": "diamond"},
+                text=text,
+                name=info.label,
+                showlegend=False,
+                hovertemplate=f"%{{y}}<br>{info.label} %{{text}}<extra></extra>",
+            )
+        )
+        fig.update_xaxes(
+            range=_fitted_range([*lo, *values], [*hi]),
+            tickformat=".1%" if info.percent else ".3f",
+            nticks=5,
+            row=1,
+            col=col,
+        )
+    fig.add_traces(traces, rows=[1] * len(traces), cols=list(range(1, len(traces) + 1)))
+    fig.update_yaxes(categoryorder="array", categoryarray=runs[::-1], automargin=True)
+    fig.update_layout(
+        height=110 + 34 * len(runs),
+        margin={"t": 40, "b": 10, "l": 10, "r": 10},
+        hovermode="closest",
+    )
+    return fig
+
+
+def reliability(curves: Mapping[str, Sequence[Mapping]], title: str = "") -> go.Figure:
+    """A reliability diagram: per bin, the observed share of pneumonia against the mean
+    predicted probability (on the diagonal: calibrated), the bins' image counts as bars
+    below. ``curves`` maps a name ("before", "after temperature scaling", a run) to its
+    bins as :func:`cxr_core.calibration.reliability_bins` returns them."""
+    fig = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.05
+    )
+    traces = [
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"color": "gray", "dash": "dot"},
+            name="calibrated",
+            hoverinfo="skip",
+        )
+    ]
+    rows = [1]
+    for i, (name, bins) in enumerate(curves.items()):
+        full = [b for b in bins if b["count"]]
+        traces.append(
+            go.Scatter(
+                x=[b["mean_predicted"] for b in full],
+                y=[b["observed_fraction"] for b in full],
+                customdata=[[b["count"], b["bin_lo"], b["bin_hi"]] for b in full],
+                mode="lines+markers",
+                line={"color": color(i)},
+                marker={"size": [6 + 2 * np.log1p(b["count"]) for b in full]},
+                name=name,
+                legendgroup=name,
+                hovertemplate=f"{name}<br>bin %{{customdata[1]:.1f}}-%{{customdata[2]:.1f}}: "
+                "%{customdata[0]} images<br>predicted %{x:.3f}, observed %{y:.3f}<extra></extra>",
+            )
+        )
+        rows.append(1)
+        traces.append(
+            go.Bar(
+                x=[(b["bin_lo"] + b["bin_hi"]) / 2 for b in bins],
+                y=[b["count"] for b in bins],
+                width=[(b["bin_hi"] - b["bin_lo"]) / max(len(curves), 1) * 0.9 for b in bins],
+                offset=[
+                    (b["bin_hi"] - b["bin_lo"]) * (i / max(len(curves), 1) - 0.5) for b in bins
+                ],
+                marker_color=color(i),
+                name=f"{name}: images per bin",
+                legendgroup=name,
+                showlegend=False,
+                hovertemplate="%{y} images<extra></extra>",
+            )
+        )
+        rows.append(2)
+    fig.add_traces(traces, rows=rows, cols=[1] * len(rows))
+    fig.update_xaxes(range=[0, 1], row=1, col=1)
+    fig.update_xaxes(range=[0, 1], title_text="mean predicted P(pneumonia)", row=2, col=1)
+    fig.update_yaxes(range=[-0.02, 1.02], title_text="observed share of pneumonia", row=1, col=1)
+    fig.update_yaxes(title_text="images", type="log", row=2, col=1)
+    fig.update_layout(
+        title=title,
+        height=560,
+        margin={"t": 40 if title else 20, "b": 10, "l": 10, "r": 10},
+        legend={"orientation": "h", "y": -0.12, "yanchor": "top", "x": 0},
+        barmode="overlay",
+    )
+    return fig
+
+
+def score_distributions(
+    labels: Sequence[int], probs: Sequence[float], marks: Mapping[str, float]
+) -> go.Figure:
+    """How the run scores each true class (histograms of P(pneumonia), counts on a log
+    axis: most images sit near 0 or 1), with a vertical line at each threshold in
+    ``marks`` (name -> threshold)."""
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=float)
+    fig = go.Figure()
+    for label, cls in enumerate(CLASSES):
+        fig.add_histogram(
+            x=probs[labels == label],
+            xbins={"start": 0, "end": 1.0001, "size": 0.02},
+            name=f"true {cls}",
+            marker_color=color(label),
+            opacity=0.6,
+        )
+    shapes, notes = [], []
+    for i, (name, threshold) in enumerate(marks.items()):
+        line = {"color": "black" if i == 0 else color(i + 2), "width": 2 if i == 0 else 1}
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": threshold,
+                "x1": threshold,
+                "y0": 0,
+                "y1": 1,
+                "line": {**line, "dash": "solid" if i == 0 else "dash"},
+            }
+        )
+        notes.append(
+            {
+                "x": threshold,
+                "y": 1 - 0.08 * i,
+                "xref": "x",
+                "yref": "paper",
+                "text": name,
+                "showarrow": False,
+                "xanchor": "left",
+                "font": {"size": 11},
+            }
+        )
+    fig.update_layout(
+        barmode="overlay",
+        shapes=shapes,
+        annotations=notes,
+        height=320,
+        xaxis={"title": "P(pneumonia)", "range": [0, 1]},
+        yaxis={"title": "images", "type": "log"},
+        margin={"t": 20, "b": 10, "l": 10, "r": 10},
+        legend={"orientation": "h", "y": -0.25, "yanchor": "top"},
     )
     return fig

@@ -1,45 +1,211 @@
-"""Compare: two or more evaluated runs side by side, on the same split when possible."""
+"""Compare: runs side by side on the same images, every metric with its 95% interval,
+paired tests, an operating point and calibration per run, and the shift from the internal
+split to an outside set. The chosen runs, set and tab live in the URL."""
 
 from __future__ import annotations
+
+import hashlib
 
 import pandas as pd
 import streamlit as st
 
-from cxr_core import plots
-from cxr_core.compare import compare_table, evaluation_set
+from cxr_core import evaljobs, evalsets, plots, report
+from cxr_core.compare import compare_table
+from cxr_core.evalsets import EvalSet
+from cxr_core.metrics import CATALOGUE
 from cxr_core.runs import Run
-from pages import ensure_app_shell, kept, run_picker, store, user_errors
-from pages.common import runview, texts
+from pages import data_spec, ensure_app_shell, kept, run_picker, store, user_errors
+from pages.common import comparison, runview, texts
 
 ensure_app_shell()
 
-SPLITS = {
-    "test": "each run's test split",
-    "val": "validation split",
-    "official_val": "official val/ folder (16 images)",
-}
+POLL_S = 2
+"""How often the progress of a background scoring job is read."""
 
 
-def _split_of(run: Run, choice: str) -> str | None:
-    return (run.evaluation() or {}).get("test_split") if choice == "test" else choice
+@st.cache_data(ttl=60, show_spinner=False)
+def _default_target(spec: str) -> evaljobs.Target | None:
+    return comparison.default_target(spec)
 
 
-def _report(run: Run, choice: str) -> dict | None:
-    split = _split_of(run, choice)
-    return (run.evaluation() or {}).get("splits", {}).get(split) if split else None
+@st.cache_data(ttl=60, show_spinner="Listing the folder ...")
+def _target(folder: str, split: str) -> evaljobs.Target:
+    return evaljobs.target(folder, split)
 
 
-def _class_report(report: dict) -> pd.DataFrame:
-    rows = {k: v for k, v in report["classification_report"].items() if isinstance(v, dict)}
-    table = pd.DataFrame(rows).T.rename(columns={"f1-score": "f1"})
-    return table.round(3).astype({"support": int})
+@st.cache_data(max_entries=64, show_spinner=False)
+def _paired(ident: tuple, _sets: dict[str, EvalSet]) -> list[dict]:
+    return report.paired(_sets)
 
 
-def _roc_and_pr(reports: dict[str, dict]) -> None:
+@st.cache_data(max_entries=256, show_spinner=False)
+def _curves(ident: tuple, _evalset: EvalSet) -> dict:
+    return report.curve_report(_evalset)
+
+
+def _ident(sets: dict[str, EvalSet]) -> tuple:
+    """What the cached tests and curves of ``sets`` depend on: each run's scores."""
+    return tuple(
+        (i, s.key, s.threshold, hashlib.sha1(s.probs.tobytes()).hexdigest())
+        for i, s in sets.items()
+    )
+
+
+# --------------------------------------------------------------------------- choosing
+
+URL = {"runs": "compare_runs", "set": "compare_set", "tab": "compare_tab"}
+"""Query parameter -> the widget key it restores: the choice lives in the URL, so a refresh
+or a shared link shows the same comparison. Run ids and the set's fingerprint go in the
+URL, not the labels the widgets show (long, and they change with a run's tags)."""
+
+
+def _from_url() -> None:
+    """A new session (a refresh, a shared link) starts from the URL's choice; the widgets
+    drop what no longer exists."""
+    if st.session_state.get("_compare_from_url"):
+        return
+    st.session_state["_compare_from_url"] = True
+    for param, key in URL.items():
+        values = st.query_params.get_all(param)
+        if values:
+            st.session_state[key] = values if param == "runs" else values[0]
+
+
+def _to_url(**choice: str | list[str]) -> None:
+    """Write the current choice into the URL (only what changed)."""
+    for param, value in choice.items():
+        if st.query_params.get_all(param) != (value if isinstance(value, list) else [value]):
+            st.query_params[param] = value
+
+
+def _select_all(key: str, ids: list[str]) -> None:
+    st.session_state[key] = ids
+
+
+def _pick_runs(runs: list[Run]) -> list[Run]:
+    """The runs to compare (all / none in one click), kept in the URL."""
+    ids = [r.id for r in runs]
+    picker, everything, nothing = st.columns([12, 1, 1], vertical_alignment="bottom")
+    everything.button(
+        "All", on_click=_select_all, args=("compare_runs", ids), help="Choose every run"
+    )
+    nothing.button("None", on_click=_select_all, args=("compare_runs", []), help="Clear")
+    with picker:
+        return run_picker("Runs", runs, runs[:2], "compare_runs")
+
+
+def _pick_set(chosen: list[Run]) -> EvalSet | None:
+    """The image set to compare on, among those every chosen run was scored on (an
+    outside test set first); kept in the URL. None when they share none."""
+    shared = evalsets.shared_sets(chosen)
+    if not shared:
+        return None
+    by_key = {s.key: s for s in shared}
+    key = kept("compare_set", shared[0].key)
+    finished = st.session_state.pop("compare_scored", None)
+    if finished in by_key:  # a scoring job just ended: show what it scored
+        st.session_state[key] = finished
+    if st.session_state[key] not in by_key:
+        st.session_state[key] = shared[0].key
+    choice = st.selectbox(
+        "Evaluated on",
+        list(by_key),
+        format_func=lambda k: comparison.set_label(by_key[k]),
+        key=key,
+        help="The image sets every chosen run was scored on: numbers are comparable only "
+        "on the same images. Outside test sets come first; internal splits were carved "
+        "from the training folder and are easier.",
+    )
+    return by_key[choice]
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _score_offer(chosen: list[Run], evalset: EvalSet | None) -> None:
+    """Score the chosen runs that lack a folder's set, in the background."""
+    job = evaljobs.current(store().root)
+    busy = job is not None and not evaljobs.progress(job).finished
+    suggested = _default_target(data_spec())
+    outside = evalset is not None and not evalset.internal
+    title = "Score runs on a folder" + (" (scoring now)" if busy else "")
+    with st.expander(title, expanded=busy or not outside, icon=":material/playlist_add:"):
+        st.caption(
+            "Runs are comparable only on the same images. Score runs on a labelled folder "
+            "(a Kaggle-layout root with test/, a root holding only test/, or NORMAL/ and "
+            "PNEUMONIA/ directly). Each run is scored by its own background process, one "
+            "at a time, and keeps the result (a bundled run's goes to the runs folder)."
+        )
+        left, right = st.columns([3, 1])
+        folder = left.text_input(
+            "Folder",
+            key=kept("compare_score_folder", suggested.data if suggested else ""),
+            placeholder="/data/chest_xray",
+        )
+        split = right.radio(
+            "Images",
+            list(evaljobs.FOLDER_SPLITS),
+            format_func={"test": "test/", "official_val": "val/ (official)"}.get,
+            key=kept("compare_score_split", "test"),
+            horizontal=True,
+        )
+        if folder.strip():
+            with user_errors():
+                found = _target(folder.strip(), split)
+                todo = [r for r in chosen if found.key not in report.scored_sets(r)]
+                if not todo:
+                    st.success(f"Every chosen run is scored on {found.name}.")
+                else:
+                    names = ", ".join(r.id for r in todo)
+                    st.markdown(f"**{found.name}**: not yet scored for {names}.")
+                    if st.button(
+                        f"Score {len(todo)} run(s) in the background",
+                        disabled=busy,
+                        icon=":material/play_arrow:",
+                        key="compare_score",
+                    ):
+                        job = evaljobs.launch([r.id for r in todo], found.data, split, store().root)
+                        st.session_state["compare_job"] = job.id
+                        st.rerun()
+        if job is not None:
+            st.fragment(run_every=POLL_S if busy else None)(_job_progress)(job, busy)
+
+
+def _job_progress(job: evaljobs.EvalJob, was_busy: bool) -> None:
+    """The background job's progress, polled while it works; when it ends, the whole page
+    runs again once, to list the new set (and choose it, when this session asked for it)."""
+    progress = evaljobs.progress(job)
+    where = f"{job.split} of {job.data}"
+    if progress.finished:
+        st.caption(f"Last scoring job ({where}): {len(progress.done)} of {len(job.runs)} done.")
+    else:
+        doing = f"scoring **{progress.running}**" if progress.running else "starting"
+        done = f"{len(progress.done)} of {len(job.runs)} done"
+        st.progress(progress.fraction, text=f"{doing} on {where} · {done}")
+    for run_id, error in progress.failed.items():
+        st.error(f"{run_id}: {error} (log: {job.log(run_id)})", icon=":material/error:")
+    if progress.finished and was_busy:
+        keys = set(progress.done.values())
+        if st.session_state.get("compare_job") == job.id and len(keys) == 1:
+            st.session_state["compare_scored"] = keys.pop()
+        st.rerun(scope="app")
+
+
+# --------------------------------------------------------------------------- the tabs
+
+
+def _roc_and_pr(sets: dict[str, EvalSet]) -> None:
+    reports = {i: _curves(_ident({i: s}), s) for i, s in sets.items()}
+    corner = st.toggle(
+        "Zoom into the corner",
+        key=kept("compare_zoom", False),
+        help="Show the best 30% of each axis, where good runs' curves part.",
+    )
+    side = 0.3 if corner else None
     left, right = st.columns(2)
     with left:
         st.markdown("**ROC**", help=texts.help_text("AUC"))
-        st.plotly_chart(plots.roc_curves(reports), key="roc")
+        st.plotly_chart(plots.roc_curves(reports, corner=side), key="roc")
         ref = plots.KERMANY_2018
         st.caption(
             f"★ Published reference: {ref['label']}; accuracy {ref['accuracy']:.1%}, "
@@ -49,17 +215,169 @@ def _roc_and_pr(reports: dict[str, dict]) -> None:
         )
     with right:
         st.markdown("**Precision-recall**")
-        st.plotly_chart(plots.pr_curves(reports), key="pr")
-        st.caption("Dotted lines: the share of pneumonia images (a random model's AP).")
+        st.plotly_chart(plots.pr_curves(reports, corner=side), key="pr")
+        st.caption("Dotted line: the share of pneumonia images (a random model's AP).")
 
 
-def _confusion_matrices(reports: dict[str, dict]) -> None:
-    for start in range(0, len(reports), 3):
+def _metrics_and_tests(table: pd.DataFrame, sets: dict[str, EvalSet]) -> None:
+    keys = st.multiselect(
+        "Metrics",
+        list(CATALOGUE),
+        format_func=lambda k: CATALOGUE[k].label,
+        key=kept("compare_forest", list(report.HEADLINE)),
+    )
+    if keys:
+        st.plotly_chart(plots.forest(table, keys), key="forest")
+        st.caption(
+            "Each run's value with its 95% interval (bootstrap over patients, 1000 "
+            "resamples); each axis spans the intervals, not 0 to 1."
+        )
+    if len(sets) < 2:
+        return
+    pairs = _paired(_ident(sets), sets)
+    st.markdown("**Paired tests**")
+    st.caption(
+        "Same images, so each pair is tested on its disagreements: McNemar's exact test on "
+        "the decisions at each run's threshold, DeLong's test on the AUCs"
+        + (f"; p-values adjusted by Holm over the {len(pairs)} pairs." if len(pairs) > 1 else ".")
+    )
+    st.dataframe(report.pairs_table(pairs), hide_index=True, width="stretch")
+
+
+def _focus(sets: dict[str, EvalSet]) -> str:
+    """The run the per-run tabs show."""
+    key = kept("compare_focus", next(iter(sets)))
+    if st.session_state[key] not in sets:
+        st.session_state[key] = next(iter(sets))
+    return st.selectbox("Run", list(sets), key=key)
+
+
+def _set_threshold(key: str, value: float) -> None:
+    st.session_state[key] = round(value, 3)
+
+
+def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
+    run_id = _focus(sets)
+    run, evalset = by_id[run_id], sets[run_id]
+    key = f"compare_thr_{run_id}_{evalset.key}"
+    st.session_state.setdefault(key, round(evalset.threshold, 3))
+    chosen = report.val_thresholds(run)
+    buttons = st.columns(len(chosen) + 1)
+    buttons[0].button(
+        f"Run's threshold ({evalset.threshold:.3f})",
+        on_click=_set_threshold,
+        args=(key, evalset.threshold),
+    )
+    for col, (name, value) in zip(buttons[1:], chosen.items()):
+        col.button(
+            f"{name} on val ({value:.3f})",
+            on_click=_set_threshold,
+            args=(key, value),
+            help="Chosen on this run's validation split, never on the set compared here.",
+        )
+    threshold = st.slider(
+        "Threshold",
+        0.0,
+        1.0,
+        step=0.001,
+        format="%.3f",
+        key=key,
+        help="Explore only: the saved run keeps its own threshold.",
+    )
+    point = report.operating_point(evalset, threshold)
+    cols = st.columns(5)
+    for col, name in zip(cols, ("sensitivity", "specificity", "PPV", "NPV", "accuracy")):
+        col.metric(name, f"{100 * point[name]:.1f}%")
+    st.markdown(comparison.per_1000(point))
+    left, right = st.columns([2, 3])
+    with left:
+        title = f"{run_id} at {threshold:.3f}"
+        st.plotly_chart(plots.confusion_matrix(point["confusion"], False, title), key="op_cm")
+    with right:
+        marks = {f"slider {threshold:.3f}": threshold} | {
+            f"{name} (val)": value for name, value in chosen.items()
+        }
+        figure = plots.score_distributions(evalset.labels, evalset.probs, marks)
+        st.plotly_chart(figure, key="op_scores")
+    st.markdown("**Where each threshold lands on this set**")
+    st.dataframe(report.operating_points(run, evalset), hide_index=True, width="stretch")
+    st.caption("The slider never changes the saved run; its threshold stays as trained.")
+
+
+def _calibration(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
+    rows = []
+    for run_id, evalset in sets.items():
+        saved = report.saved_temperature(by_id[run_id])
+        summary = report.calibration_summary(evalset, saved and saved["temperature"])
+        row = {"run": run_id, "ECE": summary["before"]["ece"], "Brier": summary["before"]["brier"]}
+        if "after" in summary:
+            row |= {
+                "temperature": summary["temperature"],
+                "ECE after": summary["after"]["ece"],
+                "Brier after": summary["after"]["brier"],
+            }
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows).round(4), hide_index=True, width="stretch")
+    st.caption(
+        "ECE: the mean gap between predicted probability and observed share of pneumonia "
+        "over 10 bins; Brier: the mean squared error of the probabilities (lower is better)."
+    )
+    run_id = _focus(sets)
+    run = by_id[run_id]
+    saved = report.saved_temperature(run)
+    if st.button(
+        "Fit a temperature on validation" if saved is None else "Fit the temperature again",
+        help="Temperature scaling, fitted on this run's validation split only (never on "
+        "test) and kept beside the run; the weights and the threshold are unchanged.",
+    ):
+        with user_errors():
+            report.fit_temperature(run)
+            st.rerun()
+    summary = report.calibration_summary(sets[run_id], saved and saved["temperature"])
+    curves = {"as trained": summary["before"]["bins"]}
+    if "after" in summary:
+        curves[f"temperature {summary['temperature']:.2f} (fitted on val)"] = summary["after"][
+            "bins"
+        ]
+        st.caption(
+            f"ECE {summary['before']['ece']:.4f} → {summary['after']['ece']:.4f}, Brier "
+            f"{summary['before']['brier']:.4f} → {summary['after']['brier']:.4f}. Scaling keeps "
+            "the order of the images: the ROC curve and AUC are unchanged."
+        )
+    st.plotly_chart(plots.reliability(curves, title=run_id), key="reliability")
+
+
+def _shift(chosen: list[Run], evalset: EvalSet) -> None:
+    shown = 0
+    for run in chosen:
+        internal = report.split_set(run, "internal_test")
+        outside = report.outside_set(run, evalset.key)
+        if internal is None or outside is None:
+            continue
+        st.markdown(f"**{run.id}**")
+        st.dataframe(report.shift_table(internal, outside), hide_index=True, width="stretch")
+        shown += 1
+    if shown:
+        st.caption(
+            "The internal test split comes from the training folder (the same hospital, "
+            "the same years); an outside set shows what the run does on new films."
+        )
+    else:
+        st.info(
+            "None of these runs has both an internal test split and an outside set: score "
+            "them on a folder with a test/ (above) to see the shift.",
+            icon=":material/info:",
+        )
+
+
+def _confusion_matrices(sets: dict[str, EvalSet]) -> None:
+    items = list(sets.items())
+    for start in range(0, len(items), 3):
         cols = st.columns(3)
-        for col, (run_id, report) in zip(cols, list(reports.items())[start : start + 3]):
+        for col, (run_id, evalset) in zip(cols, items[start : start + 3]):
             with col:
-                st.markdown(f"**{run_id}** (threshold {report['threshold']:.3f})")
-                cm = report["confusion_matrix"]
+                st.markdown(f"**{run_id}** (threshold {evalset.threshold:.3f})")
+                cm = report.operating_point(evalset, evalset.threshold)["confusion"]
                 st.plotly_chart(plots.confusion_matrix(cm, False, "counts"), key=f"cm_{run_id}")
                 st.plotly_chart(
                     plots.confusion_matrix(cm, True, "normalised per true class"),
@@ -67,71 +385,58 @@ def _confusion_matrices(reports: dict[str, dict]) -> None:
                 )
 
 
-def _class_reports(reports: dict[str, dict]) -> None:
-    cols = st.columns(min(len(reports), 3))
-    for i, (run_id, report) in enumerate(reports.items()):
-        with cols[i % len(cols)]:
-            st.markdown(f"**{run_id}** · accuracy {report['accuracy']:.3f}")
-            st.dataframe(_class_report(report), width="stretch")
-
-
-def _learning_curves(runs: list[Run]) -> None:
+def _learning_curves(chosen: list[Run]) -> None:
     smoothing = st.slider("Smoothing", 0.0, 0.95, step=0.05, key=kept("compare_smooth", 0.0))
-    histories = {r.id: r.history() for r in runs}
+    histories = {r.id: r.history() for r in chosen}
     st.plotly_chart(plots.learning_curves(histories, smoothing), key="compare_curves")
+    st.caption("By epoch, so runs with different batch sizes line up.")
 
 
-def _cost(table: pd.DataFrame, choice: str) -> None:
-    cost = table[["run", "arch", "params_M", "size_mb", "train_min", "best_epoch", "latency_ms"]]
-    st.dataframe(cost, hide_index=True, width="stretch")
-    score = {"test": "test_roc_auc", "val": "val_roc_auc"}.get(choice)
-    if score:
-        st.plotly_chart(plots.tradeoff(table, score), key="tradeoff")
-        st.caption("Marker size grows with the weights file size.")
+def _cost(table: pd.DataFrame) -> None:
+    columns = {"run": "run", "arch": "architecture", "params_M": "parameters (M)"}
+    columns |= {"size_mb": "weights (MB)", "train_min": "training (min)"}
+    columns |= {"best_epoch": "best epoch", "latency_ms": "latency (ms/image)"}
+    st.dataframe(table[list(columns)].rename(columns=columns), hide_index=True, width="stretch")
+    st.plotly_chart(plots.tradeoff(table, "roc_auc", "AUC on this set (95% CI)"), key="tradeoff")
+    st.caption("Marker size grows with the weights file size.")
 
+
+# --------------------------------------------------------------------------- the page
 
 st.title("Compare")
-st.caption(
-    "Side-by-side results of finished runs. Numbers are only comparable when the runs were "
-    "evaluated on the same images."
-)
+st.caption("Runs side by side on the same images, every number with its 95% confidence interval.")
 
 with user_errors():
     runs = runview.evaluated_runs(store())
-    if len(runs) < 2:
+    if not runs:
         st.info(
-            "Comparing needs at least two evaluated runs; train some on the Train page "
-            f"({len(runs)} so far).",
+            "Comparing needs evaluated runs; train some on the Train page.",
             icon=":material/info:",
         )
         st.stop()
-    left, right = st.columns([3, 2])
-    with left:
-        chosen = run_picker("Runs", runs, default=runs[:2], key="compare_runs")
-    choice = right.selectbox(
-        "Evaluated on",
-        list(SPLITS),
-        format_func=SPLITS.get,
-        key=kept("compare_split", "test"),
-        help="test: the official test/ folder when the data have one, else an internal test "
-        "split carved from train by patient. val picked each run's epoch and threshold.",
-    )
-    if len(chosen) < 2:
-        st.info("Pick two or more runs.", icon=":material/info:")
+    _from_url()
+    chosen = _pick_runs(runs)
+    _to_url(runs=[r.id for r in chosen])
+    if not chosen:
+        st.info("Pick one or more runs.", icon=":material/info:")
         st.stop()
-
-    reports = {r.id: rep for r in chosen if (rep := _report(r, choice))}
-    missing = [r.id for r in chosen if r.id not in reports]
-    if missing:
-        st.warning(f"No `{choice}` results for: {', '.join(missing)}", icon=":material/warning:")
-    if not reports:
-        st.stop()
-    sets = {r.id: evaluation_set(r, _split_of(r, choice) or "") for r in chosen}
-    if len(set(sets.values())) > 1:
-        detail = ", ".join(f"{i}: {s or 'unknown'}" for i, s in sets.items())
+    by_id = {r.id: r for r in chosen}
+    evalset = _pick_set(chosen)
+    if evalset is not None:
+        _to_url(set=evalset.key)
+    _score_offer(chosen, evalset)
+    if evalset is None:
         st.warning(
-            "These runs were evaluated on **different image sets**, so their numbers are not "
-            f"directly comparable (set fingerprints: {detail}).",
+            "These runs were never scored on the same images, so their numbers cannot be "
+            "compared: score them on one folder above.",
+            icon=":material/warning:",
+        )
+        st.stop()
+    if evalset.internal:
+        st.warning(
+            f"**{evalset.split}** was carved from the training folder: the training "
+            "distribution, easier than new films. Score the runs on an outside test set "
+            "for numbers that carry over.",
             icon=":material/warning:",
         )
     synthetic = [r.id for r in chosen if runview.is_synthetic_run(r)]
@@ -141,39 +446,62 @@ with user_errors():
             "Their scores say nothing about real radiographs.",
             icon=":material/science:",
         )
+    sets = report.sets_on(chosen, evalset.key)
+    table = compare_table(chosen, sets)
 
     st.subheader("Summary")
-    table = compare_table(chosen)
     st.dataframe(
-        table,
+        report.readable_table(table),
         hide_index=True,
         width="stretch",
         column_config={
-            "test_sensitivity": st.column_config.NumberColumn(help=texts.help_text("sensitivity")),
-            "test_specificity": st.column_config.NumberColumn(help=texts.help_text("specificity")),
-            "test_roc_auc": st.column_config.NumberColumn(help=texts.help_text("AUC")),
+            info.label: st.column_config.TextColumn(help=info.glossary)
+            for info in CATALOGUE.values()
         },
     )
-    st.caption("Click a column header to sort.")
-    st.download_button(
-        "Download the table as CSV",
+    st.caption(
+        f"On {evalset.name}; 95% intervals from 1000 bootstrap resamples of patients, at "
+        "each run's own threshold (chosen on its validation split)."
+    )
+    if len(sets) == 2:
+        (pair,) = _paired(_ident(sets), sets)
+        st.info(f"**Paired test.** {pair['verdict']}", icon=":material/balance:")
+    left, right, _ = st.columns([1, 1, 3])
+    left.download_button(
+        "Table as CSV",
         table.to_csv(index=False).encode(),
         file_name="cxr-lab-comparison.csv",
         mime="text/csv",
         icon=":material/download:",
     )
+    right.download_button(
+        "Download report",
+        lambda: report.html_report(chosen, sets).encode(),
+        file_name="cxr-lab-report.html",
+        mime="text/html",
+        icon=":material/description:",
+        help="One HTML file that opens offline: runs, configs, data, versions, metrics with "
+        "intervals, paired tests, ROC/PR, confusion matrices, operating points, calibration.",
+    )
 
-    # Only the open tab runs: with 20 runs the others would build 40 more charts and 20
+    # Only the open tab runs: with 20 runs the others would build dozens of charts and
     # tables on every rerun, and the browser would draw them all.
     views = {
-        "ROC & PR": lambda: _roc_and_pr(reports),
-        "Confusion matrices": lambda: _confusion_matrices(reports),
-        "Per-class reports": lambda: _class_reports(reports),
+        "ROC & PR": lambda: _roc_and_pr(sets),
+        "Metrics & tests": lambda: _metrics_and_tests(table, sets),
+        "Operating point": lambda: _operating_point(by_id, sets),
+        "Calibration": lambda: _calibration(by_id, sets),
+        "Shift": lambda: _shift(chosen, evalset),
+        "Confusion matrices": lambda: _confusion_matrices(sets),
         "Learning curves": lambda: _learning_curves(chosen),
-        "Cost": lambda: _cost(table, choice),
+        "Cost": lambda: _cost(table),
     }
     labels = list(views)
-    tabs = st.tabs(labels, key=kept("compare_tab", labels[0]), on_change="rerun")
+    tab_key = kept("compare_tab", labels[0])
+    if st.session_state[tab_key] not in labels:
+        st.session_state[tab_key] = labels[0]
+    tabs = st.tabs(labels, key=tab_key, on_change="rerun")
+    _to_url(tab=st.session_state[tab_key])
     for tab, draw in zip(tabs, views.values()):
         if tab.open:
             with tab:

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.datasources import is_synthetic_spec
+from cxr_core.evalsets import fingerprint, run_sets
+from cxr_core.metrics import roc_auc
 from cxr_core.runs import ACTIVE, Run, RunStore
 
 
@@ -60,6 +62,32 @@ def run_label(run: Run) -> str:
     return f"{run.id} ({', '.join(tags)})"
 
 
+def _test_figures(run: Run) -> dict:
+    """The run's test AUCs, each beside the set it comes from: its recorded test split (an
+    internal split or a test/ folder) and the biggest outside set it was scored on since."""
+    evaluation = run.evaluation() or {}
+    name = evaluation.get("test_split")
+    test = evaluation.get("splits", {}).get(name) if name else None
+    out = {
+        "test AUC": round(test["roc_auc"], 3) if test else None,
+        "test set": f"{name} ({test['n']} images)" if test else "",
+        "outside AUC": None,
+        "outside set": "",
+    }
+    if run.evaluations_dir.is_dir():  # only sets added since training can be new here
+        recorded = fingerprint(test["paths"]) if test and "paths" in test else None
+        added = [
+            s
+            for s in run_sets(run).values()
+            if not s.internal and s.split != "official_val" and s.key != recorded
+        ]
+        outside = max(added, key=lambda s: s.n, default=None)
+        if outside is not None:
+            out["outside AUC"] = round(roc_auc(outside.labels, outside.probs), 3)
+            out["outside set"] = outside.name
+    return out
+
+
 def runs_table(runs: list[Run]) -> pd.DataFrame:
     """The Runs page's table: one row per run with progress and headline scores."""
     rows = []
@@ -74,12 +102,11 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
                 "arch": row["arch"],
                 "status": row["status"],
                 "progress": fraction,
+                "val AUC": row["val_auc"],
+                **_test_figures(run),
                 "detail": detail if row["status"] in ACTIVE else "",
                 "ETA": format_duration(status.get("eta_s")) if row["status"] in ACTIVE else "",
                 "data": "synthetic" if is_synthetic_run(run) else (row["data"] or ""),
-                "val AUC": row["val_auc"],
-                "test AUC": row["test_auc"],
-                "test split": row["test_split"],
                 "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(created))
                 if created
                 else "",

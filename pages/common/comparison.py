@@ -1,0 +1,42 @@
+"""The Compare page's words and choices, without Streamlit: how an image set is named,
+which folder to offer for scoring, and one operating point in a sentence."""
+
+from __future__ import annotations
+
+from cxr_core.errors import UserError
+from cxr_core.evaljobs import Target, target
+from cxr_core.evalsets import EvalSet
+
+
+def set_label(evalset: EvalSet, holders: int | None = None, total: int | None = None) -> str:
+    """How the "Evaluated on" choice names a set: "test/ of /data/chest_xray (624 images)",
+    "internal_test: carved from train/ (784 images)"; with how many runs hold it."""
+    if evalset.internal:
+        text = f"{evalset.split}: carved from the training folder ({evalset.n} images)"
+    else:
+        text = evalset.name
+    if holders is not None and total is not None and holders < total:
+        text += f" · {holders} of {total} runs"
+    return text
+
+
+def default_target(spec: str | None, split: str = "test") -> Target | None:
+    """The folder to offer for scoring: the Data page's, when it holds labelled images for
+    ``split`` (a test/ folder, say); None otherwise, or when it cannot be read."""
+    if not spec:
+        return None
+    try:
+        found = target(spec, split)
+    except UserError:
+        return None
+    folder = "val" if split == "official_val" else split
+    return found if found.name.startswith(f"{folder}/") else None
+
+
+def per_1000(point: dict) -> str:
+    """One operating point for people: what it means for 1000 children like these."""
+    return (
+        f"Per 1000 children at this set's prevalence ({100 * point['prevalence']:.1f}% "
+        f"pneumonia): **{point['missed_per_1000']:.0f} missed pneumonias**, "
+        f"**{point['false_alarms_per_1000']:.0f} false alarms**."
+    )
