@@ -295,6 +295,10 @@ class RunStore:
         self.bundled = bundled_runs_dir() if include_bundled else None
 
     def create(self, config: dict, run_id: str | None = None) -> Run:
+        """A new run folder with ``config`` as its config.json; a ``meta`` key in it (name,
+        tags, note, owner, as launchers pass them) becomes the run's meta.json."""
+        config = dict(config)
+        meta = config.pop("meta", None)
         run_id = run_id or new_run_id(config["arch"])
         if not run_id.replace("-", "").replace("_", "").isalnum():
             raise UserError(f"run id {run_id!r} may only hold letters, digits, - and _")
@@ -305,6 +309,8 @@ class RunStore:
             raise UserError(f"run {run_id} already exists in {self.root}") from None
         atomic_write_json(path / "config.json", config)
         run = Run(path)
+        if meta:
+            run.set_meta(**meta)
         run.set_status("queued")
         return run
 

@@ -24,6 +24,8 @@ SETTINGS = (
     "CXR_QUEUE",
     "CXR_ALLOWED_DATA_ROOTS",
     "CXR_EXECUTOR",
+    "CXR_SHARED",
+    "CXR_OPERATORS",
 )
 """Every deployment setting, read from the environment."""
 

@@ -5,7 +5,9 @@ They live in ``pages/__init__.py`` because Streamlit never lists that file as a 
 
 from __future__ import annotations
 
+import os
 import runpy
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +72,33 @@ def store() -> RunStore:
     return RunStore()
 
 
+def session_owner() -> str:
+    """This browser session's token: the runs it launches carry it as their owner, and it
+    may change only those (unless it is an operator's)."""
+    return st.session_state.setdefault("_owner", uuid.uuid4().hex)
+
+
+def is_operator() -> bool:
+    """Whether this visitor may change any run.
+
+    Where the deployment configures sign-in (``[auth]`` in its secrets), a signed-in
+    user listed in ``CXR_OPERATORS`` (comma-separated e-mails; unset: any signed-in user)
+    is an operator. Without sign-in, the person at the machine is: ``CXR_SHARED=0``
+    says the app runs for its one user; ``CXR_SHARED=1`` says it is served to others (set
+    it on Streamlit Community Cloud, or behind any proxy on the same host); unset, a
+    browser connecting from this very host counts as the person at the machine.
+    """
+    if st.secrets.load_if_toml_exists() and "auth" in st.secrets:
+        if not st.user.is_logged_in:
+            return False
+        allowed = [e.strip() for e in os.environ.get("CXR_OPERATORS", "").split(",") if e.strip()]
+        return not allowed or st.user.get("email") in allowed
+    shared = os.environ.get("CXR_SHARED")
+    if shared in ("0", "1"):
+        return shared == "0"
+    return st.context.ip_address is None
+
+
 def synthetic_badge(synthetic: bool) -> None:
     if synthetic:
         st.badge("synthetic data", icon=":material/science:", color="orange")
@@ -80,12 +109,17 @@ def medical_notice() -> None:
 
 
 def data_spec() -> str:
-    """The data source chosen on the Data page (or by a preset) for this session."""
-    return st.session_state.setdefault("data_spec", settings.default_data())
+    """The data source chosen on the Data page (or by a preset) for this session; a new
+    session (a refresh, a shared link) starts from the URL's ``data`` parameter."""
+    if "data_spec" not in st.session_state:
+        st.session_state["data_spec"] = st.query_params.get("data") or settings.default_data()
+    return st.session_state["data_spec"]
 
 
 def set_data_spec(spec: str) -> None:
     st.session_state["data_spec"] = spec
+    if st.query_params.get("data") != spec:
+        st.query_params["data"] = spec
 
 
 @st.cache_data(show_spinner="Preparing the data ...", ttl=600)

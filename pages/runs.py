@@ -8,15 +8,27 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxr_core import plots
+from cxr_core import evalsets, plots
 from cxr_core.jobs import log_tail
-from cxr_core.runs import ACTIVE, Run
-from pages import ensure_app_shell, kept, store, synthetic_badge, user_errors
+from cxr_core.metrics import CATALOGUE
+from cxr_core.runs import ACTIVE, Run, may_change
+from cxr_core.stats import format_ci
+from pages import (
+    ensure_app_shell,
+    is_operator,
+    kept,
+    session_owner,
+    store,
+    synthetic_badge,
+    user_errors,
+)
 from pages.common import runview, texts
 
 ensure_app_shell()
 
 REFRESH_S = 2
+HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
+STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 
 
 def _selection(runs: list[Run], active: list[str]) -> str:
@@ -39,8 +51,11 @@ def _active_run(run: Run, status: dict) -> None:
     left, right = st.columns([5, 1])
     left.progress(fraction, text=f"**{run.id}** · {detail}")
     cancel = right.empty()
-    if not run.cancel_requested() and cancel.button(
-        "Cancel", key=f"cancel_{run.id}", icon=":material/stop_circle:"
+    allowed = may_change(run, session_owner(), is_operator())
+    if (
+        allowed
+        and not run.cancel_requested()
+        and cancel.button("Cancel", key=f"cancel_{run.id}", icon=":material/stop_circle:")
     ):
         run.request_cancel()
         st.toast(f"Cancelling {run.id}: it stops after the current step.")
@@ -53,34 +68,71 @@ def _active_run(run: Run, status: dict) -> None:
 
 
 def _final_results(run: Run) -> None:
+    """The run's scores on every set it was evaluated on, each with its 95% CI, so an
+    internal split and an outside test set stand side by side (the shift, made visible)."""
     evaluation = run.evaluation()
     if not evaluation:
         return
-    split = evaluation.get("test_split")
-    report = evaluation.get("splits", {}).get(split, {})
     st.markdown(
-        f"**{run.id}**: {run.status().get('status')}, best epoch {evaluation.get('best_epoch')}"
-        f", threshold {evaluation.get('threshold', 0.5):.3f}, on the `{split}` split "
-        f"({report.get('n', 0)} images)"
+        f"**{run.label}**: {run.status().get('status')}, best epoch "
+        f"{evaluation.get('best_epoch')}, threshold {evaluation.get('threshold', 0.5):.3f}"
     )
     synthetic_badge(bool(evaluation.get("synthetic")))
-    cols = st.columns(5)
-    for col, (name, key, help_term) in zip(
-        cols,
-        [
-            ("accuracy", "accuracy", None),
-            ("sensitivity", "sensitivity", "sensitivity"),
-            ("specificity", "specificity", "specificity"),
-            ("F1", "f1", None),
-            ("AUC", "roc_auc", "AUC"),
-        ],
-    ):
-        value = report.get(key)
-        col.metric(
-            name,
-            "-" if value is None else f"{value:.3f}",
-            help=texts.help_text(help_term) if help_term else None,
+    sets = evalsets.run_sets(run).values()
+    rows = []
+    for evalset in sorted(sets, key=lambda e: (e.split == "val", e.internal, -e.n)):
+        values, ci = evalset.metrics(), evalset.ci95()
+        rows.append(
+            {
+                "evaluated on": evalset.name,
+                **{
+                    CATALOGUE[k].label: format_ci(values[k], ci[k], CATALOGUE[k].percent)
+                    for k in HEADLINE
+                },
+            }
         )
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption(
+        "95% intervals by patient bootstrap. Internal splits are carved from train/ and "
+        "look like it; an outside test set (the official test/) is the honest figure."
+    )
+
+
+def _manage(runs: list[Run]) -> None:
+    """Name, tag, annotate or delete one run; a visitor may change only the runs this
+    browser session launched, an operator any (bundled runs are never deleted)."""
+    by_id = {r.id: r for r in runs}
+    run_id = st.selectbox(
+        "Run", list(by_id), format_func=lambda i: runview.run_label(by_id[i]), key="manage_run"
+    )
+    run = by_id[run_id]
+    allowed = may_change(run, session_owner(), is_operator())
+    if not allowed:
+        st.caption("Only the session that launched this run (or an operator) may change it.")
+    meta = run.meta()
+    with st.form(f"meta_{run.id}", border=False):
+        name = st.text_input("Name", meta.get("name", ""), disabled=not allowed)
+        tags = st.text_input(
+            "Tags", ", ".join(meta.get("tags", [])), disabled=not allowed, help="comma-separated"
+        )
+        note = st.text_area("Note", meta.get("note", ""), disabled=not allowed)
+        if st.form_submit_button("Save", disabled=not allowed):
+            with user_errors():
+                run.set_meta(name=name, tags=tags, note=note)
+                st.toast(f"Saved {run.id}")
+    deletable = allowed and not run.bundled and run.status().get("status") not in ACTIVE
+    if st.button("Delete this run ...", disabled=not deletable, icon=":material/delete:"):
+        st.session_state["delete_asked"] = run.id
+    if st.session_state.get("delete_asked") == run.id and deletable:
+        st.warning(f"Delete **{run.label}** (`{run.id}`) and everything recorded for it?")
+        yes, no = st.columns(2)
+        if yes.button("Delete for good", type="primary"):
+            st.session_state.pop("delete_asked")
+            store().delete(run)
+            st.rerun()
+        if no.button("Keep it"):
+            st.session_state.pop("delete_asked")
+            st.rerun()
 
 
 @st.fragment(run_every=f"{REFRESH_S}s")
@@ -89,8 +141,21 @@ def live() -> None:
         _live()
 
 
+def _filters(runs: list[Run]) -> dict:
+    tags = sorted({t for r in runs for t in r.meta().get("tags", [])})
+    archs = sorted({a for r in runs if (a := r.config().get("arch"))})
+    cols = st.columns(3)
+    return {
+        "status": cols[0].selectbox("Status", [None, *STATES], key=kept("runs_status", None)),
+        "arch": cols[1].selectbox("Architecture", [None, *archs], key=kept("runs_arch", None)),
+        "tag": cols[2].selectbox("Tag", [None, *tags], key=kept("runs_tag", None)),
+    }
+
+
 def _live() -> None:
-    runs = store().list()
+    everything = store().list()
+    chosen_filters = _filters(everything) if everything else {}
+    runs = store().list(**chosen_filters) if any(chosen_filters.values()) else everything
     if not runs:
         st.info("No runs yet: launch one on the Train page.", icon=":material/info:")
         st.page_link("pages/train.py", label="Train", icon=":material/model_training:")
@@ -160,3 +225,6 @@ def _live() -> None:
 st.title("Runs")
 st.caption(f"Updated every {REFRESH_S} s from the run store `{store().root}`.")
 live()
+with st.expander("Name, tag or delete a run"), user_errors():
+    if everything := store().list():
+        _manage(everything)

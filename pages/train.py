@@ -15,16 +15,18 @@ from cxr_core import settings
 from cxr_core.config import options
 from cxr_core.datasources import is_synthetic_spec
 from cxr_core.errors import UserError
-from cxr_core.jobs import launch_training
+from cxr_core.executors import launch_runs
+from cxr_core.jobs import Job
 from cxr_core.models import REGISTRY
 from cxr_core.presets import PRESETS, apply_preset
-from cxr_core.runs import ACTIVE
+from cxr_core.runs import ACTIVE, normalise_tags
 from pages import (
     augmentation_controls,
     data_spec,
     ensure_app_shell,
     kept,
     option_input,
+    session_owner,
     set_data_spec,
     store,
     user_errors,
@@ -150,6 +152,11 @@ with st.expander("Advanced"):
 
 chosen = {**values, "data": spec, "augment": aug}
 
+c1, c2, c3 = st.columns([2, 2, 3])
+name = c1.text_input("Name (optional)", key=kept("opt_run_name", ""), max_chars=80)
+tags = c2.text_input("Tags", key=kept("opt_run_tags", ""), help="comma-separated, e.g. baseline")
+note = c3.text_input("Note", key=kept("opt_run_note", ""), max_chars=2000)
+
 # The button's key changes after every launch: a second click that arrives from the old
 # button (a double click, a slow connection) matches no widget and launches nothing.
 nonce = st.session_state.setdefault("launch_nonce", uuid.uuid4().hex)
@@ -158,9 +165,10 @@ if st.button(label, type="primary", icon=":material/rocket_launch:", key=f"launc
     st.session_state["launch_nonce"] = uuid.uuid4().hex
     with user_errors():
         configs = forms.build_configs(archs, chosen)
-        runs_dir = store().root
-        launched = [launch_training(cfg, runs_dir, queue=int(queue)) for cfg in configs]
-        st.session_state["launched"] = launched
+        meta = {"name": name or None, "tags": tags, "note": note, "owner": session_owner()}
+        normalise_tags(tags)  # a bad tag is one message before anything starts
+        jobs = [Job(cfg, extra={"meta": meta}) for cfg in configs]
+        st.session_state["launched"] = launch_runs(jobs, store().root, queue=int(queue))
 if st.session_state.get("launched"):
     st.success(
         "Launched: " + ", ".join(f"`{r}`" for r in st.session_state["launched"]),

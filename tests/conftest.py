@@ -33,6 +33,9 @@ def isolated_store(tmp_path_factory, monkeypatch) -> Iterator[Path]:
     runs = tmp_path_factory.mktemp("runs")
     monkeypatch.setenv("CXR_RUNS_DIR", str(runs))
     monkeypatch.setenv("CXR_CACHE_DIR", str(_session_cache(tmp_path_factory)))
+    # The app as its one local user runs it (AppTest has no real client address);
+    # tests of a shared deployment set CXR_SHARED=1 themselves.
+    monkeypatch.setenv("CXR_SHARED", "0")
     yield runs
     for name in [k for k in os.environ if k.startswith("CXR_")]:
         del os.environ[name]

@@ -171,7 +171,9 @@ def test_train_launches_a_run_and_runs_page_plots_it(no_bundled):
     (curves,) = chart_specs(at)
     val = [t for t in curves["data"] if t.get("name") == f"{run_id} · val"]
     assert len(val) == 4 and all(len(t["x"]) == 2 for t in val)  # loss, acc, F1, AUC
-    assert {m.label for m in at.metric} >= {"accuracy", "sensitivity", "specificity", "AUC"}
+    final = at.dataframe[1].value  # the run's scores per evaluation set, with 95% CIs
+    assert set(final.columns) >= {"evaluated on", "accuracy", "sensitivity", "specificity", "AUC"}
+    assert final["accuracy"].str.fullmatch(r"\d+\.\d% \(\d+\.\d-\d+\.\d\)").all()
 
 
 def test_runs_page_shows_progress_and_cancels(no_bundled):
@@ -204,6 +206,49 @@ def test_a_run_training_now_is_drawn_whatever_the_picker_holds(no_bundled):
     assert not at.exception, [e.value for e in at.exception]
     names = {t.get("name", "") for spec in chart_specs(at) for t in spec["data"]}
     assert any(n.startswith("b-late") for n in names), names
+
+
+def _finished(store: RunStore, run_id: str, owner: str | None = None):
+    run = store.create({"arch": "small_cnn", "epochs": 1, "meta": {"owner": owner}}, run_id)
+    run.set_status("completed")
+    return run
+
+
+def _manage(at: AppTest, run_id: str) -> AppTest:
+    at.selectbox(key="manage_run").set_value(run_id).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_on_a_shared_deployment_a_visitor_changes_only_its_own_runs(no_bundled, monkeypatch):
+    monkeypatch.setenv("CXR_SHARED", "1")
+    store = RunStore()
+    _finished(store, "theirs", owner="someone-else")
+    at = open_app("runs")
+    _manage(at, "theirs")
+    assert all(t.disabled for t in at.text_input if t.label in ("Name", "Tags"))
+    assert next(b for b in at.button if b.label.startswith("Delete")).disabled
+    # A run this browser session launched is its own to rename and delete.
+    _finished(store, "mine", owner=at.session_state["_owner"])
+    at.run()
+    _manage(at, "mine")
+    next(t for t in at.text_input if t.label == "Name").set_value("my first run")
+    next(t for t in at.text_input if t.label == "Tags").set_value("demo")
+    next(b for b in at.button if b.label == "Save").click().run()
+    assert store.get("mine").meta()["name"] == "my first run"
+    assert store.get("mine").meta()["tags"] == ["demo"]
+    next(b for b in at.button if b.label.startswith("Delete this run")).click().run()
+    next(b for b in at.button if b.label == "Delete for good").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [r.id for r in store.list()] == ["theirs"]
+
+
+def test_at_the_machine_itself_the_user_is_an_operator(no_bundled):
+    store = RunStore()
+    _finished(store, "theirs", owner="someone-else")
+    at = _manage(open_app("runs"), "theirs")
+    assert not any(t.disabled for t in at.text_input if t.label in ("Name", "Tags"))
+    assert not next(b for b in at.button if b.label.startswith("Delete")).disabled
 
 
 def test_train_rejects_a_bad_combination_without_launching(no_bundled):
