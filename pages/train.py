@@ -11,8 +11,9 @@ import uuid
 
 import streamlit as st
 
-from cxr_core import settings
-from cxr_core.config import options
+from cxr_core import estimates, settings
+from cxr_core.config import TrainConfig, options
+from cxr_core.datasets import make_splits, scan
 from cxr_core.datasources import is_synthetic_spec
 from cxr_core.errors import UserError
 from cxr_core.executors import launch_runs
@@ -22,6 +23,7 @@ from cxr_core.presets import PRESETS, apply_preset
 from cxr_core.runs import ACTIVE, normalise_tags
 from pages import (
     augmentation_controls,
+    data_root,
     data_spec,
     ensure_app_shell,
     kept,
@@ -67,6 +69,56 @@ def _inputs(group: str, columns: int, **disabled: bool) -> dict:
         )
         for i, o in enumerate(chosen)
     }
+
+
+@st.cache_data(show_spinner="Timing a few training steps on this machine ...", max_entries=64)
+def _probe(config: dict) -> float:
+    return estimates.probe_rate(TrainConfig.from_dict(config))
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def _split_sizes(spec: str, seed: int, val: float, test: float, most: int | None) -> tuple:
+    index = scan(data_root(spec))
+    manifest = make_splits(index, seed, val, test, most)
+    return len(manifest.splits["train"]), sum(len(v) for v in manifest.splits.values())
+
+
+def _expected_duration(archs: list[str], options: dict) -> None:
+    """What each run will cost here, from earlier runs of its kind on this machine or,
+    on request, from timing a few real steps: before the click, not after."""
+    if not archs:
+        return
+    if st.session_state.get("measure_costs"):  # clicked: time steps from now on
+        st.session_state["cost_probe"] = True
+    configs = forms.build_configs(archs, options)
+    first = configs[0]
+    n_train, n_all = _split_sizes(
+        options["data"], first.seed, first.val_fraction, first.test_fraction, first.max_images
+    )
+    lines, unknown = [], []
+    for cfg in configs:
+        rate = estimates.measured_rate(store(), cfg)
+        if rate is None and st.session_state.get("cost_probe"):
+            rate = _probe(estimates.probe_key(cfg))
+        if rate is None:
+            unknown.append(cfg.arch)
+            continue
+        seconds = estimates.expected_seconds(cfg, n_train, n_all, rate)
+        lines.append(
+            f"{cfg.arch} at {cfg.img_size} px: at most {runview.format_duration(seconds)} "
+            f"({rate:.0f} img/s measured here)"
+        )
+    if lines:
+        st.caption("Expected on this machine: " + "; ".join(lines) + ".")
+    if unknown:
+        st.caption(
+            f"No earlier run of {', '.join(unknown)} like this one on this machine to go by."
+        )
+        st.button(
+            "Estimate the duration (times a few steps)",
+            key="measure_costs",
+            icon=":material/timer:",
+        )
 
 
 @st.fragment(run_every="3s")
@@ -151,6 +203,9 @@ with st.expander("Advanced"):
     )
 
 chosen = {**values, "data": spec, "augment": aug}
+
+with user_errors():
+    _expected_duration(archs, {**values, "data": spec, "augment": aug})
 
 c1, c2, c3 = st.columns([2, 2, 3])
 name = c1.text_input("Name (optional)", key=kept("opt_run_name", ""), max_chars=80)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -251,6 +252,16 @@ def test_at_the_machine_itself_the_user_is_an_operator(no_bundled):
     assert not next(b for b in at.button if b.label.startswith("Delete")).disabled
 
 
+def test_train_page_says_the_expected_duration_before_the_click(no_bundled):
+    at = open_app("train")
+    at.number_input(key="opt_img_size").set_value(64).run()
+    assert any("No earlier run of small_cnn" in c.value for c in at.caption)
+    next(b for b in at.button if b.key == "measure_costs").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (line,) = [c.value for c in at.caption if c.value.startswith("Expected on this machine")]
+    assert re.search(r"small_cnn at 64 px: at most .+ \(\d+ img/s measured here\)", line)
+
+
 def test_train_rejects_a_bad_combination_without_launching(no_bundled):
     at = open_app("train")
     at.toggle(key="opt_pretrained").set_value(True)
@@ -397,6 +408,14 @@ def test_smoothing_is_a_debiased_moving_average():
     assert np.array_equal(plots.smooth([3.0, 1.0], 0.0), [3.0, 1.0])
     smoothed = plots.smooth([0.0, 10.0], 0.5)
     assert smoothed[0] == 0.0 and 0.0 < smoothed[1] < 10.0
+
+
+def test_run_progress_while_computing_features_has_a_bar_and_an_eta():
+    status = {"status": "running", "phase": "computing features 300/1200", "progress": 0.25}
+    assert runview.run_progress({**status, "eta_s": 95}, epochs=10) == (
+        0.25,
+        "computing features 300/1200 · ETA 1 min 35 s",
+    )
 
 
 def test_run_progress_and_eta():

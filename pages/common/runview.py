@@ -25,6 +25,10 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+PREPARING = ("decoding images", "computing features")
+"""Phases before the first epoch, reported with their own progress and ETA."""
+
+
 def run_progress(status: dict, epochs: int | None) -> tuple[float, str]:
     """Fraction done (0..1) and a one-line description, from a run's status.json."""
     state = status.get("status", "queued")
@@ -32,6 +36,10 @@ def run_progress(status: dict, epochs: int | None) -> tuple[float, str]:
         return (1.0 if state == "completed" else 0.0), state
     epoch, step, steps = status.get("epoch"), status.get("step"), status.get("steps")
     phase = status.get("phase") or state
+    if phase.startswith(PREPARING) and status.get("progress") is not None:
+        # Decoding images or computing cached features: minutes on a CPU, with an ETA.
+        eta = status.get("eta_s")
+        return status["progress"], phase + (f" · ETA {format_duration(eta)}" if eta else "")
     if not (epoch and steps and epochs):
         return 0.0, phase
     fraction = min(((epoch - 1) * steps + (step or 0)) / (epochs * steps), 1.0)
