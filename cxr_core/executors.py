@@ -18,7 +18,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -40,7 +40,8 @@ class Launched:
     processes: list[subprocess.Popen]
     logs: dict[str, Path]
     """Per run, the log of the process that carries it."""
-    since: float = field(default_factory=time.time)
+    since: float
+    """When the launch began: a status older than that is a resumed run's last end."""
 
     def wait(
         self,
@@ -110,16 +111,18 @@ class LocalExecutor:
         self.queue = queue
 
     def launch(self, jobs: Sequence[Job], runs_dir: Path) -> Launched:
+        since = time.time()
         processes = [launch_local(job, runs_dir, self.queue) for job in jobs]
         logs = {job.run_id: logs_dir(runs_dir) / f"{job.run_id}.log" for job in jobs}
-        return Launched([job.run_id for job in jobs], processes, logs)
+        return Launched([job.run_id for job in jobs], processes, logs, since)
 
     def resume(self, run_id: str, runs_dir: Path) -> Launched:
         runs_dir = Path(runs_dir).resolve()
         resumable(RunStore(runs_dir, include_bundled=False), run_id)
         log = logs_dir(runs_dir) / f"{run_id}.log"
+        since = time.time()
         process = spawn(["-m", "cxr_core", "--runs-dir", str(runs_dir), "resume", run_id], log)
-        return Launched([run_id], [process], {run_id: log})
+        return Launched([run_id], [process], {run_id: log}, since)
 
 
 def _require_ray() -> None:
@@ -187,9 +190,10 @@ class RayExecutor:
             },
         )
         log = logs_dir(runs_dir) / f"{name}.log"
+        since = time.time()
         process = spawn(["-m", "cxr_core.ray_runs", str(spec)], log)
         run_ids = [job["run_id"] for job in jobs] + resume
-        return Launched(run_ids, [process], {run_id: log for run_id in run_ids})
+        return Launched(run_ids, [process], {run_id: log for run_id in run_ids}, since)
 
     def launch(self, jobs: Sequence[Job], runs_dir: Path) -> Launched:
         return self._drive(runs_dir, [{"run_id": j.run_id, "record": j.record()} for j in jobs], [])

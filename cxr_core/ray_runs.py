@@ -175,6 +175,9 @@ def train_task(
     ``files`` seed the folder (``config.json``, and for a resume the last checkpoint,
     best weights, split and history); they are not streamed back.
     """
+    if record.get("device") == "auto" and not ray.get_gpu_ids():
+        # Ray leaves a node's GPUs visible to tasks that reserved none: use none.
+        record = {**record, "device": "cpu"}
     with tempfile.TemporaryDirectory(prefix="cxr-ray-") as tmp:
         run = Run(Path(tmp) / run_id)
         run.path.mkdir()
@@ -344,6 +347,10 @@ def _pump(streams: dict, mailbox) -> None:
                 del streams[generator]
             except ray.exceptions.RayError as exc:
                 stream.end(exc)
+                del streams[generator]
+            except (UserError, OSError, ValueError) as exc:  # a full disk here, say
+                ray.cancel(generator, force=True)
+                stream.run.set_status("failed", message=str(exc))
                 del streams[generator]
         if time.monotonic() - looked >= POLL_S:
             looked = time.monotonic()

@@ -51,7 +51,7 @@ def add_sweep_parser(
         "--grid",
         action="append",
         default=[],
-        metavar="FIELD=V1,V2",
+        metavar="OPTION=V1,V2",
         help="values of a training setting (lr, batch_size, img_size, pretrained, "
         "unfreeze_last, augment.crop, ...); repeat for more dimensions",
     )

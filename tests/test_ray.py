@@ -179,3 +179,17 @@ def test_cancel_and_a_killed_worker_on_either_node_then_resume(cluster, isolated
     epochs = [r["epoch"] for r in history(kill_dir) if r["type"] == "epoch"]
     assert epochs == list(range(1, 26))
     assert read(kill_dir, "evaluation.json")["epochs_run"] == 25
+
+
+def test_a_run_waiting_for_a_worker_is_cancelled_in_rays_queue(cluster, isolated_store):
+    """No node offers the resource it asks for: it waits in Ray's queue until cancelled."""
+    store = RunStore(isolated_store, include_bundled=False)
+    executor = RayExecutor(cluster, resources={"no_such_node": 1})
+    launched = executor.launch([Job(long_run(2))], isolated_store)
+    (run_id,) = launched.run_ids
+    waiting = lambda: (read(isolated_store / run_id, "status.json") or {}).get("phase")  # noqa: E731
+    wait_until(lambda: waiting() == "waiting for a Ray worker", 120, "the run to be queued")
+    store.get(run_id).request_cancel()
+    final = launched.wait(store, poll_s=0.2)[run_id]
+    assert (final["status"], final["message"]) == ("cancelled", "cancelled while queued")
+    assert "worker_pid" not in final and not history(isolated_store / run_id)
