@@ -30,9 +30,9 @@ from streamlit.proto.WidgetStates_pb2 import WidgetState
 from urllib3.util import Retry
 from websockets.sync.client import connect
 
-from cxr_core.appstate import display_name
 from cxr_core.inference import explain, load_model, overlay, predict
 from cxr_core.synthetic import radiograph
+from pages.common.uploads import display_name
 
 SESSIONS = 8
 PER_SESSION = 25  # 200 requests in all
@@ -212,6 +212,45 @@ def hostile_bytes(index: int) -> tuple[bytes, str]:
     return image_bytes(index)[:20_000], "truncated or corrupt"
 
 
+def mean_abs_distances(images: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Mean absolute pixel difference of each image (rows) to each reference (columns)."""
+    return np.stack([np.abs(references - image).mean(axis=(1, 2, 3)) for image in images])
+
+
+def assert_own_cams(plan: dict, results: dict) -> None:
+    """Each received overlay is its own image's CAM: nearest to its own expected overlay among
+    all expected ones, up to JPEG noise, and the CAMs are told apart from one another.
+
+    Judged by ranks, not by a margin: how far apart two images' CAMs are depends on the
+    trained weights, which differ between CPUs (bf16 training where the CPU has it)."""
+    keys = [key for key, (_, _, expected) in plan.items() if "overlay" in expected]
+    expected = np.stack([plan[key][2]["overlay"] for key in keys]).astype(np.float32)
+    received = np.stack([results[key]["overlays"][0] for key in keys]).astype(np.float32)
+    to_expected = mean_abs_distances(received, expected)
+    between = mean_abs_distances(expected, expected)
+    rows = np.arange(len(keys))
+    own = to_expected[rows, rows]
+    nearest = to_expected.argmin(axis=1)
+    # The tiny model draws some images' CAM as the same blob in a corner: such an overlay
+    # may be nearest to a copy of its own, another expected overlay that differs from its
+    # own by less than JPEG noise (less than the received overlay differs from that copy).
+    # Another CAM that differs by more than the noise is never the nearest one.
+    copy = between[rows, nearest] < to_expected[rows, nearest]
+    wrong = [(keys[k], keys[j]) for k, j in enumerate(nearest) if j != k and not copy[k]]
+    others = np.where(np.eye(len(keys), dtype=bool), np.inf, to_expected).min(axis=1)
+    print(
+        f"CAM error: own {own.max():.1f} at most; nearest to its own for "
+        f"{np.sum(nearest == rows)} of {len(keys)}, to a copy of its own for "
+        f"{np.sum(copy & (nearest != rows))}; the next nearest {np.median(others / own):.1f}x "
+        "as far (median)"
+    )
+    assert not wrong, f"(session, image) got the CAM of (session, image): {wrong}"
+    assert own.max() < 5, own.max()  # JPEG noise only (quality 90 on smooth maps: 1-3)
+    # The check can fail: most CAMs differ from all others by more than JPEG noise (if all
+    # were copies, any mix-up would pass unseen and the nearest would rarely be its own).
+    assert np.mean(nearest == rows) > 0.5
+
+
 def test_eight_sessions_predicting_with_gradcam_through_the_server(server):
     base, process, run_dir = server
     prepared = time.monotonic()
@@ -281,7 +320,6 @@ def test_eight_sessions_predicting_with_gradcam_through_the_server(server):
     assert not failures, failures
     assert process.poll() is None and requests.get(f"{base}/_stcore/health").ok
 
-    own_errors, mismatched = [], []
     for (s, i), (name, _, expected) in plan.items():
         result = results[s, i]
         assert not result["exceptions"], result["exceptions"]
@@ -292,19 +330,8 @@ def test_eight_sessions_predicting_with_gradcam_through_the_server(server):
             continue
         assert result["errors"] == [], result["errors"]
         assert result["metrics"] == [expected["metric"]], (s, i)
-        (received,) = result["overlays"]
-        own = np.abs(received.astype(np.int16) - expected["overlay"]).mean()
-        own_errors.append(own)
-        assert own < 3.5, (s, i, own)  # JPEG noise only
-        other = plan[(s + 1) % SESSIONS, i][2]
-        if "overlay" in other:
-            mismatched.append(np.abs(received.astype(np.int16) - other["overlay"]).mean())
-    # The check above tells CAMs apart: another image's CAM is far from this one's.
-    print(
-        f"CAM error: own {np.max(own_errors):.1f} at most, another image's "
-        f"{np.min(mismatched):.1f} at least (median {np.median(mismatched):.1f})"
-    )
-    assert np.percentile(mismatched, 5) > 2 * np.max(own_errors)
+        assert len(result["overlays"]) == 1, (s, i)
+    assert_own_cams(plan, results)
     assert not [p for s in range(SESSIONS) for p in Path("/tmp").glob(f"s{s}-*.png")]
 
     # Waiting callers count as misses; computations are counted apart: one model load.
