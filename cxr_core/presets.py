@@ -43,11 +43,17 @@ PRESETS: dict[str, dict] = {
         "seed": 0,
     },
     "tiny demo (synthetic)": {
+        # Learns visibly in seconds: 200 drawn films, 64 px, no augmentation (random crops
+        # and contrast jitter hide the small synthetic opacities from a net this short-
+        # trained: with them the loss sat near 0.7). small_cnn and mlp reach validation
+        # AUC 1.0 in 2-3 epochs here (tests/test_presets.py).
         "arch": "small_cnn",
-        "data": "synthetic:60",
+        "data": "synthetic:100",
         "img_size": 64,
-        "epochs": 3,
+        "epochs": 4,
         "batch_size": 16,
+        "lr": 1e-3,
+        "augment.enabled": False,
     },
 }
 

@@ -277,8 +277,8 @@ def test_preset_fills_the_form(no_bundled):
     at.selectbox(key="opt_preset").set_value("tiny demo (synthetic)").run()
     assert not at.exception
     assert at.multiselect(key="opt_archs").value == ["small_cnn"]
-    assert at.number_input(key="opt_epochs").value == 3
-    assert at.session_state["data_spec"] == "synthetic:60"
+    assert at.number_input(key="opt_epochs").value == 4
+    assert at.session_state["data_spec"] == "synthetic:100"
 
 
 def test_every_training_option_has_a_widget_on_the_train_page(no_bundled):
