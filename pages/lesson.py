@@ -7,29 +7,26 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxr_core import plots
-from cxr_core.evalsets import EvalSet, run_sets
-from cxr_core.metrics import CATALOGUE, choose_threshold, confusion, full_report
+from cxr_core import plots, report
+from cxr_core.evalsets import EvalSet
+from cxr_core.metrics import choose_threshold, confusion, full_report
 from cxr_core.runs import Run
-from cxr_core.stats import format_ci
 from pages import ensure_app_shell, kept, store, user_errors
 from pages.common import runview
 from pages.views import errors
 
 ensure_app_shell()
 
-HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
-
-def internal_set(sets: list[EvalSet]) -> EvalSet | None:
+def internal_set(run: Run) -> EvalSet | None:
     """The run's own held-out split: internal_test, else val (which chose the threshold)."""
-    by_split = {s.split: s for s in sets}
-    return by_split.get("internal_test") or by_split.get("val")
+    return report.split_set(run, "internal_test") or report.split_set(run, "val")
 
 
-def outside_sets(sets: list[EvalSet]) -> list[EvalSet]:
+def outside_sets(run: Run) -> list[EvalSet]:
     """Sets from outside the training folder's split: a test/ folder or any labelled
     folder. The 16 films of the official val/ are too few to show anything."""
+    sets = report.scored_sets(run).values()
     return [s for s in sets if not s.internal and s.split != "official_val"]
 
 
@@ -37,48 +34,48 @@ def _both_classes(evalset: EvalSet) -> bool:
     return len(np.unique(evalset.labels)) == 2
 
 
-def _metrics_table(sets: dict[str, EvalSet]) -> None:
-    rows = {}
-    for key in HEADLINE:
-        info = CATALOGUE[key]
-        rows[info.label] = {
-            name: format_ci(s.metrics()[key], s.ci95()[key], info.percent)
-            for name, s in sets.items()
-        }
-    st.dataframe(rows, width="stretch")
-    st.caption("95% intervals from 1000 bootstrap resamples of patients.")
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
 
 
 def _normal_scores(inside: EvalSet, outside: EvalSet, threshold: float) -> go.Figure:
-    """P(pneumonia) of the normal films of both sets, with the run's threshold."""
+    """P(pneumonia) of the normal films of both sets, with the run's threshold, on a
+    log-odds axis: most normal films score near 0, where a linear axis squashes them."""
     fig = go.Figure()
     for i, (name, s) in enumerate((("internal", inside), ("outside", outside))):
         fig.add_histogram(
-            x=s.probs[s.labels == 0],
-            name=f"{name}: {s.name}",
+            x=_logit(s.probs[s.labels == 0]),
+            name=f"{name} ({int(np.sum(s.labels == 0))} normal films)",
             histnorm="percent",
-            xbins={"start": 0, "end": 1, "size": 0.025},
+            xbins={"start": -9.25, "end": 9.25, "size": 0.5},
             marker_color=plots.color(i),
             opacity=0.6,
         )
     fig.add_vline(
-        x=threshold,
+        x=float(_logit(threshold)),
         line={"color": "black", "dash": "dash"},
         annotation_text=f"threshold {threshold:.3f} (chosen on val)",
         annotation_position="top right",
     )
+    ticks = [0.0001, 0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999]
     fig.update_layout(
         barmode="overlay",
         height=360,
         margin={"t": 30, "b": 10, "l": 10, "r": 10},
-        xaxis={"title": "P(pneumonia) of NORMAL films", "range": [0, 1]},
+        xaxis={
+            "title": "P(pneumonia) of the NORMAL films (log-odds scale)",
+            "tickvals": _logit(np.array(ticks)).tolist(),
+            "ticktext": [f"{t:g}" for t in ticks],
+            "range": [-9.5, 9.5],
+        },
         yaxis={"title": "% of the set's normal films"},
         legend={"orientation": "h", "y": -0.25},
     )
     return fig
 
 
-def _no_outside_set(run: Run, inside: EvalSet | None) -> None:
+def _no_outside_set(run: Run) -> None:
     st.info(
         f"**{run.id}** has been scored only on images from its own training folder. To see "
         "the shift, score it on labelled films from elsewhere, such as the official test/ "
@@ -89,9 +86,6 @@ def _no_outside_set(run: Run, inside: EvalSet | None) -> None:
         "Compare page. Then come back here.",
         icon=":material/school:",
     )
-    if inside is not None:
-        st.markdown(f"Until then, its numbers on **{inside.name}**, the easy case:")
-        _metrics_table({inside.name: inside})
 
 
 def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
@@ -105,7 +99,8 @@ def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
         f"{100 * (1 - a['specificity']):.0f}. Sensitivity goes from {a['sensitivity']:.0%} to "
         f"{b['sensitivity']:.0%}."
     )
-    _metrics_table({f"internal: {inside.name}": inside, f"outside: {outside.name}": outside})
+    st.dataframe(report.shift_table(inside, outside), hide_index=True, width="stretch")
+    st.caption("95% intervals from 1000 bootstrap resamples of patients.")
     cols = st.columns(2)
     for col, (name, s) in zip(cols, (("internal", inside), ("outside", outside))):
         cm = confusion(s.labels, s.probs, s.threshold)
@@ -117,7 +112,7 @@ def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
     st.subheader("2. The ranking survives; the threshold does not")
     if _both_classes(outside):
         reports = {
-            f"{name}: {s.name}": full_report(s.labels, s.probs, s.threshold)
+            f"{name} ({s.n} films)": full_report(s.labels, s.probs, s.threshold)
             for name, s in (("internal", inside), ("outside", outside))
         }
         left, right = st.columns(2)
@@ -188,9 +183,8 @@ with user_errors():
             icon=":material/info:",
         )
         st.stop()
-    sets = {r.id: list(run_sets(r).values()) for r in runs}
     by_id = {r.id: r for r in runs}
-    with_outside = [r.id for r in runs if outside_sets(sets[r.id])]
+    with_outside = [r.id for r in runs if outside_sets(r)]
     default = (with_outside or list(by_id))[0]
     if st.session_state.get(kept("lesson_run", default)) not in by_id:
         st.session_state["lesson_run"] = default
@@ -204,7 +198,7 @@ with user_errors():
             key="lesson_run",
         )
     ]
-    inside, outside = internal_set(sets[run.id]), outside_sets(sets[run.id])
+    inside, outside = internal_set(run), outside_sets(run)
     if runview.is_synthetic_run(run):
         st.warning(
             "A run trained on **synthetic** images: the lesson's mechanics hold, its numbers "
@@ -212,7 +206,7 @@ with user_errors():
             icon=":material/science:",
         )
     if not outside:
-        _no_outside_set(run, inside)
+        _no_outside_set(run)
         st.stop()
     if inside is None:
         st.info(f"{run.id} has no internal split to compare with.", icon=":material/info:")

@@ -19,18 +19,25 @@ JET_STOPS = [f"rgb({r},{g},{b})" for b, g, r in _JET[:, 0].tolist()]
 """OpenCV's JET, the colour map the overlays are drawn with (show_cam_on_image), low to high."""
 
 
-def bar_html(probability: float, threshold: float) -> str:
+def bar_html(probability: float, threshold: float, label: bool = True) -> str:
     """The probability as a bar coloured by the decision, with the threshold as a tick:
-    a 9% bar crossing a 7.8% tick shows why a film is called PNEUMONIA."""
+    a 9% bar crossing a 7.8% tick shows why a film is called PNEUMONIA. ``label`` writes
+    the probability and the decision above it."""
     decision = "PNEUMONIA" if probability >= threshold else "NORMAL"
+    colour = DECISION_COLOURS[decision]
     p, t = 100 * min(max(probability, 0.0), 1.0), 100 * threshold
     anchor = "0" if t < 15 else "-100%" if t > 85 else "-50%"
+    heading = (
+        f"<div>P(pneumonia) <b>{probability:.1%}</b>: "
+        f'<b style="color:{colour}">{decision}</b></div>'
+        if label
+        else ""
+    )
     return (
-        '<div style="font-size:0.8rem;line-height:1.2">'
+        f'<div style="font-size:0.8rem;line-height:1.2">{heading}'
         '<div style="position:relative;height:12px;margin-top:6px;border-radius:6px;'
         'background:rgba(128,128,128,0.25)">'
-        f'<div style="width:{p:.2f}%;height:100%;border-radius:6px;'
-        f'background:{DECISION_COLOURS[decision]}"></div>'
+        f'<div style="width:{p:.2f}%;height:100%;border-radius:6px;background:{colour}"></div>'
         f'<div title="threshold" style="position:absolute;left:{t:.2f}%;top:-4px;height:20px;'
         'border-left:2px solid currentColor"></div></div>'
         '<div style="position:relative;height:1.3em">'
@@ -39,8 +46,8 @@ def bar_html(probability: float, threshold: float) -> str:
     )
 
 
-def probability_bar(probability: float, threshold: float) -> None:
-    st.html(bar_html(probability, threshold))
+def probability_bar(probability: float, threshold: float, label: bool = True) -> None:
+    st.html(bar_html(probability, threshold, label))
 
 
 def colour_scale() -> None:

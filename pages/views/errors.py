@@ -56,10 +56,11 @@ def per_image_table(run: Run, evalset: EvalSet, key: str | None = None) -> None:
         keep &= table["file"].str.contains(text, case=False, regex=False) | table[
             "patient"
         ].str.contains(text, case=False, regex=False)
-    shown = table[keep].sort_values("confidence", ascending=False)
+    shown = table[keep].sort_values(["correct", "confidence"], ascending=[True, False])
     st.caption(
         f"{len(shown)} of {len(table)} images · threshold {evalset.threshold:.4f} · "
-        "confidence: how far past the threshold the decision lies, in log-odds"
+        "mistakes first; confidence: how far past the threshold the decision lies, in "
+        "log-odds; click a column to sort"
     )
     st.dataframe(
         shown,
@@ -213,8 +214,7 @@ def _image_card(run: Run, evalset: EvalSet, row, method: str, key: str) -> None:
         slot.caption(str(exc))
         return
     image = pixels if heat is None else overlay(pixels, heat)
-    caption = f"{file.name} · patient {row['patient']}"
-    slot.image(image, caption=caption, width="stretch")
+    slot.image(image, caption=file.name, width="stretch")
     if heat is not None:
         cam.colour_scale()
     cam.probability_bar(float(row["probability"]), evalset.threshold)
@@ -282,8 +282,7 @@ def _pair(row, runs: tuple, method: str) -> None:
         right = decision == row["truth"]
         with col:
             st.markdown(
-                f"{run.id}: :{'green' if right else 'red'}[**{decision}**] "
-                f"({'right' if right else 'wrong'})"
+                f"**{run.id}**: :{'green' if right else 'red'}[{'right' if right else 'wrong'}]"
             )
             try:
                 file = gallery.image_file(evalset, row["file"])
