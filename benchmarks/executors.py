@@ -68,17 +68,18 @@ def threads(count: int | None):
 
 def measure(executor, count: int, workers: int, thread_count: int | None) -> dict:
     """Launch ``count`` runs into a fresh store and time them to the last completion."""
-    runs_dir = Path(tempfile.mkdtemp(prefix="bench-executors-"))
-    store = RunStore(runs_dir, include_bundled=False)
-    start = time.perf_counter()
-    with threads(thread_count):
-        launched = executor.launch(jobs(count), runs_dir)
-    statuses = launched.wait(store, poll_s=0.1)
-    wall = time.perf_counter() - start
-    failed = {k: v for k, v in statuses.items() if v.get("status") != "completed"}
-    if failed:
-        raise RuntimeError(f"{executor.name}: runs did not complete: {failed}")
-    train = [Run(runs_dir / r).evaluation()["train_time_s"] for r in launched.run_ids]
+    with tempfile.TemporaryDirectory(prefix="bench-executors-") as tmp:
+        runs_dir = Path(tmp)
+        store = RunStore(runs_dir, include_bundled=False)
+        start = time.perf_counter()
+        with threads(thread_count):
+            launched = executor.launch(jobs(count), runs_dir)
+        statuses = launched.wait(store, poll_s=0.1)
+        wall = time.perf_counter() - start
+        failed = {k: v for k, v in statuses.items() if v.get("status") != "completed"}
+        if failed:
+            raise RuntimeError(f"{executor.name}: runs did not complete: {failed}")
+        train = [Run(runs_dir / r).evaluation()["train_time_s"] for r in launched.run_ids]
     return {
         "wall_s": round(wall, 2),
         "train_time_s_mean": round(statistics.fmean(train), 2),
@@ -92,9 +93,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
-    os.environ.setdefault("CXR_CACHE_DIR", tempfile.mkdtemp(prefix="bench-cache-"))
-    os.environ["CXR_BUNDLED_DIR"] = tempfile.mkdtemp(prefix="bench-no-bundled-")
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
+        os.environ.setdefault("CXR_CACHE_DIR", cache)
+        os.environ["CXR_BUNDLED_DIR"] = str(Path(cache) / "no-bundled-runs")
+        result = compare(args.runs, args.rounds)
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
 
+
+def compare(runs: int, rounds: int) -> dict:
+    """Every executor ``rounds`` times, in alternating order; medians and ratios."""
     nodes = [{"num_cpus": 1} for _ in range(WORKERS)]
     started = time.perf_counter()
     with ray_cluster(nodes, env={"CXR_CACHE_DIR": os.environ["CXR_CACHE_DIR"]}) as address:
@@ -105,10 +114,10 @@ def main() -> None:
             "local x2": (LocalExecutor(queue=WORKERS), WORKERS, 1),
         }
         samples: dict[str, list[dict]] = {name: [] for name in executors}
-        for i in range(args.rounds):
+        for i in range(rounds):
             for name in list(executors) if i % 2 == 0 else list(executors)[::-1]:
                 executor, workers, thread_count = executors[name]
-                samples[name].append(measure(executor, args.runs, workers, thread_count))
+                samples[name].append(measure(executor, runs, workers, thread_count))
                 print(f"round {i + 1} {name}: {samples[name][-1]}", flush=True)
 
     def median(name: str, key: str) -> float:
@@ -116,8 +125,8 @@ def main() -> None:
 
     result = {
         "machine": machine(),
-        "runs": args.runs,
-        "rounds": args.rounds,
+        "runs": runs,
+        "rounds": rounds,
         "ray_workers": WORKERS,
         "ray_cluster_start_s": round(cluster_s, 1),
         **{name: {k: median(name, k) for k in samples[name][0]} for name in samples},
@@ -127,9 +136,7 @@ def main() -> None:
         pairs = zip(samples[name], samples["ray"])
         ratio = statistics.median(a["wall_s"] / ray["wall_s"] for a, ray in pairs)
         result[f"{name} / ray wall"] = round(ratio, 2)
-    print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 if __name__ == "__main__":
