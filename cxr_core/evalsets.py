@@ -163,6 +163,8 @@ def shared_sets(runs: list[Run]) -> list[EvalSet]:
 
 def score(model: LoadedModel, root: Path, samples: list[Sample], name: str, split: str) -> EvalSet:
     """Score ``model`` on labelled images with the run's preprocessing and threshold."""
+    if not isinstance(model, LoadedModel):  # an ensemble: each member with its own size
+        return model.score(root, samples, name, split)
     cfg = model.config
     images = decode_images(root, samples, cfg.img_size, cfg.clahe)
     kept = [s for s in samples if s.path not in images.skipped]
