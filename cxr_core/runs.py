@@ -307,11 +307,13 @@ class RunStore:
             path.mkdir(parents=True)
         except FileExistsError:
             raise UserError(f"run {run_id} already exists in {self.root}") from None
-        atomic_write_json(path / "config.json", config)
         run = Run(path)
         if meta:
             run.set_meta(**meta)
         run.set_status("queued")
+        # config.json last: it makes the folder a run to listings and to the queue's
+        # liveness checks, which must never see a run without its status.
+        atomic_write_json(path / "config.json", config)
         return run
 
     def _folders(self) -> Iterator[Run]:

@@ -26,6 +26,9 @@ SETTINGS = (
     "CXR_EXECUTOR",
     "CXR_SHARED",
     "CXR_OPERATORS",
+    "RAY_ADDRESS",
+    "CXR_RAY_NUM_CPUS",
+    "CXR_RAY_NUM_GPUS",
 )
 """Every deployment setting, read from the environment."""
 
