@@ -102,31 +102,16 @@ def _store(args):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cxr_core.allocator import keep_freed_memory
-    from cxr_core.engine import fit
-
-    keep_freed_memory()  # this process only trains: reuse its activation memory
+    from cxr_core.jobs import train_in_store
 
     cfg = _config_from_args(args)
     command = "python -m cxr_core " + shlex.join(sys.argv[1:])
-    store = _store(args)
-    run = store.create(
-        {**cfg.to_dict(), "command": command, "half_weights": args.half_weights}, args.run_id
-    )
-    if args.name or args.tags or args.note:
-        run.set_meta(name=args.name, tags=args.tags, note=args.note)
-    print(run.id, flush=True)
-    if args.queue:
-        store.wait_for_slot(run, args.queue)
-    try:
-        evaluation = fit(run, cfg, half_weights=args.half_weights)
-    except UserError as exc:
-        run.set_status("failed", message=str(exc))
-        raise
-    except Exception as exc:
-        run.set_status("failed", message=f"{type(exc).__name__}: {exc}")
-        raise
-    _print_final(run, evaluation)
+    meta = {"name": args.name, "tags": args.tags, "note": args.note}
+    record = {**cfg.to_dict(), "command": command, "half_weights": args.half_weights}
+    if any(meta.values()):
+        record["meta"] = meta
+    run = train_in_store(_store(args), record, args.run_id, args.queue)
+    _print_final(run, run.evaluation() or {})
     return 0
 
 
@@ -145,26 +130,19 @@ def _print_final(run, evaluation: dict) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from cxr_core.allocator import keep_freed_memory
-    from cxr_core.config import TrainConfig
-    from cxr_core.engine import fit
+    """Continue an interrupted run here, or on an executor (``--executor ray``: on the
+    cluster, whichever executor the run started on)."""
+    from cxr_core.executors import get_executor, resumable
+    from cxr_core.jobs import fit_recorded
 
-    keep_freed_memory()
-
-    run = _store(args).get(args.run)
-    if run.bundled:
-        raise UserError(f"{run.id} is a bundled run; it cannot be resumed in place")
-    if run.status().get("status") in ("running", "queued"):
-        raise UserError(f"run {run.id} is still {run.status()['status']}")
+    store = _store(args)
+    run = resumable(store, args.run)
     (run.path / "cancel").unlink(missing_ok=True)
-    config = run.config()
-    evaluation = fit(
-        run,
-        TrainConfig.from_dict(config),
-        resume=True,
-        half_weights=config.get("half_weights", False),
-    )
-    _print_final(run, evaluation)
+    if args.executor:
+        status = get_executor(args.executor).resume(run.id, store.root).wait(store)[run.id]
+        print(f"run {run.id}: {status.get('status')}")
+        return 0 if status.get("status") == "completed" else 1
+    _print_final(run, fit_recorded(run, run.config(), resume=True))
     return 0
 
 
@@ -238,7 +216,7 @@ def _metrics_json(evalset, threshold: float | None = None) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr_core import evalsets
-    from cxr_core.inference import load_model
+    from cxr_core.ensembles import load_any
     from cxr_core.metrics import CATALOGUE
     from cxr_core.stats import format_ci
 
@@ -247,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = _store(args).get(args.run) if args.run else None
     if args.save and (run is None or args.threshold is not None):
         raise UserError("--save needs --run ID (and the run's own threshold)")
-    model = load_model(run.path if run else args.checkpoint, args.device)
+    model = load_any(run.path if run else args.checkpoint, args.device)
     evalset = _scored_set(args.data, args.split, model)
     out = {
         "checkpoint": str(model.source),
@@ -281,15 +259,15 @@ def _safe_stem(name: str) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from cxr_core.inference import explain, load_model, overlay, predict
+    from cxr_core.ensembles import EnsemblePrediction, load_any, overlays, predict_any
 
-    model = load_model(args.checkpoint, args.device)
+    model = load_any(args.checkpoint, args.device)
     if args.cam and not args.out:
         raise UserError("--cam needs --out DIR for the overlay images")
     results, failed = [], 0
     for i, image in enumerate(args.images):
         try:
-            (prediction,) = predict(model, [image])
+            (prediction,) = predict_any(model, [image])
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
@@ -300,15 +278,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "label": prediction.label,
             "threshold": round(prediction.threshold, 6),
         }
-        if args.cam:
-            heat = explain(model, prediction.pixels, args.cam, prediction.predicted)
-            out = Path(args.out) / f"{i:03d}-{_safe_stem(image)}-{args.cam}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(overlay(prediction.pixels, heat, args.opacity)).save(out)
-            row["overlay"] = str(out)
+        if isinstance(prediction, EnsemblePrediction):  # each member's own say too
+            row["members"] = {i: round(p.probability, 6) for i, p in prediction.members.items()}
+        if args.cam:  # one overlay, or one per member of an ensemble
+            written = {}
+            for member, rgb in overlays(model, prediction, args.cam, args.opacity).items():
+                stem = _safe_stem(image) + (f"-{member}" if member else "")
+                out = Path(args.out) / f"{i:03d}-{stem}-{args.cam}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rgb).save(out)
+                written[member] = str(out)
+            if None in written:
+                row["overlay"] = written[None]
+            else:
+                row["overlays"] = written
         results.append(row)
         if not args.json:
-            extra = f"  overlay {row['overlay']}" if "overlay" in row else ""
+            shown = [row["overlay"]] if "overlay" in row else list(row.get("overlays", {}).values())
+            extra = f"  overlay {', '.join(shown)}" if shown else ""
             print(
                 f"{image}: {row['label']}  p(pneumonia)={row['probability']:.4f}  "
                 f"(threshold {row['threshold']:.3f}){extra}"
@@ -355,28 +342,12 @@ def _text_table(table):
 def cmd_compare(args: argparse.Namespace) -> int:
     """Runs side by side; with ``--data``, every run scored on the same images and each
     pair tested (McNemar on the decisions, DeLong on the AUCs, Holm-corrected)."""
-    from cxr_core import evalsets, stats
+    from cxr_core import stats
     from cxr_core.compare import compare_table, run_facts
-    from cxr_core.inference import load_model
 
     store = _store(args)
     runs = [store.get(r) for r in args.runs]
-    if len({r.id for r in runs}) != len(runs):
-        raise UserError("name each run once")
-    if args.data:
-        sets = {
-            r.id: _scored_set(args.data, args.split, load_model(r.path, args.device)) for r in runs
-        }
-        if len({s.key for s in sets.values()}) > 1:
-            raise UserError("the runs were scored on different images (their splits differ)")
-    else:
-        shared = evalsets.shared_sets(runs)
-        if not shared:
-            raise UserError(
-                "these runs share no evaluation set; give --data DIR to score them all on it"
-            )
-        key = shared[0].key
-        sets = {r.id: evalsets.run_sets(r)[key] for r in runs}
+    sets = _compared_sets(args, runs)
     first = next(iter(sets.values()))
     table = compare_table(runs, sets)
     paired = stats.pairwise_table(
@@ -409,11 +380,54 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compared_sets(args: argparse.Namespace, runs: list) -> dict:
+    """Each run's scores on one image set: all scored now on ``--data`` (``--split``), or
+    the first set they share (an outside test set first)."""
+    from cxr_core import evalsets
+    from cxr_core.ensembles import load_any
+    from cxr_core.report import sets_on
+
+    if len({r.id for r in runs}) != len(runs):
+        raise UserError("name each run once")
+    if args.data:
+        sets = {
+            r.id: _scored_set(args.data, args.split, load_any(r.path, args.device)) for r in runs
+        }
+        if len({s.key for s in sets.values()}) > 1:
+            raise UserError("the runs were scored on different images (their splits differ)")
+        return sets
+    shared = evalsets.shared_sets(runs)
+    if not shared:
+        raise UserError(
+            "these runs share no evaluation set; give --data DIR to score them all on it"
+        )
+    return sets_on(runs, shared[0].key)
+
+
+def _html_report(args: argparse.Namespace) -> int:
+    from cxr_core.report import write_report
+
+    if not args.out:
+        raise UserError("report --runs needs --out FILE.html")
+    store = _store(args)
+    runs = [store.get(r) for r in args.runs]
+    sets = _compared_sets(args, runs)
+    out = write_report(runs, sets, args.out)
+    print(f"wrote {out}: {len(runs)} run(s) on {next(iter(sets.values())).name}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    """With --runs: one self-contained HTML report of those runs on the same images.
+    Without: the markdown results table of the bundled runs (or of --runs-dir's)."""
     from cxr_core.bundle import results_markdown, update_readme_block
     from cxr_core.runs import RunStore
     from cxr_core.settings import bundled_runs_dir
 
+    if args.runs:
+        return _html_report(args)
+    if args.out or args.data:
+        raise UserError("--out and --data make an HTML report: name its runs with --runs A B ...")
     store = RunStore(args.runs_dir) if args.runs_dir else None
     runs = (
         store.list(status="completed")
@@ -480,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     p.add_argument("run")
+    p.add_argument(
+        "--executor", choices=["local", "ray"], help="resume there (default: in this process)"
+    )
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("cancel", help="ask a running run to stop after the current step")
@@ -538,8 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="e.g. checkpoints/ to bundle it with the app")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", help="markdown results table of the bundled runs")
+    p = sub.add_parser(
+        "report", help="markdown results table of the bundled runs, or an HTML report (--runs)"
+    )
     p.add_argument("--readme", help="replace the <!-- runs:start/end --> block of this file")
+    p.add_argument("--runs", nargs="+", metavar="RUN", help="an HTML report of these runs")
+    _add_scoring_options(p, required=False)
+    p.add_argument("--out", help="the HTML report to write (with --runs)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("synth", help="write the synthetic demo data set (Kaggle layout)")
@@ -560,6 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
     from cxr_core.mlflow_export import add_export_mlflow_parser
 
     add_export_mlflow_parser(sub)
+    from cxr_core.mistakes import add_errors_parser
+
+    add_errors_parser(sub, _add_scoring_options, _scored_set)
+    from cxr_core.ensembles import add_ensemble_parser
+
+    add_ensemble_parser(sub)
     return parser
 
 
