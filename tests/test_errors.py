@@ -74,7 +74,11 @@ def test_errors_agree_with_evaluate_json_and_text(capsys, tiny_run_dir, mislabel
     threshold = evaluated["threshold"]
     for e in listed["errors"]:
         assert e["label"] != e["predicted"]
-        assert (e["predicted"] == "PNEUMONIA") == (e["probability"] >= round(threshold, 6))
+        # The JSON rounds to 6 decimals: a probability within rounding of the threshold may
+        # print on either side of it (the tiny run's scores lie a few 1e-4 apart, where its
+        # training put them: that differs between CPUs).
+        on_threshold = abs(e["probability"] - threshold) <= 5e-7
+        assert on_threshold or (e["predicted"] == "PNEUMONIA") == (e["probability"] >= threshold)
         assert Path(e["image"]).is_file() and e["image"].endswith(e["path"])
     margins = [e["margin"] for e in listed["errors"]]
     assert margins == sorted(margins, reverse=True)  # most confident first
