@@ -27,9 +27,9 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from cxr_core import checkpoints
 from cxr_core.config import TrainConfig
-from cxr_core.runtime import build_network, predict_pixels, select_device, to_input
 from cxr_core.errors import UserError
 from cxr_core.imaging import ImageSource, load_and_preprocess
+from cxr_core.runtime import build_network, predict_pixels, select_device, to_input
 from cxr_core.settings import CLASSES
 
 CAM_METHODS = {

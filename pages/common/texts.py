@@ -32,4 +32,3 @@ GLOSSARY = {
 def help_text(term: str) -> str:
     """The glossary entry for ``term``, for ``help=`` tooltips."""
     return f"{term}: {GLOSSARY[term]}"
-
