@@ -28,6 +28,7 @@ page = st.navigation(
             st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True),
             st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
             st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
+            st.Page("pages/sweeps.py", title="Sweeps", icon=":material/grid_on:"),
             st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
             st.Page("pages/predict.py", title="Predict & explain", icon=":material/search:"),
         ],

@@ -7,6 +7,9 @@ second browser session neither stops nor duplicates it.
 
 from __future__ import annotations
 
+import importlib.util
+import math
+import os
 import uuid
 
 import streamlit as st
@@ -16,16 +19,18 @@ from cxr_core.config import TrainConfig, options
 from cxr_core.datasets import make_splits, scan
 from cxr_core.datasources import is_synthetic_spec
 from cxr_core.errors import UserError
-from cxr_core.executors import launch_runs
+from cxr_core.executors import EXECUTORS, RAY_INSTALL, RayExecutor, launch_runs
 from cxr_core.jobs import Job
 from cxr_core.models import REGISTRY
 from cxr_core.presets import PRESETS, apply_preset
 from cxr_core.runs import ACTIVE, normalise_tags
+from cxr_core.sweeps import NOT_GRIDDED, parse_grid, parse_seeds, sweep_jobs
 from pages import (
     augmentation_controls,
     data_root,
     data_spec,
     ensure_app_shell,
+    is_operator,
     kept,
     option_input,
     session_owner,
@@ -41,6 +46,8 @@ CUSTOM = "custom"
 OPTIONS = {o.name: o for o in options() if o.group != "augmentation"}
 PAGE_SET = {"arch", "data"}
 """Options set elsewhere on the page: the architecture picker, the Data page."""
+GRIDDABLE = {o.name: o for o in options() if o.name not in {*NOT_GRIDDED, *PAGE_SET, "device"}}
+"""What a sweep may vary: architectures come from the picker, seeds from their own list."""
 
 
 def _apply_preset() -> None:
@@ -140,6 +147,106 @@ def _show_queue(active: list, starting: list[str]) -> None:
         st.progress(fraction, text=f"{run.id}: {detail}")
 
 
+def _grid_default(name: str, chosen: dict) -> str:
+    """The option's value on the form, as the first value of its grid."""
+    if name.startswith("augment."):
+        value = getattr(chosen["augment"], name.removeprefix("augment."))
+    else:
+        value = chosen.get(name)
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _executor() -> tuple[str, str | None]:
+    """Where a sweep trains: this machine, or a Ray cluster where Ray is installed (by
+    default as CXR_EXECUTOR says). Only an operator may name the cluster's address: on a
+    shared deployment a visitor must not make the server connect to any host."""
+    if importlib.util.find_spec("ray") is None:
+        st.caption(f"Trains on this machine (for a Ray cluster: `{RAY_INSTALL}`).")
+        return "local", None
+    default = (os.environ.get("CXR_EXECUTOR") or "local").strip().lower()
+    executor = st.radio(
+        "Where",
+        EXECUTORS,
+        key=kept("sweep_executor", default if default in EXECUTORS else "local"),
+        format_func={"local": "this machine", "ray": "Ray cluster"}.get,
+        horizontal=True,
+    )
+    if executor == "local":
+        return "local", None
+    address = os.environ.get("RAY_ADDRESS", "")
+    if is_operator():
+        address = st.text_input(
+            "Ray cluster address",
+            key=kept("sweep_ray_address", address),
+            placeholder="HOST:PORT",
+            help="What `ray start --head` printed (default: $RAY_ADDRESS).",
+        )
+    else:
+        st.caption(f"Ray cluster: `{address or 'RAY_ADDRESS is not set'}` (set by the operator)")
+    return "ray", address.strip() or None
+
+
+def _launch_sweep(jobs: list[Job], executor: str, address: str | None, queue: int) -> list[str]:
+    if address:
+        return RayExecutor(address).launch(jobs, store().root).run_ids
+    return launch_runs(jobs, store().root, executor, queue)
+
+
+def sweep_section(
+    archs: list[str], chosen: dict, queue: int, tags: str, note: str, nonce: str
+) -> None:
+    """A grid over any options x seeds for the chosen architectures, launched as one
+    sweep: every point is a normal run tagged with it, owned by this session."""
+    with st.expander("Sweep: a grid of settings × seeds", icon=":material/grid_on:"):
+        st.caption(
+            "Every combination of the values below, for each architecture chosen above and "
+            "each seed, is one run; the options above apply to every run. The Sweeps page "
+            "ranks the points on validation only."
+        )
+        names = st.multiselect(
+            "Settings to vary",
+            list(GRIDDABLE),
+            key=kept("sweep_vary", ["lr"]),
+            format_func=lambda n: GRIDDABLE[n].label,
+        )
+        cols = st.columns(2)
+        specs = [
+            name
+            + "="
+            + cols[i % 2].text_input(
+                f"{GRIDDABLE[name].label}: values",
+                key=kept(f"sweep_grid_{name}", _grid_default(name, chosen)),
+                help="comma-separated, e.g. 1e-3,3e-4 (none: the default)",
+            )
+            for i, name in enumerate(names)
+        ]
+        seeds_text = st.text_input(
+            "Seeds",
+            key=kept("sweep_seeds", "0,1,2"),
+            help="comma-separated; every point trains once per seed, for a mean ± sd",
+        )
+        executor, address = _executor()
+        try:
+            grid, seeds = parse_grid(specs), parse_seeds(seeds_text)
+        except UserError as exc:
+            st.warning(str(exc), icon=":material/warning:")
+            return
+        count = len(archs) * math.prod(len(v) for v in grid.values()) * len(seeds)
+        label = f"Launch sweep ({count} runs)"
+        if st.button(label, icon=":material/grid_on:", key=f"sweep_{nonce}", disabled=not archs):
+            st.session_state["launch_nonce"] = uuid.uuid4().hex
+            with user_errors():
+                configs = forms.build_configs(archs, chosen)
+                normalise_tags(tags)
+                meta = {"tags": tags, "note": note, "owner": session_owner()}
+                bases = {cfg.arch: cfg.to_dict() for cfg in configs}
+                sweep_id, jobs = sweep_jobs(bases, grid, seeds, {"meta": meta})
+                st.session_state["launched"] = _launch_sweep(jobs, executor, address, queue)
+                st.session_state["launched_sweep"] = sweep_id
+
+
 st.title("Train")
 st.caption(
     "Each run trains in its own background process and keeps going if you close the tab. "
@@ -224,14 +331,26 @@ if st.button(label, type="primary", icon=":material/rocket_launch:", key=f"launc
         normalise_tags(tags)  # a bad tag is one message before anything starts
         jobs = [Job(cfg, extra={"meta": meta}) for cfg in configs]
         st.session_state["launched"] = launch_runs(jobs, store().root, queue=int(queue))
+        st.session_state.pop("launched_sweep", None)
+sweep_section(archs, chosen, int(queue), tags, note, nonce)
 if st.session_state.get("launched"):
+    launched, sweep = st.session_state["launched"], st.session_state.get("launched_sweep")
     st.success(
-        "Launched: " + ", ".join(f"`{r}`" for r in st.session_state["launched"]),
+        f"Launched sweep `{sweep}`: {len(launched)} runs"
+        if sweep
+        else "Launched: " + ", ".join(f"`{r}`" for r in launched),
         icon=":material/check_circle:",
     )
     st.page_link(
         "pages/runs.py", label="Follow them on the Runs page", icon=":material/monitoring:"
     )
+    if st.session_state.get("launched_sweep"):
+        st.page_link(
+            "pages/sweeps.py",
+            label="See the sweep's points on the Sweeps page",
+            icon=":material/grid_on:",
+            query_params={"sweep": st.session_state["launched_sweep"]},
+        )
 
 st.subheader("Queue")
 queue_status()

@@ -1,0 +1,219 @@
+"""Sweeps: each grid point's validation metric as mean +- sd over its seeds, a heat map
+for a two-dimensional grid, the best point chosen on validation only, and its runs (with
+the runners-up) one click away on the Compare page.
+
+A sweep is the runs that share its id (cxr_core.sweeps), so this page only reads the run
+store; it follows a sweep still training by redrawing its results every few seconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from cxr_core.metrics import CATALOGUE
+from cxr_core.runs import ACTIVE, Run
+from cxr_core.sweeps import SWEEP_KEY, VAL_METRICS, describe, run_rows, summarize, sweep_runs
+from pages import ensure_app_shell, kept, store, user_errors
+
+ensure_app_shell()
+
+REFRESH_S = 5
+COMPARE_RUNS = "compare_runs"
+"""The Compare page's run picker: its session key and (as ``runs``) its URL parameter."""
+
+
+def _sweeps(runs: list[Run]) -> dict[str, dict]:
+    """The store's sweeps, newest first (an id begins with its launch time): each one's
+    tag (grid and seeds) and run count."""
+    found: dict[str, dict] = {}
+    for run in runs:
+        tag = run.config().get(SWEEP_KEY) or {}
+        if tag.get("id"):
+            found.setdefault(tag["id"], {**tag, "n": 0})["n"] += 1
+    return dict(sorted(found.items(), reverse=True))
+
+
+def _dims(grid: dict) -> list[str]:
+    """The grid's dimensions that vary (an architecture picked alone does not)."""
+    return [k for k, values in grid.items() if len(values) > 1]
+
+
+def _name(key: str) -> str:
+    return key.removeprefix("augment.")
+
+
+def _show(value: object) -> str:
+    return "default" if value is None else str(value)
+
+
+def _mean_sd(point: dict, percent: bool) -> str:
+    if point["mean"] is None:
+        return "-"
+    scale, unit, digits = (100, "%", 1) if percent else (1, "", 3)
+    text = f"{point['mean'] * scale:.{digits}f}{unit}"
+    if point["sd"] is None:
+        return f"{text} (1 seed)"
+    return f"{text} ± {point['sd'] * scale:.{digits}f}"
+
+
+def _label(sweep_id: str, tag: dict) -> str:
+    dims = " × ".join(_name(k) for k in _dims(tag["grid"])) or "one point"
+    return f"{sweep_id} · {dims} · {len(tag['seeds'])} seed(s) · {tag['n']} runs"
+
+
+def points_table(summary: list[dict], grid: dict, runs: list[Run], metric: str) -> pd.DataFrame:
+    """One row per grid point: its values, the metric's mean +- sd over the completed
+    seeds, how many seeds completed, and which point is best on validation."""
+    info = CATALOGUE[metric]
+    status = {r.id: r.status().get("status") for r in runs}
+    rows = []
+    for point in summary:
+        states = Counter(status[i] for i in point["runs"])
+        rows.append(
+            {
+                **{_name(k): _show(point["point"][k]) for k in grid},
+                f"val {info.label} (mean ± sd)": _mean_sd(point, info.percent),
+                "seeds done": f"{point['n']}/{len(point['runs'])}",
+                "runs": ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
+                "best on validation": point["best"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def heatmap(summary: list[dict], grid: dict, dims: list[str], metric: str) -> go.Figure:
+    """The metric's mean over seeds across a two-dimensional grid, mean +- sd written in
+    each cell and the best point starred."""
+    info = CATALOGUE[metric]
+    rows, cols = grid[dims[0]], grid[dims[1]]
+    z = [[None] * len(cols) for _ in rows]
+    text = [[""] * len(cols) for _ in rows]
+    for point in summary:
+        i, j = rows.index(point["point"][dims[0]]), cols.index(point["point"][dims[1]])
+        z[i][j] = point["mean"]
+        text[i][j] = _mean_sd(point, info.percent) + (" ★" if point["best"] else "")
+    figure = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[_show(v) for v in cols],
+            y=[_show(v) for v in rows],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Viridis",
+            colorbar={"title": {"text": f"val {info.label}"}},
+            hovertemplate=f"{_name(dims[0])} %{{y}}<br>{_name(dims[1])} %{{x}}"
+            "<br>%{text}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        xaxis={"title": {"text": _name(dims[1])}, "type": "category"},
+        yaxis={"title": {"text": _name(dims[0])}, "type": "category", "autorange": "reversed"},
+        height=max(260, 90 * len(rows) + 120),
+        margin={"t": 30, "b": 10, "l": 10, "r": 10},
+    )
+    return figure
+
+
+def _results(sweep_id: str, metric: str) -> None:
+    """Points, heat map, best point and runs of one sweep (redrawn while it trains)."""
+    runs = sweep_runs(store(), sweep_id)
+    tag = runs[0].config()[SWEEP_KEY]
+    grid, dims = tag["grid"], _dims(tag["grid"])
+    states = Counter(r.status().get("status") for r in runs)
+    st.caption(
+        f"{len(runs)} runs: "
+        + ", ".join(f"{n} {s}" for s, n in states.most_common())
+        + f" · seeds {', '.join(map(str, tag['seeds']))}"
+    )
+    summary = summarize(runs, metric)
+    info = CATALOGUE[metric]
+    best = next((p for p in summary if p["best"]), None)
+    if best is None:
+        st.info("No run of this sweep has completed yet.", icon=":material/hourglass_top:")
+    else:
+        st.success(
+            f"**Best on validation: {describe(best['point'])}**, validation {info.label} "
+            f"{_mean_sd(best, info.percent)} over {best['n']} seed(s).",
+            icon=":material/star:",
+        )
+    st.caption(
+        "Chosen on the validation split alone: the test split takes no part in the choice, "
+        "so the best point's test score (on Compare) stays an honest estimate."
+    )
+    st.dataframe(points_table(summary, grid, runs, metric), hide_index=True, width="stretch")
+    if len(dims) == 2 and best is not None:
+        st.plotly_chart(heatmap(summary, grid, dims, metric), key="sweep_heatmap")
+    with st.expander("Every run of the sweep"):
+        table = pd.DataFrame(
+            {
+                "run": r["id"],
+                "status": r["status"],
+                "seed": r["seed"],
+                "point": describe(r["point"]),
+                f"val {info.label}": r["val"].get(metric),
+                "message": r["message"] or "",
+            }
+            for r in run_rows(runs)
+        )
+        st.dataframe(table, hide_index=True, width="stretch")
+
+
+def _compare_best(runs: list[Run], metric: str) -> None:
+    """Send the completed runs of the best points to the Compare page: through its URL
+    parameter (a new session reads it) and its picker's state (a session that has
+    visited Compare already keeps that instead)."""
+    ranked = sorted(
+        (p for p in summarize(runs, metric) if p["n"]), key=lambda p: p["mean"], reverse=True
+    )
+    if not ranked:
+        return
+    left, right = st.columns([1, 3], vertical_alignment="bottom")
+    count = left.number_input(
+        "Best points", 1, len(ranked), min(3, len(ranked)), key="sweep_compare_n"
+    )
+    done = {r.id for r in runs if r.status().get("status") == "completed"}
+    ids = [i for p in ranked[: int(count)] for i in p["runs"] if i in done]
+    if right.button(
+        f"Compare the best {int(count)} point(s) ({len(ids)} runs)",
+        icon=":material/compare:",
+        help="Every completed seed of each point, side by side on the same images.",
+    ):
+        st.session_state[COMPARE_RUNS] = ids
+        st.session_state.setdefault("_kept", {})[COMPARE_RUNS] = ids  # pages.kept's copy
+        st.switch_page("pages/compare.py", query_params={"runs": ids})
+
+
+st.title("Sweeps")
+st.caption(
+    "A sweep trains every point of a grid of settings with every seed, one normal run each. "
+    "Launch one on the Train page (the Sweep section) or with `python -m cxr_core sweep`."
+)
+
+with user_errors():
+    sweeps = _sweeps(store().list())
+    if not sweeps:
+        st.info("No sweep yet: launch one on the Train page.", icon=":material/info:")
+        st.stop()
+    linked = st.query_params.get("sweep")
+    key = kept("sweep_id", linked if linked in sweeps else next(iter(sweeps)))
+    if st.session_state[key] not in sweeps:
+        st.session_state[key] = next(iter(sweeps))
+    left, right = st.columns([3, 1])
+    sweep_id = left.selectbox(
+        "Sweep", list(sweeps), key=key, format_func=lambda i: _label(i, sweeps[i])
+    )
+    metric = right.selectbox(
+        "Validation metric",
+        VAL_METRICS,
+        key=kept("sweep_metric", "roc_auc"),
+        format_func=lambda k: CATALOGUE[k].label,
+        help="What the points are ranked by, on the validation split of each run.",
+    )
+    runs = sweep_runs(store(), sweep_id)
+    training = any(r.status().get("status") in ACTIVE for r in runs)
+    st.fragment(_results, run_every=REFRESH_S if training else None)(sweep_id, metric)
+    _compare_best(runs, metric)
