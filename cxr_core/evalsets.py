@@ -77,7 +77,7 @@ class EvalSet:
         """95% intervals for every catalogue metric at the run's threshold, resampling
         patients; kept per set and scores, since the pages ask again on every rerun."""
         scores = hashlib.sha1(self.probs.tobytes()).hexdigest()
-        ident = (self.key, scores, self.threshold, n_resamples, seed)
+        ident = (self.key, scores, self.threshold, n_resamples, seed, tuple(metrics.CATALOGUE))
         if ident not in _CI_CACHE:
             if len(_CI_CACHE) > 1024:
                 _CI_CACHE.clear()

@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cxr_core import plots
+from cxr_core import metrics, plots
 from cxr_core.config import options
 from cxr_core.errors import UserError
+from cxr_core.metrics import MetricInfo
 from cxr_core.runs import ACTIVE, RunStore
 from cxr_core.synthetic import radiograph
 from pages.common import forms, runview, uploads
@@ -346,6 +347,22 @@ def test_predict_with_synthetic_samples_and_two_models(bundled, tiny_run_dir):
 
 
 # --------------------------------------------------------------------------- compare
+
+
+def test_a_metric_added_to_the_catalogue_shows_on_compare_for_the_bundled_runs(monkeypatch):
+    """Adding a metric is one catalogue entry: it is computed from the probabilities every
+    evaluation stores, so the bundled runs show it, with its CI, without re-running."""
+
+    def balanced_accuracy(labels, probs, threshold):
+        pred = probs >= threshold
+        return (pred[labels == 1].mean() + (~pred[labels == 0]).mean()) / 2
+
+    info = MetricInfo("balanced_accuracy", "balanced accuracy", balanced_accuracy, "(sens+spec)/2")
+    monkeypatch.setitem(metrics.CATALOGUE, info.key, info)
+    at = open_app("compare")
+    summary = at.dataframe[0].value
+    assert "balanced accuracy" in summary.columns, list(summary.columns)
+    assert summary["balanced accuracy"].str.fullmatch(r"\d+\.\d% \(\d+\.\d-\d+\.\d\)").all()
 
 
 def test_compare_two_runs(bundled, tiny_run_dir):
