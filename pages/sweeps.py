@@ -22,8 +22,7 @@ from pages import ensure_app_shell, kept, store, user_errors
 ensure_app_shell()
 
 REFRESH_S = 5
-COMPARE_RUNS = "compare_runs"
-"""The Compare page's run picker: its session key and (as ``runs``) its URL parameter."""
+COMPARE_RUNS = "compare_runs"  # the Compare page's run picker (its URL parameter: runs)
 
 
 def _sweeps(runs: list[Run]) -> dict[str, dict]:

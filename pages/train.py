@@ -44,10 +44,10 @@ ensure_app_shell()
 
 CUSTOM = "custom"
 OPTIONS = {o.name: o for o in options() if o.group != "augmentation"}
-PAGE_SET = {"arch", "data"}
-"""Options set elsewhere on the page: the architecture picker, the Data page."""
+# Comments, not docstrings: a bare string in a page script is shown on the page.
+PAGE_SET = {"arch", "data"}  # set elsewhere: the architecture picker, the Data page
+# What a sweep may vary: architectures come from the picker, seeds from their own list.
 GRIDDABLE = {o.name: o for o in options() if o.name not in {*NOT_GRIDDED, *PAGE_SET, "device"}}
-"""What a sweep may vary: architectures come from the picker, seeds from their own list."""
 
 
 def _apply_preset() -> None:
