@@ -209,117 +209,142 @@ def confusion_matrix(cm: Sequence[Sequence[int]], normalise: bool, title: str = 
     return fig
 
 
-def _unit_square(
-    fig: go.Figure, x_title: str, y_title: str, x: tuple = (0.0, 1.0), y: tuple = (0.0, 1.0)
-) -> go.Figure:
-    """The shared frame of ROC and PR charts: a square plot of at least 400 px whatever the
-    number of runs (the legend below grows the figure instead of squashing the plot);
-    axes 0..1 unless given (ranges of equal length, so the square keeps its scale)."""
-    entries = sum(t.showlegend is not False for t in fig.data)
-    pad = (x[1] - x[0]) * 0.015
-    fig.update_layout(
-        xaxis_title=x_title,
-        yaxis_title=y_title,
-        height=470 + 21 * entries,
-        margin={"t": 30, "b": 10, "l": 10, "r": 10},
-        legend={"orientation": "h", "y": -0.12, "yanchor": "top", "x": 0},
-    )
-    fig.update_xaxes(range=[x[0] - pad, x[1] + pad], constrain="domain")
-    fig.update_yaxes(range=[y[0] - pad, y[1] + pad], scaleanchor="x", scaleratio=1)
-    return fig
-
-
-def roc_curves(
-    reports: Mapping[str, dict], reference: bool = True, corner: float | None = None
-) -> go.Figure:
-    """ROC curve per run with its AUC in the legend and its operating point (the run's
-    threshold); the published reference point, labelled as a different setup. ``corner``
-    shows only the top-left square of that side, where good runs' curves part."""
-    fig = go.Figure()
-    fig.add_scatter(
-        x=[0, 1],
-        y=[0, 1],
-        mode="lines",
-        line={"color": "gray", "dash": "dot"},
-        name="chance",
-        hoverinfo="skip",
-    )
+def _roc_traces(
+    reports: Mapping[str, dict], reference: bool, with_ap: bool = False
+) -> list[go.Scatter]:
+    """Chance, each run's ROC curve (its AUC, and AP if asked, in the legend) and its
+    operating point at its threshold (a circle), and the published reference point,
+    labelled as a different setup."""
+    traces = [
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"color": "gray", "dash": "dot"},
+                   name="chance", hoverinfo="skip")
+    ]  # fmt: skip
     for i, (name, report) in enumerate(reports.items()):
         if "roc" not in report:
             continue
         c = color(i)
-        fig.add_scatter(
-            x=report["roc"]["fpr"],
-            y=report["roc"]["tpr"],
-            mode="lines",
-            line={"color": c},
-            name=f"{name} (AUC {report['roc_auc']:.3f})",
-            legendgroup=name,
+        scores = f"AUC {report['roc_auc']:.3f}" + (
+            f", AP {report['pr_auc']:.3f}" if with_ap else ""
         )
-        fig.add_scatter(
-            x=[1 - report["specificity"]],
-            y=[report["sensitivity"]],
-            mode="markers",
-            marker={"color": c, "size": 10, "symbol": "circle-open", "line": {"width": 2}},
-            name=f"{name} at threshold {report['threshold']:.2f}",
-            legendgroup=name,
-            showlegend=False,
+        traces.append(
+            go.Scatter(
+                x=report["roc"]["fpr"],
+                y=report["roc"]["tpr"],
+                mode="lines",
+                line={"color": c},
+                name=f"{name} ({scores})",
+                legendgroup=name,
+            )
+        )
+        traces.append(
+            go.Scatter(
+                x=[1 - report["specificity"]],
+                y=[report["sensitivity"]],
+                mode="markers",
+                marker={"color": c, "size": 10, "symbol": "circle-open", "line": {"width": 2}},
+                name=f"{name} at threshold {report['threshold']:.2f}",
+                legendgroup=name,
+                showlegend=False,
+            )
         )
     if reference:
         ref = KERMANY_2018
-        fig.add_scatter(
-            x=[1 - ref["specificity"]],
-            y=[ref["sensitivity"]],
-            mode="markers+text",
-            marker={"symbol": "star", "size": 14, "color": "black"},
-            text=["Kermany 2018"],
-            textposition="bottom right",
-            name=f"{ref['label']} (AUC {ref['auc']:.3f})",
+        traces.append(
+            go.Scatter(
+                x=[1 - ref["specificity"]],
+                y=[ref["sensitivity"]],
+                mode="markers+text",
+                marker={"symbol": "star", "size": 14, "color": "black"},
+                text=["Kermany 2018"],
+                textposition="bottom right",
+                name=f"{ref['label']} (AUC {ref['auc']:.3f})",
+            )
         )
-    side = corner or 1.0
-    return _unit_square(
-        fig,
-        "1 - specificity (false positive rate)",
-        "sensitivity (true positive rate)",
-        (0.0, side),
-        (1.0 - side, 1.0),
+    return traces
+
+
+def _legend_below(fig: go.Figure, plot_px: int, per_row: int) -> None:
+    """Legend under the plots, the figure growing with it (the plots keep their size)."""
+    entries = sum(t.showlegend is not False for t in fig.data)
+    fig.update_layout(
+        height=plot_px + 24 * -(-entries // per_row),
+        margin={"t": 30, "b": 10, "l": 10, "r": 10},
+        legend={"orientation": "h", "y": -0.1, "yanchor": "top", "x": 0},
     )
 
 
-def pr_curves(reports: Mapping[str, dict], corner: float | None = None) -> go.Figure:
-    """Precision-recall curve per run with its average precision in the legend, and the
-    share of pneumonia images (a random model's precision) as a dotted line; ``corner``
-    shows only the top-right square of that side."""
-    fig, lines = go.Figure(), []
+def roc_curves(reports: Mapping[str, dict], reference: bool = True) -> go.Figure:
+    """One square ROC chart: each run's curve with its AUC and its operating point."""
+    fig = go.Figure(_roc_traces(reports, reference))
+    _legend_below(fig, 470, 1)
+    fig.update_xaxes(
+        title_text="1 - specificity (false positive rate)",
+        range=[-0.015, 1.015],
+        constrain="domain",
+    )
+    fig.update_yaxes(
+        title_text="sensitivity (true positive rate)", range=[-0.015, 1.015], scaleanchor="x"
+    )
+    return fig
+
+
+def roc_pr(
+    reports: Mapping[str, dict], reference: bool = True, corner: float | None = None
+) -> go.Figure:
+    """ROC (left) and precision-recall (right) side by side, one legend entry per run
+    below both (its AUC and AP; a click hides both its curves).
+
+    Each plot is a square that keeps its size whatever the number of runs: the legend
+    grows the figure, never squashes the plots. PR shows the share of pneumonia images (a
+    random model's precision) as a dotted line. ``corner`` shows only that much of each
+    axis near the perfect corner, where good runs' curves part."""
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=["ROC", "Precision-recall"], horizontal_spacing=0.07
+    )
+    roc = _roc_traces(reports, reference, with_ap=True)
+    pr, lines = [], []
     for i, (name, report) in enumerate(reports.items()):
         if "pr" not in report:
             continue
-        fig.add_scatter(
-            x=report["pr"]["recall"],
-            y=report["pr"]["precision"],
-            mode="lines",
-            line={"color": color(i)},
-            name=f"{name} (AP {report['pr_auc']:.3f})",
-        )
-        if report.get("labels"):
-            prevalence = float(np.mean(report["labels"]))
-            lines.append(
-                {
-                    "type": "line",
-                    "xref": "x domain",
-                    "yref": "y",
-                    "x0": 0,
-                    "x1": 1,
-                    "y0": prevalence,
-                    "y1": prevalence,
-                    "line": {"color": color(i), "dash": "dot", "width": 1},
-                }
+        pr.append(
+            go.Scatter(
+                x=report["pr"]["recall"],
+                y=report["pr"]["precision"],
+                mode="lines",
+                line={"color": color(i)},
+                name=f"{name} (AP {report['pr_auc']:.3f})",
+                legendgroup=name,
+                showlegend=False,
             )
-    # One layout update: fig.add_hline per run costs 30 ms each.
+        )
+        prevalence = float(np.mean(report["labels"]))
+        # One layout update for all of them: fig.add_hline per run costs 30 ms each.
+        lines.append(
+            {
+                "type": "line",
+                "xref": "x2 domain",
+                "yref": "y2",
+                "x0": 0,
+                "x1": 1,
+                "y0": prevalence,
+                "y1": prevalence,
+                "line": {"color": color(i), "dash": "dot", "width": 1},
+            }
+        )
+    fig.add_traces([*roc, *pr], rows=1, cols=[1] * len(roc) + [2] * len(pr))
     fig.update_layout(shapes=lines)
+    _legend_below(fig, 560, 2)
     side = corner or 1.0
-    square = (1.0 - side, 1.0)
-    return _unit_square(fig, "recall (sensitivity)", "precision", square, square)
+    pad = side * 0.015
+    near_one, near_zero = [1 - side - pad, 1 + pad], [-pad, side + pad]
+    # Squares: each y axis scaled to its x axis, and whichever is longer gives up domain.
+    fig.update_xaxes(constrain="domain", title_standoff=6)
+    fig.update_yaxes(constrain="domain", title_standoff=4)
+    fig.update_xaxes(range=near_zero, title_text="1 - specificity", row=1, col=1)
+    fig.update_yaxes(range=near_one, scaleanchor="x", title_text="sensitivity", row=1, col=1)
+    fig.update_xaxes(range=near_one, title_text="recall (sensitivity)", row=1, col=2)
+    fig.update_yaxes(range=near_one, scaleanchor="x2", title_text="precision", row=1, col=2)
+    return fig
 
 
 def class_counts(table: pd.DataFrame, title: str = "") -> go.Figure:
@@ -434,8 +459,10 @@ def forest(table: pd.DataFrame, keys: Sequence[str]) -> go.Figure:
         )
         fig.update_xaxes(
             range=_fitted_range([*lo, *values], [*hi]),
-            tickformat=".1%" if info.percent else ".3f",
-            nticks=5,
+            tickformat=(".0%" if np.nanmax(hi) - np.nanmin(lo) > 0.04 else ".1%")
+            if info.percent
+            else ".3f",
+            nticks=4,
             row=1,
             col=col,
         )
@@ -505,7 +532,7 @@ def reliability(curves: Mapping[str, Sequence[Mapping]], title: str = "") -> go.
     fig.update_xaxes(range=[0, 1], row=1, col=1)
     fig.update_xaxes(range=[0, 1], title_text="mean predicted P(pneumonia)", row=2, col=1)
     fig.update_yaxes(range=[-0.02, 1.02], title_text="observed share of pneumonia", row=1, col=1)
-    fig.update_yaxes(title_text="images", type="log", row=2, col=1)
+    fig.update_yaxes(title_text="images", type="log", dtick=1, row=2, col=1)
     fig.update_layout(
         title=title,
         height=560,
@@ -565,8 +592,97 @@ def score_distributions(
         annotations=notes,
         height=320,
         xaxis={"title": "P(pneumonia)", "range": [0, 1]},
-        yaxis={"title": "images", "type": "log"},
+        yaxis={"title": "images", "type": "log", "dtick": 1},
         margin={"t": 20, "b": 10, "l": 10, "r": 10},
         legend={"orientation": "h", "y": -0.25, "yanchor": "top"},
+    )
+    return fig
+
+
+def shift(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
+    """Each run on its internal test split (grey circles) and on an outside set (red
+    diamonds), joined by a line, with 95% intervals; one panel per metric, the runs down a
+    shared axis, each x axis fitted to the intervals. ``frames`` maps a run to its
+    :func:`cxr_core.report.shift_frame`."""
+    from cxr_core.metrics import CATALOGUE
+
+    keys = list(dict.fromkeys(k for f in frames.values() for k in f["metric"]))
+    fig = make_subplots(
+        rows=1,
+        cols=len(keys),
+        shared_yaxes=True,
+        horizontal_spacing=0.03,
+        subplot_titles=[CATALOGUE[k].label for k in keys],
+    )
+    runs = list(frames)
+    style = {
+        "internal": ("internal test split", "#7f7f7f", "circle"),
+        "outside": ("outside set", "#d62728", "diamond"),
+    }
+    traces, cols = [], []
+    for col, key in enumerate(keys, start=1):
+        rows = pd.concat(
+            [f[f["metric"] == key].assign(run=run) for run, f in frames.items()]
+        ).set_index(["run", "where"])
+        joins_x, joins_y = [], []
+        for run in runs:
+            joins_x += [
+                rows.loc[(run, "internal"), "value"],
+                rows.loc[(run, "outside"), "value"],
+                None,
+            ]
+            joins_y += [run, run, None]
+        traces.append(
+            go.Scatter(
+                x=joins_x,
+                y=joins_y,
+                mode="lines",
+                showlegend=False,
+                line={"color": "#bbbbbb", "width": 2},
+                hoverinfo="skip",
+            )
+        )
+        cols.append(col)
+        for where, (label, c, symbol) in style.items():
+            part = rows.xs(where, level="where").loc[runs]
+            if part["name"].nunique() == 1:  # name the set once, where all runs share it
+                label = f"{label}: {part['name'].iloc[0]}"
+            traces.append(
+                go.Scatter(
+                    x=part["value"],
+                    y=runs,
+                    error_x={
+                        "type": "data",
+                        "array": part["hi"] - part["value"],
+                        "arrayminus": part["value"] - part["lo"],
+                        "thickness": 1.5,
+                        "width": 4,
+                        "color": c,
+                    },
+                    mode="markers",
+                    marker={"color": c, "size": 9, "symbol": symbol},
+                    name=label,
+                    legendgroup=where,
+                    showlegend=col == 1,
+                    text=part["name"],
+                    hovertemplate="%{y}: %{x:.3f} on %{text}<extra></extra>",
+                )
+            )
+            cols.append(col)
+        info = CATALOGUE[key]
+        fig.update_xaxes(
+            range=_fitted_range(rows["lo"].tolist() + rows["value"].tolist(), rows["hi"].tolist()),
+            tickformat=".0%" if info.percent else ".2f",
+            nticks=5,
+            row=1,
+            col=col,
+        )
+    fig.add_traces(traces, rows=[1] * len(cols), cols=cols)
+    fig.update_yaxes(categoryorder="array", categoryarray=runs[::-1], automargin=True)
+    fig.update_layout(
+        height=150 + 34 * len(runs),
+        margin={"t": 40, "b": 10, "l": 10, "r": 10},
+        legend={"orientation": "h", "y": -0.08, "yanchor": "top", "x": 0},
+        hovermode="closest",
     )
     return fig

@@ -41,6 +41,19 @@ VAL_THRESHOLDS = {
 HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 """The metrics of the shift table and the default forest plot."""
 
+FACT_LABELS = {
+    "run": "run",
+    "arch": "architecture",
+    "pretrained": "ImageNet weights",
+    "img_size": "image px",
+    "params_M": "parameters (M)",
+    "size_mb": "weights (MB)",
+    "train_min": "training (min)",
+    "best_epoch": "best epoch",
+    "latency_ms": "latency (ms/image)",
+}
+"""The columns of :func:`run_facts` as people read them."""
+
 
 # --------------------------------------------------------------------------- sets
 
@@ -197,24 +210,53 @@ def operating_points(run: Run, evalset: EvalSet) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def shift_table(internal: EvalSet, outside: EvalSet) -> pd.DataFrame:
-    """The same run on its internal test split and on an outside set, side by side: the
-    headline metrics with their intervals, and the gap."""
+def shift_frame(internal: EvalSet, outside: EvalSet) -> pd.DataFrame:
+    """The same run on its internal test split and on an outside set: per headline metric
+    and set (``where``: internal or outside; ``name``), its ``value``, ``lo`` and ``hi``."""
     rows = []
-    values_in, values_out = internal.metrics(), outside.metrics()
-    ci_in, ci_out = internal.ci95(), outside.ci95()
+    for where, evalset in (("internal", internal), ("outside", outside)):
+        values, ci = evalset.metrics(), evalset.ci95()
+        for key in HEADLINE:
+            lo, hi = ci[key]
+            rows.append(
+                {
+                    "metric": key,
+                    "where": where,
+                    "name": evalset.name,
+                    "value": values[key],
+                    "lo": lo,
+                    "hi": hi,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def shift_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`shift_frame` as people read it: per metric, both sets (named in the column
+    headers) with their intervals, and the gap."""
+    rows = []
     for key in HEADLINE:
         info = CATALOGUE[key]
-        gap = values_out[key] - values_in[key]
-        rows.append(
-            {
-                "metric": info.label,
-                internal.name: stats.format_ci(values_in[key], ci_in[key], info.percent),
-                outside.name: stats.format_ci(values_out[key], ci_out[key], info.percent),
-                "gap": f"{100 * gap:+.1f} points" if info.percent else f"{gap:+.3f}",
-            }
-        )
+        both = frame[frame["metric"] == key].set_index("where")
+        row = {"metric": info.label}
+        for where in ("internal", "outside"):
+            r = both.loc[where]
+            row[r["name"]] = stats.format_ci(r["value"], (r["lo"], r["hi"]), info.percent)
+        gap = both.loc["outside", "value"] - both.loc["internal", "value"]
+        row["gap"] = f"{100 * gap:+.1f} points" if info.percent else f"{gap:+.3f}"
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def shifts(runs: list[Run], compared: EvalSet) -> dict[str, pd.DataFrame]:
+    """:func:`shift_frame` of each run that has both an internal test split and an outside
+    set (the compared one when it is outside)."""
+    out = {}
+    for run in runs:
+        internal, outside = split_set(run, "internal_test"), outside_set(run, compared.key)
+        if internal is not None and outside is not None:
+            out[run.id] = shift_frame(internal, outside)
+    return out
 
 
 def _pct(value: float) -> str:
@@ -279,7 +321,8 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 max-width:1200px;padding:0 1rem;color:#1f2430;line-height:1.45}
 h1{margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem}
-th,td{border:1px solid #d7dae0;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th,td{border:1px solid #d7dae0;padding:.25rem .5rem;text-align:left;vertical-align:top;
+white-space:nowrap}.scroll{overflow-x:auto}
 th{background:#f3f4f7}.note{color:#5a6070;font-size:.9rem}.grid{display:flex;flex-wrap:wrap;
 gap:1rem}.grid>div{flex:1 1 360px}.warn{background:#fff4e0;border-left:4px solid #f0a020;
 padding:.5rem .8rem}code{background:#f3f4f7;padding:0 .2rem}
@@ -305,7 +348,8 @@ class _Figures:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, escape=True, border=0, na_rep="-")
+    html_table = frame.to_html(index=False, escape=True, border=0, na_rep="-")
+    return f"<div class='scroll'>{html_table}</div>"
 
 
 def _versions() -> dict[str, str]:
@@ -359,6 +403,7 @@ def html_report(runs: list[Run], sets: dict[str, EvalSet]) -> str:
             "training distribution, easier than an outside test set.</p>"
         )
     facts = pd.DataFrame([run_facts(r) | {"trained on": _training_data(r)} for r in runs])
+    facts = facts.rename(columns=FACT_LABELS)
     parts += ["<h2>Runs</h2>", _table(facts), "<details><summary>Configurations</summary>"]
     for run in runs:
         config = {k: v for k, v in run.config().items() if k != "command"}
@@ -389,13 +434,18 @@ def html_report(runs: list[Run], sets: dict[str, EvalSet]) -> str:
             "<p class='note'>McNemar's exact test on the decisions, DeLong's test on the AUCs"
             + (", p-values adjusted by Holm over all pairs" if len(pairs) > 1 else "")
             + ".</p>",
-            _table(pairs_table(pairs)),
+            _table(pairs_table(pairs).drop(columns="verdict")),
+            "<ul>"
+            + "".join(
+                f"<li><b>{esc(p['a'])} vs {esc(p['b'])}</b>: {esc(p['verdict'])}</li>"
+                for p in pairs
+            )
+            + "</ul>",
         ]
     reports = {run_id: curve_report(s) for run_id, s in sets.items()}
     parts += [
-        "<h2>ROC and precision-recall</h2><div class='grid'>",
-        f"<div>{figure(plots.roc_curves(reports))}</div>",
-        f"<div>{figure(plots.pr_curves(reports))}</div></div>",
+        "<h2>ROC and precision-recall</h2>",
+        figure(plots.roc_pr(reports)),
         "<h2>Confusion matrices</h2><div class='grid'>",
     ]
     for run_id, report in reports.items():
@@ -412,7 +462,7 @@ def html_report(runs: list[Run], sets: dict[str, EvalSet]) -> str:
     for run in runs:
         parts += [f"<h3>{esc(run.id)}</h3>", _table(operating_points(run, sets[run.id]))]
     parts += _calibration_section(runs, sets, figure)
-    parts += _shift_section(runs, first)
+    parts += _shift_section(runs, first, figure)
     histories = {r.id: r.history() for r in runs}
     if any(histories.values()):
         parts += ["<h2>Learning curves</h2>", figure(plots.learning_curves(histories))]
@@ -452,21 +502,18 @@ def _calibration_section(runs: list[Run], sets: dict[str, EvalSet], figure) -> l
     ]
 
 
-def _shift_section(runs: list[Run], compared: EvalSet) -> list[str]:
+def _shift_section(runs: list[Run], compared: EvalSet, figure) -> list[str]:
     """Internal test split against an outside set, for the runs that have both."""
-    parts = []
-    for run in runs:
-        internal = split_set(run, "internal_test")
-        outside = outside_set(run, compared.key)
-        if internal is None or outside is None:
-            continue
-        parts += [f"<h3>{html.escape(run.id)}</h3>", _table(shift_table(internal, outside))]
-    if parts:
-        parts.insert(
-            0,
-            "<h2>The shift</h2><p class='note'>Each run on its internal test split (carved "
-            "from the training folder) and on images from outside it.</p>",
-        )
+    frames = shifts(runs, compared)
+    if not frames:
+        return []
+    parts = [
+        "<h2>The shift</h2><p class='note'>Each run on its internal test split (carved from "
+        "the training folder) and on images from outside it.</p>",
+        figure(plots.shift(frames)),
+    ]
+    for run_id, frame in frames.items():
+        parts += [f"<h3>{html.escape(run_id)}</h3>", _table(shift_table(frame))]
     return parts
 
 

@@ -19,8 +19,7 @@ from pages.common import comparison, runview, texts
 
 ensure_app_shell()
 
-POLL_S = 2
-"""How often the progress of a background scoring job is read."""
+POLL_S = 2  # seconds between two looks at a background scoring job
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -53,10 +52,11 @@ def _ident(sets: dict[str, EvalSet]) -> tuple:
 
 # --------------------------------------------------------------------------- choosing
 
+# Query parameter -> the widget key it restores: the choice lives in the URL, so a refresh
+# or a shared link shows the same comparison. Run ids and the set's fingerprint go in the
+# URL, not the labels the widgets show (long, and they change with a run's tags). (Comments,
+# not docstrings: Streamlit would print a bare string of a page's script.)
 URL = {"runs": "compare_runs", "set": "compare_set", "tab": "compare_tab"}
-"""Query parameter -> the widget key it restores: the choice lives in the URL, so a refresh
-or a shared link shows the same comparison. Run ids and the set's fingerprint go in the
-URL, not the labels the widgets show (long, and they change with a run's tags)."""
 
 
 def _from_url() -> None:
@@ -85,24 +85,39 @@ def _select_all(key: str, ids: list[str]) -> None:
 def _pick_runs(runs: list[Run]) -> list[Run]:
     """The runs to compare (all / none in one click), kept in the URL."""
     ids = [r.id for r in runs]
-    picker, everything, nothing = st.columns([12, 1, 1], vertical_alignment="bottom")
+    picker, everything, nothing = st.columns([10, 1, 1], vertical_alignment="bottom")
     everything.button(
         "All", on_click=_select_all, args=("compare_runs", ids), help="Choose every run"
     )
     nothing.button("None", on_click=_select_all, args=("compare_runs", []), help="Clear")
     with picker:
-        return run_picker("Runs", runs, runs[:2], "compare_runs")
+        return run_picker("Runs", runs, runs[:2], "compare_runs", wrap=True)
+
+
+def _just_scored() -> str | None:
+    """The set this session's background job scored, once the job has ended (then the
+    job is forgotten, so the choice is made once)."""
+    job = evaljobs.current(store().root)
+    if job is None or job.id != st.session_state.get("compare_job"):
+        return None
+    progress = evaljobs.progress(job)
+    if not progress.finished:
+        return None
+    del st.session_state["compare_job"]
+    keys = set(progress.done.values())
+    return keys.pop() if len(keys) == 1 else None
 
 
 def _pick_set(chosen: list[Run]) -> EvalSet | None:
     """The image set to compare on, among those every chosen run was scored on (an
-    outside test set first); kept in the URL. None when they share none."""
+    outside test set first, or the one this session just had scored); kept in the URL.
+    None when they share none."""
     shared = evalsets.shared_sets(chosen)
     if not shared:
         return None
     by_key = {s.key: s for s in shared}
     key = kept("compare_set", shared[0].key)
-    finished = st.session_state.pop("compare_scored", None)
+    finished = _just_scored()
     if finished in by_key:  # a scoring job just ended: show what it scored
         st.session_state[key] = finished
     if st.session_state[key] not in by_key:
@@ -168,12 +183,15 @@ def _score_offer(chosen: list[Run], evalset: EvalSet | None) -> None:
                         st.session_state["compare_job"] = job.id
                         st.rerun()
         if job is not None:
-            st.fragment(run_every=POLL_S if busy else None)(_job_progress)(job, busy)
+            st.fragment(run_every=POLL_S if busy else None)(_job_progress)(
+                job, busy, [r.id for r in chosen]
+            )
 
 
-def _job_progress(job: evaljobs.EvalJob, was_busy: bool) -> None:
+def _job_progress(job: evaljobs.EvalJob, was_busy: bool, chosen: list[str]) -> None:
     """The background job's progress, polled while it works; when it ends, the whole page
-    runs again once, to list the new set (and choose it, when this session asked for it)."""
+    runs again once, to list (and choose) the new set. Failures of the chosen runs are
+    shown with their log."""
     progress = evaljobs.progress(job)
     where = f"{job.split} of {job.data}"
     if progress.finished:
@@ -183,11 +201,9 @@ def _job_progress(job: evaljobs.EvalJob, was_busy: bool) -> None:
         done = f"{len(progress.done)} of {len(job.runs)} done"
         st.progress(progress.fraction, text=f"{doing} on {where} · {done}")
     for run_id, error in progress.failed.items():
-        st.error(f"{run_id}: {error} (log: {job.log(run_id)})", icon=":material/error:")
+        if run_id in chosen:
+            st.error(f"{run_id}: {error} (log: {job.log(run_id)})", icon=":material/error:")
     if progress.finished and was_busy:
-        keys = set(progress.done.values())
-        if st.session_state.get("compare_job") == job.id and len(keys) == 1:
-            st.session_state["compare_scored"] = keys.pop()
         st.rerun(scope="app")
 
 
@@ -201,22 +217,17 @@ def _roc_and_pr(sets: dict[str, EvalSet]) -> None:
         key=kept("compare_zoom", False),
         help="Show the best 30% of each axis, where good runs' curves part.",
     )
-    side = 0.3 if corner else None
-    left, right = st.columns(2)
-    with left:
-        st.markdown("**ROC**", help=texts.help_text("AUC"))
-        st.plotly_chart(plots.roc_curves(reports, corner=side), key="roc")
-        ref = plots.KERMANY_2018
-        st.caption(
-            f"★ Published reference: {ref['label']}; accuracy {ref['accuracy']:.1%}, "
-            f"sensitivity {ref['sensitivity']:.1%}, specificity {ref['specificity']:.1%}, "
-            f"AUC {ref['auc']}. A different model, split and protocol: for orientation, "
-            "not a like-for-like comparison. Circles mark each run's threshold."
-        )
-    with right:
-        st.markdown("**Precision-recall**")
-        st.plotly_chart(plots.pr_curves(reports, corner=side), key="pr")
-        st.caption("Dotted line: the share of pneumonia images (a random model's AP).")
+    st.plotly_chart(plots.roc_pr(reports, corner=0.3 if corner else None), key="roc_pr")
+    ref = plots.KERMANY_2018
+    st.caption(
+        "Circles mark each run's threshold; dotted lines on the right, the share of "
+        "pneumonia images (a random model's AP). A click on a run in the legend hides it. "
+        f"★ Published reference: {ref['label']}; accuracy {ref['accuracy']:.1%}, "
+        f"sensitivity {ref['sensitivity']:.1%}, specificity {ref['specificity']:.1%}, "
+        f"AUC {ref['auc']}. A different model, split and protocol: for orientation, not a "
+        "like-for-like comparison.",
+        help=texts.help_text("AUC"),
+    )
 
 
 def _metrics_and_tests(table: pd.DataFrame, sets: dict[str, EvalSet]) -> None:
@@ -348,26 +359,23 @@ def _calibration(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
 
 
 def _shift(chosen: list[Run], evalset: EvalSet) -> None:
-    shown = 0
-    for run in chosen:
-        internal = report.split_set(run, "internal_test")
-        outside = report.outside_set(run, evalset.key)
-        if internal is None or outside is None:
-            continue
-        st.markdown(f"**{run.id}**")
-        st.dataframe(report.shift_table(internal, outside), hide_index=True, width="stretch")
-        shown += 1
-    if shown:
-        st.caption(
-            "The internal test split comes from the training folder (the same hospital, "
-            "the same years); an outside set shows what the run does on new films."
-        )
-    else:
+    frames = report.shifts(chosen, evalset)
+    if not frames:
         st.info(
             "None of these runs has both an internal test split and an outside set: score "
             "them on a folder with a test/ (above) to see the shift.",
             icon=":material/info:",
         )
+        return
+    st.plotly_chart(plots.shift(frames), key="shift")
+    st.caption(
+        "The internal test split comes from the training folder (the same hospital, the "
+        "same years); an outside set shows what a run does on new films."
+    )
+    with st.expander("Each run's numbers, with intervals", expanded=len(frames) <= 3):
+        for run_id, frame in frames.items():
+            st.markdown(f"**{run_id}**")
+            st.dataframe(report.shift_table(frame), hide_index=True, width="stretch")
 
 
 def _confusion_matrices(sets: dict[str, EvalSet]) -> None:
@@ -393,10 +401,8 @@ def _learning_curves(chosen: list[Run]) -> None:
 
 
 def _cost(table: pd.DataFrame) -> None:
-    columns = {"run": "run", "arch": "architecture", "params_M": "parameters (M)"}
-    columns |= {"size_mb": "weights (MB)", "train_min": "training (min)"}
-    columns |= {"best_epoch": "best epoch", "latency_ms": "latency (ms/image)"}
-    st.dataframe(table[list(columns)].rename(columns=columns), hide_index=True, width="stretch")
+    facts = table[list(report.FACT_LABELS)].rename(columns=report.FACT_LABELS)
+    st.dataframe(facts, hide_index=True, width="stretch")
     st.plotly_chart(plots.tradeoff(table, "roc_auc", "AUC on this set (95% CI)"), key="tradeoff")
     st.caption("Marker size grows with the weights file size.")
 

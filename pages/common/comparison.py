@@ -3,27 +3,25 @@ which folder to offer for scoring, and one operating point in a sentence."""
 
 from __future__ import annotations
 
+from cxr_core.datasources import is_synthetic_spec
 from cxr_core.errors import UserError
 from cxr_core.evaljobs import Target, target
 from cxr_core.evalsets import EvalSet
 
 
-def set_label(evalset: EvalSet, holders: int | None = None, total: int | None = None) -> str:
+def set_label(evalset: EvalSet) -> str:
     """How the "Evaluated on" choice names a set: "test/ of /data/chest_xray (624 images)",
-    "internal_test: carved from train/ (784 images)"; with how many runs hold it."""
+    "internal_test: carved from the training folder (784 images)"."""
     if evalset.internal:
-        text = f"{evalset.split}: carved from the training folder ({evalset.n} images)"
-    else:
-        text = evalset.name
-    if holders is not None and total is not None and holders < total:
-        text += f" · {holders} of {total} runs"
-    return text
+        return f"{evalset.split}: carved from the training folder ({evalset.n} images)"
+    return evalset.name
 
 
 def default_target(spec: str | None, split: str = "test") -> Target | None:
     """The folder to offer for scoring: the Data page's, when it holds labelled images for
-    ``split`` (a test/ folder, say); None otherwise, or when it cannot be read."""
-    if not spec:
+    ``split`` (a test/ folder, say); None otherwise, when it cannot be read, or when it is
+    the synthetic demo (its scores say nothing about radiographs)."""
+    if not spec or is_synthetic_spec(spec):
         return None
     try:
         found = target(spec, split)

@@ -1,0 +1,152 @@
+"""The shared report: ``python -m cxr_core report --runs A B ... --out report.html`` writes
+one HTML file that opens offline with every chart drawn, and says what the comparison
+says (intervals, paired tests, operating points, calibration, the shift, versions)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli
+from test_browser import ARTIFACTS, browser  # noqa: F401 (a fixture)
+
+from cxr_core import evalsets, report
+from cxr_core.errors import UserError
+from cxr_core.evaljobs import target
+from cxr_core.runs import RunStore
+
+CHECKPOINTS = ROOT / "checkpoints"
+THREE = ["efficientnet_lite0-frozen-224", "mlp-scratch-64", "small_cnn-scratch-128"]
+
+
+@pytest.fixture
+def three(tmp_path, monkeypatch) -> list[str]:
+    """Three bundled runs (records only: a report without --data loads no weights)."""
+    folder = tmp_path / "bundled"
+    for name in THREE:
+        shutil.copytree(
+            CHECKPOINTS / name, folder / name, ignore=shutil.ignore_patterns("*.safetensors")
+        )
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(folder))
+    return THREE
+
+
+def figures_in(text: str) -> int:
+    return len(re.findall(r'<div id="figure-\d+"', text))
+
+
+def test_the_cli_report_says_it_all_in_one_file(three, tmp_path):
+    out = tmp_path / "shared" / "report.html"
+    done = run_cli("report", "--runs", *three, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out}" in done.stdout
+    text = out.read_text()
+    runs = [RunStore().get(i) for i in three]
+    compared = evalsets.shared_sets(runs)[0]
+    assert compared.key in text and compared.split == "internal_test"
+    assert "carved from the training folder" in text
+    for run_id in three:
+        assert run_id in text
+    lo, hi = compared.ci95()["accuracy"]
+    assert f"({100 * lo:.1f}-{100 * hi:.1f})" in text  # the first run's interval
+    assert "Holm-adjusted p" in text  # the verdicts of the three pairs
+    assert "Youden&#x27;s J on val" in text or "Youden's J on val" in text
+    assert "ECE" in text and "Brier" in text and "The shift" in text
+    assert "torch" in text and "scikit-learn" in text  # versions
+    assert text.count("* plotly.js v") == 1  # the library embedded once
+    assert not re.search(r"<script[^>]+src=", text)  # nothing to fetch
+    # forest, ROC & PR, a confusion matrix per run, reliability, the shift, learning curves
+    assert figures_in(text) == len(three) + 5
+
+
+def test_the_report_opens_offline_with_every_chart_drawn(three, tmp_path, browser):  # noqa: F811
+    out = tmp_path / "report.html"
+    runs = [RunStore().get(i) for i in three]
+    sets = report.sets_on(runs, evalsets.shared_sets(runs)[0].key)
+    text = report.write_report(runs, sets, out).read_text()
+    context = browser.new_context(offline=True, viewport={"width": 1300, "height": 1000})
+    page = context.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(out.as_uri())
+    page.wait_for_load_state("load")
+    drawn = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        ".filter(el => (el._fullData || []).length > 0 && el.querySelector('svg')).length"
+    )
+    assert drawn == figures_in(text) == len(three) + 5
+    assert all(url.startswith("file:") for url in requests), requests
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    context.close()
+
+
+def test_a_report_on_a_folder_scores_every_run_on_it(
+    tmp_path, monkeypatch, tiny_run_dir, kaggle_tree
+):
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "no-bundled"))
+    for name in ("tiny", "tiny-2"):
+        shutil.copytree(tiny_run_dir, RunStore().root / name)
+    folder = kaggle_tree(tmp_path / "outside", 5, 7, split="test")
+    out = tmp_path / "report.html"
+    done = run_cli("report", "--runs", "tiny", "tiny-2", "--data", str(folder), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    wanted = target(str(folder), "test")
+    text = out.read_text()
+    assert wanted.key in text and f"test/ of {folder}" in text
+    assert "no evidence of a difference" in text  # the same weights twice
+
+
+def test_report_mistakes_are_one_line_and_write_nothing(three, tmp_path):
+    done = run_cli("report", "--out", str(tmp_path / "r.html"))
+    assert done.returncode == 2 and "--runs" in done.stderr
+    done = run_cli("report", "--runs", THREE[0])
+    assert done.returncode == 2 and "needs --out" in done.stderr
+    done = run_cli("report", "--runs", THREE[0], THREE[0], "--out", str(tmp_path / "r.html"))
+    assert done.returncode == 2 and "name each run once" in done.stderr
+    assert not (tmp_path / "r.html").exists()
+
+    runs = [RunStore().get(i) for i in three]
+    shared = evalsets.shared_sets(runs)
+    mixed = {
+        runs[0].id: shared[0],
+        runs[1].id: report.sets_on(runs[1:2], shared[1].key)[runs[1].id],
+    }
+    with pytest.raises(UserError, match="same images"):
+        report.html_report(runs[:2], mixed)
+    with pytest.raises(UserError, match="is a folder"):
+        report.write_report(runs, report.sets_on(runs, shared[0].key), tmp_path)
+
+
+def test_operating_points_and_calibration_come_from_validation(three):
+    run = RunStore().get(three[0])
+    compared = report.split_set(run, "internal_test")
+    points = report.operating_points(run, compared)
+    assert points["threshold"].iloc[0] == "run's threshold"
+    assert points["value"].iloc[0] == pytest.approx(run.evaluation()["threshold"], abs=1e-4)
+    point = report.operating_point(compared, 0.5)
+    (_, fp), (fn, tp) = point["confusion"]
+    assert point["missed_per_1000"] == pytest.approx(1000 * fn / compared.n)
+    assert point["false_alarms_per_1000"] == pytest.approx(1000 * fp / compared.n)
+    assert point["sensitivity"] == pytest.approx(tp / (tp + fn))
+
+    saved = report.fit_temperature(run)
+    assert saved["fitted_on"] == report.split_set(run, "val").key
+    assert report.calibration_file(run).is_relative_to(RunStore().root)
+    assert not (CHECKPOINTS / run.id / "calibration.json").exists()
+    summary = report.calibration_summary(compared, saved["temperature"])
+    assert summary["after"]["brier"] != summary["before"]["brier"]
+    assert sum(b["count"] for b in summary["before"]["bins"]) == compared.n
+
+
+def test_a_run_without_validation_scores_gets_no_temperature(tmp_path):
+    from cxr_core.runs import Run
+
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="no validation scores"):
+        report.fit_temperature(Run(folder))
+    assert not Path(folder / "calibration.json").exists()
