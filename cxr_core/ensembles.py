@@ -244,23 +244,30 @@ def create(
     return run
 
 
+def members(run: Run) -> list[Run]:
+    """An ensemble's member runs, found by id beside it or among the bundled runs."""
+    store = RunStore(run.path.parent)
+    try:
+        return [store.get(member_id) for member_id in run.config()["members"]]
+    except UserError as exc:
+        raise UserError(f"ensemble {run.id}: a member is gone ({exc})") from None
+
+
 def load(path: str | Path, device: str = "cpu") -> Ensemble:
-    """The ensemble whose run folder is ``path``; its members are found by id beside it
-    or among the bundled runs."""
+    """The ensemble whose run folder is ``path``, its members' models loaded."""
     folder = Path(path).expanduser()
     run = Run(folder)
     config, evaluation = run.config(), run.evaluation()
     if not evaluation or "threshold" not in evaluation:
         raise UserError(f"ensemble {run.id} has no evaluation (no threshold)")
-    store = RunStore(folder.parent)
-    members = {}
-    for member_id in config["members"]:
+    models = {}
+    for member in members(run):
         try:
-            members[member_id] = load_model(store.get(member_id).path, device)
+            models[member.id] = load_model(member.path, device)
         except UserError as exc:
-            raise UserError(f"ensemble {run.id}: member {member_id}: {exc}") from None
+            raise UserError(f"ensemble {run.id}: member {member.id}: {exc}") from None
     threshold = float(evaluation["threshold"])
-    return Ensemble(run.id, folder / "config.json", members, list(config["weights"]), threshold)
+    return Ensemble(run.id, folder / "config.json", models, list(config["weights"]), threshold)
 
 
 def load_any(path: str | Path, device: str = "cpu") -> LoadedModel | Ensemble:
