@@ -9,7 +9,7 @@ import streamlit as st
 
 from cxr_core import plots, report
 from cxr_core.evalsets import EvalSet
-from cxr_core.metrics import choose_threshold, confusion, full_report
+from cxr_core.metrics import choose_threshold, full_report
 from cxr_core.runs import Run
 from pages import ensure_app_shell, kept, store, user_errors
 from pages.common import runview
@@ -99,15 +99,10 @@ def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
         f"{100 * (1 - a['specificity']):.0f}. Sensitivity goes from {a['sensitivity']:.0%} to "
         f"{b['sensitivity']:.0%}."
     )
-    st.dataframe(report.shift_table(inside, outside), hide_index=True, width="stretch")
+    st.dataframe(
+        report.shift_table(report.shift_frame(inside, outside)), hide_index=True, width="stretch"
+    )
     st.caption("95% intervals from 1000 bootstrap resamples of patients.")
-    cols = st.columns(2)
-    for col, (name, s) in zip(cols, (("internal", inside), ("outside", outside))):
-        cm = confusion(s.labels, s.probs, s.threshold)
-        col.plotly_chart(
-            plots.confusion_matrix(cm, True, f"{name}, normalised per true class"),
-            key=f"lesson_cm_{name}",
-        )
 
     st.subheader("2. The ranking survives; the threshold does not")
     if _both_classes(outside):

@@ -103,7 +103,7 @@ def test_a_confusion_cell_opens_its_gallery_with_cams_on_demand(runs, tmp_path):
         shown = min(counts[name], 8)
         assert len(at.image) == shown and len(at.toggle) == shown
         assert len(_bars(at)) == shown
-        assert f"threshold {outside.threshold:.1%}" in _bars(at)[0]
+        assert f"left:{100 * outside.threshold:.2f}%" in _bars(at)[0]  # the threshold tick
     assert counts["TN"] > 8, "the tiny run should call more normals normal than a page holds"
     more = next(b for b in at.button if b.label.startswith("Show"))
     more.click().run()
@@ -113,6 +113,17 @@ def test_a_confusion_cell_opens_its_gallery_with_cams_on_demand(runs, tmp_path):
     assert not at.exception
     assert at.image[0].proto.imgs[0].url != before  # the overlay replaced the film
     assert sum("relevance, scaled per image" in h.proto.body for h in at.get("html")) == 1
+
+
+def test_a_gallery_whose_images_are_gone_lists_them(runs, tmp_path):
+    folder = tmp_path / "moved"
+    outside = _outside_set(runs.get("tiny"), folder)
+    shutil.rmtree(folder)  # the data folder moved, or the set was scored on another machine
+    at = _app("confusion_gallery", "tiny", "test")
+    (warning,) = at.warning
+    assert warning.value.startswith("The images cannot be shown: ") and "not found" in warning.value
+    cell = at.radio[0].value
+    assert len(at.dataframe[0].value) == _counts(outside)[cell] and not at.image
 
 
 def test_the_per_image_table_filters_mistakes(runs):
@@ -187,7 +198,7 @@ def test_lesson_with_an_outside_set(runs, tmp_path):
     first = next(c for c, n in counts.items() if n)
     plain = gallery.CELLS[first][2]
     assert any(m.value.startswith(f"**{counts[first]} {plain}**") for m in at.markdown)
-    assert len(at.get("plotly_chart")) >= 4  # two matrices, the scores, the clickable one
+    assert len(at.get("plotly_chart")) == 3  # ROC, the normal films' scores, the matrix
 
 
 # --------------------------------------------------------------------------- browser

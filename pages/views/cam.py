@@ -19,6 +19,16 @@ JET_STOPS = [f"rgb({r},{g},{b})" for b, g, r in _JET[:, 0].tolist()]
 """OpenCV's JET, the colour map the overlays are drawn with (show_cam_on_image), low to high."""
 
 
+def percents(probability: float, threshold: float) -> tuple[str, str]:
+    """Both as percentages, with as many decimals as it takes to tell them apart (up to
+    four): "50.3% is at or above 50.3%" would read as a contradiction."""
+    for digits in range(1, 5):
+        p, t = f"{probability:.{digits}%}", f"{threshold:.{digits}%}"
+        if p != t:
+            break
+    return p, t
+
+
 def bar_html(probability: float, threshold: float, label: bool = True) -> str:
     """The probability as a bar coloured by the decision, with the threshold as a tick:
     a 9% bar crossing a 7.8% tick shows why a film is called PNEUMONIA. ``label`` writes
@@ -26,10 +36,10 @@ def bar_html(probability: float, threshold: float, label: bool = True) -> str:
     decision = "PNEUMONIA" if probability >= threshold else "NORMAL"
     colour = DECISION_COLOURS[decision]
     p, t = 100 * min(max(probability, 0.0), 1.0), 100 * threshold
+    p_text, t_text = percents(probability, threshold)
     anchor = "0" if t < 15 else "-100%" if t > 85 else "-50%"
     heading = (
-        f"<div>P(pneumonia) <b>{probability:.1%}</b>: "
-        f'<b style="color:{colour}">{decision}</b></div>'
+        f'<div>P(pneumonia) <b>{p_text}</b>: <b style="color:{colour}">{decision}</b></div>'
         if label
         else ""
     )
@@ -42,7 +52,7 @@ def bar_html(probability: float, threshold: float, label: bool = True) -> str:
         'border-left:2px solid currentColor"></div></div>'
         '<div style="position:relative;height:1.3em">'
         f'<span style="position:absolute;left:{t:.2f}%;transform:translateX({anchor});'
-        f'white-space:nowrap">threshold {threshold:.1%}</span></div></div>'
+        f'white-space:nowrap">threshold {t_text}</span></div></div>'
     )
 
 

@@ -158,10 +158,10 @@ def confusion_gallery(run: Run, evalset: EvalSet, key: str | None = None) -> Non
             f"Threshold {evalset.threshold:.4f}: at or above it the run says PNEUMONIA. "
             "Most confident: furthest past the threshold, in log-odds."
         )
-    cell_gallery(run, evalset, cell, order, method, key)
+    _cell_gallery(run, evalset, cell, order, method, key)
 
 
-def cell_gallery(
+def _cell_gallery(
     run: Run,
     evalset: EvalSet,
     cell: str,
@@ -183,7 +183,7 @@ def cell_gallery(
         gallery.image_file(evalset, rows["file"].iloc[0])
     except UserError as exc:
         st.warning(f"The images cannot be shown: {exc}", icon=":material/image_not_supported:")
-        st.dataframe(rows.head(shown), hide_index=True, width="stretch")
+        st.dataframe(rows, hide_index=True, width="stretch")
         return
     page = rows.head(shown)
     for start in range(0, len(page), COLUMNS):
@@ -256,7 +256,7 @@ def disagreements(
         gallery.image_file(set_a, rows["file"].iloc[0])
     except UserError as exc:
         st.warning(f"The images cannot be shown: {exc}", icon=":material/image_not_supported:")
-        st.dataframe(rows.head(shown), hide_index=True, width="stretch")
+        st.dataframe(rows, hide_index=True, width="stretch")
         return
     st.caption(
         "The wrong run's most confident mistakes first; each CAM explains the class its "
