@@ -96,7 +96,7 @@ class EvalSet:
             "root": self.root,
             "n": self.n,
             "labels": self.labels.astype(int).tolist(),
-            "probs": [round(float(p), 6) for p in self.probs],
+            "probs": [float(p) for p in self.probs],  # exact, as in the record
             "paths": self.paths,
             "patients": self.patients,
             "skipped": self.skipped,

@@ -255,7 +255,7 @@ def full_report(
             zero_division=0,
         ),
         "labels": labels.tolist(),
-        "probs": [round(float(p), 6) for p in probs],
+        "probs": probs.tolist(),  # exact: metrics read back from the record agree
     }
     if paths is not None:
         report["paths"] = list(paths)

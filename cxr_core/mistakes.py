@@ -75,14 +75,14 @@ def mistake_records(evalset: EvalSet) -> list[dict]:
 
 
 def cmd_errors(args: argparse.Namespace, scored_set: Callable) -> int:
-    from cxr_core.inference import load_model
+    from cxr_core.ensembles import load_any
     from cxr_core.metrics import confusion
     from cxr_core.runs import RunStore
 
     if bool(args.run) == bool(args.checkpoint):
         raise UserError("give exactly one of --run ID or --checkpoint PATH")
     source = RunStore(args.runs_dir).get(args.run).path if args.run else args.checkpoint
-    model = load_model(source, args.device)
+    model = load_any(source, args.device)
     evalset = scored_set(args.data, args.split, model)
     records = mistake_records(evalset)
     if args.json:

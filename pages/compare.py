@@ -16,6 +16,7 @@ from cxr_core.metrics import CATALOGUE
 from cxr_core.runs import Run
 from pages import data_spec, ensure_app_shell, kept, run_picker, store, user_errors
 from pages.common import comparison, runview, texts
+from pages.views import errors as error_views
 
 ensure_app_shell()
 
@@ -263,6 +264,19 @@ def _focus(sets: dict[str, EvalSet]) -> str:
     return st.selectbox("Run", list(sets), key=key)
 
 
+def _images(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
+    """Image by image: one run's mistakes by confusion cell and all its scores; for two
+    runs, the films where they disagree."""
+    run_id = _focus(sets)
+    error_views.confusion_gallery(by_id[run_id], sets[run_id])
+    with st.expander("Every image with its score"):
+        error_views.per_image_table(by_id[run_id], sets[run_id])
+    if len(sets) == 2:
+        (a, set_a), (b, set_b) = sets.items()
+        st.subheader("Where the two runs disagree")
+        error_views.disagreements(by_id[a], set_a, by_id[b], set_b)
+
+
 def _set_threshold(key: str, value: float) -> None:
     st.session_state[key] = round(value, 3)
 
@@ -499,6 +513,7 @@ with user_errors():
         "Calibration": lambda: _calibration(by_id, sets),
         "Shift": lambda: _shift(chosen, evalset),
         "Confusion matrices": lambda: _confusion_matrices(sets),
+        "Images": lambda: _images(by_id, sets),
         "Learning curves": lambda: _learning_curves(chosen),
         "Cost": lambda: _cost(table),
     }

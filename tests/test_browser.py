@@ -28,7 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ARTIFACTS = ROOT / "test-artifacts"
 PAGES = {"runs": "Runs", "": "Data", "train": "Train", "compare": "Compare"}
-PAGES |= {"predict": "Predict & explain", "about": "About CXR Lab"}
+PAGES |= {"predict": "Predict & explain", "about": "About CXR Lab", "sweeps": "Sweeps"}
+PAGES |= {"lesson": "A lesson on distribution shift"}
 WAIT_MS = 180_000  # generous: the CI machine may be busy training
 
 
