@@ -7,6 +7,7 @@ second browser session neither stops nor duplicates it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -311,7 +312,7 @@ with st.expander("Advanced"):
 
 chosen = {**values, "data": spec, "augment": aug}
 
-with user_errors():
+with contextlib.suppress(UserError):  # a bad combination is said once, at the launch
     _expected_duration(archs, {**values, "data": spec, "augment": aug})
 
 c1, c2, c3 = st.columns([2, 2, 3])
