@@ -16,6 +16,7 @@ import streamlit as st
 
 from cxr_core import settings
 from cxr_core.config import Augmentation, Option, options
+from cxr_core.datasets import labelled_images, scan
 from cxr_core.datasources import DataSpec
 from cxr_core.errors import UserError
 from cxr_core.inference import LoadedModel, load_model
@@ -204,7 +205,26 @@ def folder_picker(current: str) -> None:
         )
         if st.form_submit_button("Use this folder"):
             with user_errors():
-                set_data_spec(str(DataSpec.parse(text).resolve()))
+                folder = DataSpec.parse(text).resolve()
+                trainable(folder)
+                set_data_spec(str(folder))
+
+
+def trainable(folder: Path) -> None:
+    """Refuse, in one line and before anything is made, a folder no run can train on; a
+    folder of labelled films without train/ is pointed to scoring instead."""
+    try:
+        scan(folder)
+    except UserError as refused:
+        try:
+            name = labelled_images(folder)[2]
+        except UserError:
+            raise refused from None
+        raise UserError(
+            f"{name} has no train/ to train on, but its films can score runs: pick it under "
+            f"'Evaluated on' on the Compare page, or run: python -m cxr_core evaluate --run "
+            f"RUN --data {folder} --save"
+        ) from None
 
 
 def download_picker() -> None:

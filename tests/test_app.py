@@ -142,6 +142,28 @@ def test_data_page_bad_folder_is_one_error(no_bundled, tmp_path):
     assert len(at.error) == 1 and "no train/ folder" in at.error[0].value
 
 
+def test_data_page_refuses_a_test_only_folder_and_points_to_scoring(no_bundled, tmp_path):
+    """A folder with only test/ cannot be trained on: one line, nothing chosen, and the way
+    to score runs on it instead."""
+    for cls in ("NORMAL", "PNEUMONIA"):
+        folder = tmp_path / "test-only" / "test" / cls
+        folder.mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(radiograph(np.random.default_rng(i), 64, cls != "NORMAL")[0]).save(
+                folder / f"{cls}-{i}.png"
+            )
+    at = open_app("data")
+    before = at.session_state["data_spec"]
+    at.radio(key="data_kind").set_value("Local folder").run()
+    at.text_input[0].set_value(str(tmp_path / "test-only"))
+    at.button[0].click().run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert "has no train/ to train on" in error and "evaluate --run RUN" in error
+    assert at.session_state["data_spec"] == before
+    assert not RunStore().root.exists() or not any(RunStore().root.iterdir())
+
+
 # --------------------------------------------------------------------------- train + runs
 
 
