@@ -106,16 +106,18 @@ def outside_set(run: Run, prefer: str | None = None) -> EvalSet | None:
 # --------------------------------------------------------------------------- numbers
 
 
-def readable_table(table: pd.DataFrame, keys: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """A :func:`compare_table` as people read it: one column per metric, named by its
-    catalogue label, holding "91.2% (88.9-93.3)"."""
-    out = pd.DataFrame({"run": table["run"], "threshold": table["threshold"].round(3)})
-    for key in keys or tuple(CATALOGUE):
+def readable_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`compare_table` as people read it: one column per catalogue metric, named
+    by its label, holding "91.2% (88.9-93.3)"; the headline metrics first (on a narrow
+    screen the last columns are the ones scrolled out of sight)."""
+    out = pd.DataFrame({"run": table["run"]})
+    for key in dict.fromkeys([*HEADLINE, *CATALOGUE]):
         info = CATALOGUE[key]
         out[info.label] = [
             stats.format_ci(r[key], (r[f"{key}_lo"], r[f"{key}_hi"]), info.percent)
             for r in table.to_dict("records")
         ]
+    out["threshold"] = table["threshold"].round(3)
     return out
 
 

@@ -92,7 +92,9 @@ def test_two_runs_every_metric_with_its_interval_and_a_paired_verdict(five):
     assert any("carved from the training folder" in w.value for w in at.warning)
 
     summary = at.dataframe[0].value
-    assert list(summary.columns) == ["run", "threshold", *(i.label for i in CATALOGUE.values())]
+    headline = ["accuracy", "sensitivity", "specificity", "AUC"]
+    others = [i.label for i in CATALOGUE.values() if i.label not in headline]
+    assert list(summary.columns) == ["run", *headline, *others, "threshold"]
     assert all(CI.match(v) for v in summary["accuracy"]), summary["accuracy"].tolist()
     assert all(re.match(r"^0\.\d{3} \(0\.\d{3}-[01]\.\d{3}\)$", v) for v in summary["AUC"])
     sets = report.sets_on(runs, shared[0].key)
@@ -233,9 +235,24 @@ def test_the_url_restores_runs_set_and_tab(five):
     at.multiselect(key="compare_runs").set_value(chosen[:2]).run()
     assert param(at, "tab") == ["Shift"] and param(at, "runs") == chosen[:2]
     assert param(at, "set") == [official.key]
+    at.switch_page("pages/about.py").run()
+    at.switch_page("pages/compare.py").run()  # another page and back: the same choice
+    assert at.session_state["compare_tab"] == "Shift"
+    assert at.multiselect(key="compare_runs").value == chosen[:2]
 
     fresh = open_compare({"set": "0000deadbeef"})  # a set these runs lack: the default
     assert fresh.selectbox(key="compare_set").value != "0000deadbeef"
+
+
+def test_the_data_pages_choice_lives_in_the_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "no-bundled"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["data"] = "synthetic:30"
+    at.switch_page("pages/data.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["data_spec"] == "synthetic:30"  # a refresh keeps the choice
+    at.slider(key="data_synthetic_n").set_value(40).run()
+    assert param(at, "data") == ["synthetic:40"]
 
 
 def test_runs_lacking_a_folder_are_scored_in_the_background(
