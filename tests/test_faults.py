@@ -12,13 +12,12 @@ import json
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import streamlit as st
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, wait_until
 from streamlit.testing.v1 import AppTest
 
 from cxr_core import cli, engine
@@ -49,16 +48,6 @@ def runs_page() -> AppTest:
 def runs_table(at: AppTest) -> dict[str, dict]:
     (table,) = at.dataframe
     return {row["run"]: row for row in table.value.to_dict("records")}
-
-
-def wait_until(predicate, timeout: float, what: str, poll: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def history(run_dir: Path) -> list[dict]:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, wait_until
 from raycluster import ray_cluster
 
 from cxr_core.config import TrainConfig
@@ -45,16 +44,6 @@ def cluster(tmp_path_factory) -> str:
 @pytest.fixture
 def no_bundled(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "no-bundled"))
-
-
-def wait_until(predicate, timeout: float, what: str, poll: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def read(run_dir: Path, name: str) -> dict | None:
