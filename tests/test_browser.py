@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from appserver import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_app
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, run_cli
 from PIL import Image
 
 from cxr_core.errors import UserError
@@ -118,7 +118,21 @@ def test_upload_predict_and_explain(browser, server, tmp_path):
     page.close()
 
 
-def test_launch_training_and_watch_the_curve_grow(browser, server, isolated_store):
+def test_launch_training_and_watch_the_curve_grow(browser, server, isolated_store, tmp_path):
+    # Compare shows runs on images they share: score the bundled run on the val/ films of
+    # the preset's data set, as a user would before comparing (evaluate --save).
+    scored = run_cli(
+        "evaluate",
+        "--run",
+        "bundled-tiny",
+        "--data",
+        "synthetic:100",
+        "--split",
+        "official_val",
+        "--save",
+        env={"CXR_BUNDLED_DIR": str(tmp_path / "bundled")},
+    )
+    assert scored.returncode == 0, scored.stderr
     page = open_page(browser, server, "train", "Train")
     page.locator("[data-testid=stSelectbox]").filter(has_text="Preset").click()
     page.get_by_role("option", name="tiny demo (synthetic)").click()
