@@ -119,6 +119,18 @@ def _pick_clicked(chart_key: str, pick_key: str) -> None:
         st.session_state[pick_key] = gallery.cell_of(truth, decision)
 
 
+def _images_reachable(evalset: EvalSet, rows) -> bool:
+    """Whether the set's image files can be opened here; if not, say why and list the rows
+    instead (the folder moved, or lies outside the deployment's allowed roots)."""
+    try:
+        gallery.image_file(evalset, rows["file"].iloc[0])
+    except UserError as exc:
+        st.warning(f"The images cannot be shown: {exc}", icon=":material/image_not_supported:")
+        st.dataframe(rows, hide_index=True, width="stretch")
+        return False
+    return True
+
+
 def confusion_gallery(run: Run, evalset: EvalSet, key: str | None = None) -> None:
     """The run's confusion matrix on the set; the images of the cell clicked (or picked),
     most confident mistakes first, each with its CAM on demand."""
@@ -179,11 +191,7 @@ def _cell_gallery(
         return
     more_key = f"{key}_{cell}_{order}_shown"
     shown = st.session_state.get(more_key, PER_PAGE)
-    try:
-        gallery.image_file(evalset, rows["file"].iloc[0])
-    except UserError as exc:
-        st.warning(f"The images cannot be shown: {exc}", icon=":material/image_not_supported:")
-        st.dataframe(rows, hide_index=True, width="stretch")
+    if not _images_reachable(evalset, rows):
         return
     page = rows.head(shown)
     for start in range(0, len(page), COLUMNS):
@@ -252,11 +260,7 @@ def disagreements(
         return
     more_key = f"{key}_{side}_shown"
     shown = st.session_state.get(more_key, PAIRS_PER_PAGE)
-    try:
-        gallery.image_file(set_a, rows["file"].iloc[0])
-    except UserError as exc:
-        st.warning(f"The images cannot be shown: {exc}", icon=":material/image_not_supported:")
-        st.dataframe(rows, hide_index=True, width="stretch")
+    if not _images_reachable(set_a, rows):
         return
     st.caption(
         "The wrong run's most confident mistakes first; each CAM explains the class its "
