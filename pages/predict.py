@@ -8,6 +8,7 @@ import hashlib
 import numpy as np
 import streamlit as st
 
+from cxr_core import cam_checks
 from cxr_core.errors import UserError
 from cxr_core.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, load_gray
 from cxr_core.inference import CAM_METHODS, Prediction, explain, overlay, predict
@@ -22,10 +23,18 @@ from pages import (
     synthetic_badge,
 )
 from pages.common import runview, texts, uploads
+from pages.views import cam
 
 ensure_app_shell()
 
 TARGETS = {"predicted class": None, "PNEUMONIA": 1, "NORMAL": 0}
+LUNG_FIELDS_HELP = (
+    "Energy: the share of the map's total. The lung fields are two fixed ellipses where the "
+    "lungs lie on a centred frontal film (fitted to the mean Kermany training film), not a "
+    "segmentation of this film: they are wrong for rotated or off-centre patients, films "
+    "showing much of the abdomen, lateral views and adults. Energy on the border or below "
+    "the diaphragm hints at a shortcut (text markers, collimation edges, the abdomen)."
+)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -47,6 +56,57 @@ def _heat(
     return explain(loaded_model(weights, mtime), _pixels, method, target)
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def _road(
+    weights: str, mtime: float, digest: str, method: str, target: int, _pixels: np.ndarray
+) -> tuple[cam_checks.RoadScores, cam_checks.RoadScores]:
+    """ROAD of the CAM and of a random map of the same coarseness (the baseline)."""
+    model = loaded_model(weights, mtime)
+    heat = _heat(weights, mtime, digest, method, target, _pixels)
+    baseline = cam_checks.random_map(heat.shape[0], seed=0)
+    return (
+        cam_checks.road(model, _pixels, heat, target),
+        cam_checks.road(model, _pixels, baseline, target),
+    )
+
+
+def _cam_checks(run: Run, digest: str, heat: np.ndarray, pixels: np.ndarray, controls: dict):
+    """Where the map's energy sits, and (on request) whether it is faithful."""
+    shares = cam_checks.shortcut_shares(heat)
+    flat = cam_checks.shortcut_shares(np.ones_like(heat))
+    flagged = (
+        shares.border > cam_checks.BORDER_LIMIT
+        or shares.below_diaphragm > cam_checks.DIAPHRAGM_LIMIT
+    )
+    st.caption(
+        f"CAM energy: {shares.border:.0%} in the border (outer 10%), {shares.outside_lungs:.0%} "
+        f"outside the usual lung fields, {shares.below_diaphragm:.0%} below the diaphragm "
+        f"(a flat map: {flat.border:.0%}, {flat.outside_lungs:.0%}, "
+        f"{flat.below_diaphragm:.0%}; the lung fields are a fixed prior, not a segmentation).",
+        help=LUNG_FIELDS_HELP,
+    )
+    if flagged:
+        st.warning(
+            "This map sits on the border or below the diaphragm: the model may be reading "
+            "markers, edges or the abdomen here, not the lungs.",
+            icon=":material/warning:",
+        )
+    if not controls["road"]:
+        return
+    weights, mtime = str(run.weights), run.weights.stat().st_mtime
+    with st.spinner("ROAD: removing pixels and predicting again ..."):
+        scores, baseline = _road(
+            weights, mtime, digest, controls["method"], controls["cam_target"], pixels
+        )
+    verdict = "better than" if scores.combined > baseline.combined else "no better than"
+    st.caption(
+        f"ROAD faithfulness {scores.combined:+.3f} against {baseline.combined:+.3f} for a "
+        f"random map: {verdict} chance. (Most relevant removed first "
+        f"{scores.most_relevant_first:+.3f}, least relevant first "
+        f"{scores.least_relevant_first:+.3f}: the change in the explained class's log-odds.)"
+    )
+
+
 def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, controls: dict):
     weights, mtime = str(run.weights), run.weights.stat().st_mtime
     st.markdown(f"**{run.id}**")
@@ -60,10 +120,12 @@ def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, con
         f"{pred.probability:.1%}",
         help="The model's probability of PNEUMONIA for this image.",
     )
-    st.progress(pred.probability)
+    cam.probability_bar(pred.probability, pred.threshold, label=False)
     tint = "red" if pred.label == "PNEUMONIA" else "green"
+    side = "at or above" if pred.label == "PNEUMONIA" else "below"
+    p_text, t_text = cam.percents(pred.probability, pred.threshold)
     st.markdown(
-        f":{tint}-background[**{pred.label}**] at the run's threshold {pred.threshold:.3f}",
+        f":{tint}-background[**{pred.label}**]: {p_text} is {side} the run's threshold {t_text}",
         help=texts.help_text("threshold"),
     )
     with st.spinner(f"Computing {controls['method']} ..."):
@@ -78,6 +140,8 @@ def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, con
         f"{pred.pixels.shape[0]} px input",
         width="stretch",
     )
+    cam.colour_scale()
+    _cam_checks(run, digest, heat, pixels, {**controls, "cam_target": target})
     st.download_button(
         "PNG",
         uploads.png_bytes(image),
@@ -136,11 +200,19 @@ target_name = c2.selectbox(
     "Explain the evidence for", list(TARGETS), key=kept("predict_target", "predicted class")
 )
 opacity = c3.slider("Heat-map opacity", 0.0, 1.0, key=kept("predict_opacity", 0.45), step=0.05)
+road = st.toggle(
+    "Check faithfulness (ROAD)",
+    key=kept("predict_road", False),
+    help="Remove the pixels the CAM calls most (then least) relevant and predict again: "
+    "a faithful map moves the prediction (its log-odds) more than a random map does. About 4 s per "
+    "image and model at 224 px.",
+)
 controls = {
     "method": method,
     "target": TARGETS[target_name],
     "target_name": target_name,
     "opacity": opacity,
+    "road": road,
 }
 
 images = [(u.name, u.getvalue()) for u in files or []]
@@ -150,9 +222,14 @@ if not chosen:
 elif not images:
     st.caption("Upload one or more images, or pick a synthetic sample.")
 
+first_names: dict[str, str] = {}  # digest -> the name the file is shown under
 for index, (raw_name, data) in enumerate(images if chosen else []):
     name = uploads.display_name(raw_name)
     digest = hashlib.sha1(data).hexdigest()
+    if digest in first_names:
+        st.caption(f"{name}: the same file as {first_names[digest]}, shown once.")
+        continue
+    first_names[digest] = name
     st.divider()
     st.subheader(name)
     try:
