@@ -380,6 +380,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from cxr_core.engine import store_weights_as
+    from cxr_core.fileio import atomic_write_json
+
+    run = _store(args).get(args.run)
+    was = run.evaluation() or {}
+    evaluation = store_weights_as(run, args.precision)
+    record = run.config()
+    record["command"] = f"{record.get('command')} && python -m cxr_core " + shlex.join(sys.argv[1:])
+    atomic_write_json(run.path / "config.json", record)
+    val, before = evaluation["splits"]["val"], was.get("splits", {}).get("val", {})
+    print(
+        f"{run.id}: {args.precision} weights, {evaluation['file_mb']:.1f} MB "
+        f"(was {was.get('file_mb', float('nan')):.1f}); val AUC {val['roc_auc']:.4f} "
+        f"(was {before.get('roc_auc', float('nan')):.4f}), accuracy {val['accuracy']:.1%} "
+        f"(was {before.get('accuracy', float('nan')):.1%})"
+    )
+    return 0
+
+
 def _compared_sets(args: argparse.Namespace, runs: list) -> dict:
     """Each run's scores on one image set: all scored now on ``--data`` (``--split``), or
     the first set they share (an outside test set first)."""
@@ -556,6 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
+        "quantize", help="store a completed run's weights at a lower precision and re-score it"
+    )
+    p.add_argument("run")
+    p.add_argument("--precision", choices=["fp16", "int8"], default="int8")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser(
         "report", help="markdown results table of the bundled runs, or an HTML report (--runs)"
     )
     p.add_argument("--readme", help="replace the <!-- runs:start/end --> block of this file")
@@ -585,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cxr_core.mistakes import add_errors_parser
 
     add_errors_parser(sub, _add_scoring_options, _scored_set)
+    from cxr_core.cam_report import add_cam_check_parser
+
+    add_cam_check_parser(sub, _add_scoring_options, _scored_set)
     from cxr_core.ensembles import add_ensemble_parser
 
     add_ensemble_parser(sub)

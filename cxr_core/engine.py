@@ -26,7 +26,7 @@ from cxr_core import checkpoints, features, metrics
 from cxr_core.config import TrainConfig
 from cxr_core.datasets import SplitManifest
 from cxr_core.errors import UserError
-from cxr_core.fileio import atomic_write_files, atomic_write_json, read_json
+from cxr_core.fileio import atomic_write_bytes, atomic_write_files, atomic_write_json, read_json
 from cxr_core.imagesets import Data, load_data
 from cxr_core.models import Network, count_parameters
 from cxr_core.runs import Run
@@ -446,7 +446,7 @@ def run_epochs(
     t: Training,
     reporter: Reporter,
     clock: Callable[[], float],
-    half_weights: bool,
+    precision: str,
 ) -> None:
     """The epoch loop: train, validate, keep the best weights (on the monitored validation
     metric), checkpoint for resume, stop early when validation stops improving."""
@@ -487,7 +487,7 @@ def run_epochs(
                 run.weights,
                 t.network.model,
                 {"config": cfg.to_dict(), "epoch": epoch},
-                half=half_weights,
+                precision,
             )
         else:
             state["bad_epochs"] += 1
@@ -506,6 +506,7 @@ def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = F
     validation only. ``train_time_s`` counts the whole run (decoding, cached features,
     epochs), summed over the processes of a resumed run.
     """
+    precision = "fp16" if half_weights else "fp32"
     with run.keep_alive():
         reporter = Reporter(run, cfg)
         process_started = time.perf_counter()
@@ -521,7 +522,7 @@ def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = F
 
         status = "completed"
         try:
-            run_epochs(run, cfg, t, reporter, clock, half_weights)
+            run_epochs(run, cfg, t, reporter, clock, precision)
         except Cancelled:
             status = "cancelled"
         except KeyboardInterrupt:
@@ -538,11 +539,37 @@ def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = F
             return {}
         run.set_status("running", phase="final evaluation")
         t.state["train_time_s"] = clock()
-        scored = t.images if half_weights else t.data
-        evaluation = final_evaluation(run, scored, t.device, cfg, t.state, t.info, half_weights)
+        scored = t.images if precision != "fp32" else t.data
+        evaluation = final_evaluation(run, scored, t.device, cfg, t.state, t.info, precision)
         message = "cancelled: evaluated the best epoch so far" if status == "cancelled" else None
         run.set_status(status, phase="done", message=message)
         return evaluation
+
+
+def store_weights_as(run: Run, precision: str) -> dict:
+    """Store a completed run's best weights at ``precision`` and score what is stored:
+    the threshold chosen again on val, every split reported again. On any failure the
+    run is left as it was."""
+    evaluation = run.evaluation()
+    if run.status().get("status") != "completed" or not evaluation:
+        raise UserError(f"run {run.id} is not completed; quantize completed runs")
+    cfg = TrainConfig.from_dict(run.config())
+    device = select_device(cfg.device)
+    before = run.weights.read_bytes(), (run.path / "evaluation.json").read_bytes()
+    state_dict, meta = checkpoints.load_weights(run.weights)
+    network = build_network(cfg, device)
+    checkpoints.load_state_into(network.model, state_dict, cfg.arch, run.weights)
+    data = load_data(cfg, SplitManifest.from_dict(run.split()))
+    state = {"epoch": evaluation["epochs_run"], "train_time_s": evaluation["train_time_s"]}
+    try:
+        checkpoints.save_weights(run.weights, network.model, meta, precision)
+        return final_evaluation(
+            run, data, device, cfg, state, count_parameters(network.model), precision
+        )
+    except BaseException:
+        atomic_write_bytes(run.weights, before[0])
+        atomic_write_bytes(run.path / "evaluation.json", before[1])
+        raise
 
 
 def final_evaluation(
@@ -552,10 +579,10 @@ def final_evaluation(
     cfg: TrainConfig,
     state: dict,
     info: dict,
-    half: bool,
+    precision: str,
 ) -> dict:
     """Reload the saved best weights (exactly what ships), pick the threshold on val,
-    report every split and store the threshold in the checkpoint."""
+    report every split and store the threshold in the checkpoint, at ``precision``."""
     state_dict, meta = checkpoints.load_weights(run.weights)
     network = build_network(cfg, device)
     checkpoints.load_state_into(network.model, state_dict, cfg.arch, run.weights)
@@ -581,11 +608,11 @@ def final_evaluation(
         "latency_ms": round(measure_latency(network.model, cfg), 2),
         **info,
         "file_mb": round(run.weights.stat().st_size / 2**20, 2),
-        "fp16_weights": half,
+        "weights_precision": precision,
         "splits": splits,
     }
     atomic_write_json(run.path / "evaluation.json", evaluation)
     checkpoints.save_weights(
-        run.weights, network.model, {**meta, "threshold": threshold, "run_id": run.id}, half=half
+        run.weights, network.model, {**meta, "threshold": threshold, "run_id": run.id}, precision
     )
     return evaluation

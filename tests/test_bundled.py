@@ -32,7 +32,7 @@ def test_bundled_run_is_a_complete_record(path):
     assert {f.name for f in path.iterdir()} == set(SHARED_FILES)
     assert run.status()["status"] == "completed"
     evaluation = run.evaluation()
-    assert evaluation["fp16_weights"] and not evaluation["synthetic"]
+    assert evaluation["weights_precision"] in ("fp16", "int8") and not evaluation["synthetic"]
     assert {"val", "internal_test"} <= set(evaluation["splits"])
     for report in evaluation["splits"].values():
         assert len(report["probs"]) == len(report["labels"]) == report["n"]
