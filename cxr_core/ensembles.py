@@ -18,13 +18,14 @@ CAM per member) treat an ensemble like any run: :func:`load_any` loads either ki
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,15 @@ class Ensemble:
         return combine(sets, self.weights, self.threshold)
 
     def predict(self, sources: list[ImageSource]) -> list[EnsemblePrediction]:
-        per_member = {i: predict(m, sources) for i, m in self.members.items()}
+        # Every member reads each stream (an upload) from where it started, not from
+        # where the previous member left it: at its end.
+        starts = [s.tell() if hasattr(s, "seek") else None for s in sources]
+        per_member = {}
+        for member_id, model in self.members.items():
+            for source, start in zip(sources, starts):
+                if start is not None:
+                    source.seek(start)
+            per_member[member_id] = predict(model, sources)
         out = []
         for k in range(len(sources)):
             members = {i: predictions[k] for i, predictions in per_member.items()}
@@ -253,8 +262,23 @@ def members(run: Run) -> list[Run]:
         raise UserError(f"ensemble {run.id}: a member is gone ({exc})") from None
 
 
-def load(path: str | Path, device: str = "cpu") -> Ensemble:
-    """The ensemble whose run folder is ``path``, its members' models loaded."""
+def weights_by_member(run: Run) -> dict[str | None, Path]:
+    """The weights files whose CAMs explain ``run``, keyed as :func:`overlays` keys its
+    overlays: the run's own (None), or each member's by id for an ensemble."""
+    if is_ensemble(run):
+        return {member.id: member.weights for member in members(run)}
+    return {None: run.weights}
+
+
+def load(
+    path: str | Path,
+    device: str = "cpu",
+    loader: Callable[[Path], LoadedModel] | None = None,
+) -> Ensemble:
+    """The ensemble whose run folder is ``path``, its members' models loaded by
+    ``loader`` from their weights files (default: :func:`load_model`; the app passes its
+    cache of loaded models, so a member shown alone and in an ensemble is loaded once)."""
+    loader = loader or functools.partial(load_model, device=device)
     folder = Path(path).expanduser()
     run = Run(folder)
     config, evaluation = run.config(), run.evaluation()
@@ -263,7 +287,7 @@ def load(path: str | Path, device: str = "cpu") -> Ensemble:
     models = {}
     for member in members(run):
         try:
-            models[member.id] = load_model(member.path, device)
+            models[member.id] = loader(member.weights)
         except UserError as exc:
             raise UserError(f"ensemble {run.id}: member {member.id}: {exc}") from None
     threshold = float(evaluation["threshold"])

@@ -352,13 +352,20 @@ class RunStore:
         return [row[-1] for row in sorted(rows, key=lambda r: r[:3])]
 
     def delete(self, run: Run) -> None:
-        """Remove a finished run and everything recorded for it; bundled runs and runs
-        still training or queued cannot be deleted. The folder is first renamed out of
-        sight, so a reader never meets half a run."""
+        """Remove a finished run and everything recorded for it; bundled runs, runs
+        still training or queued, and members of an ensemble (which would stop working)
+        cannot be deleted. The folder is first renamed out of sight, so a reader never
+        meets half a run."""
         if run.bundled:
             raise UserError(f"{run.id} is a bundled run; it cannot be deleted")
         if run.status().get("status") in ACTIVE:
             raise UserError(f"run {run.id} is still {run.status()['status']}: cancel it first")
+        using = [r.id for r in self._folders() if run.id in (r.config().get("members") or [])]
+        if using:
+            raise UserError(
+                f"run {run.id} is a member of the ensemble(s) {', '.join(using)}: "
+                "delete those first"
+            )
         trash = self.root / f".deleting-{run.id}-{uuid.uuid4().hex[:6]}"
         run.path.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)

@@ -5,16 +5,26 @@ split to an outside set. The chosen runs, set and tab live in the URL."""
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 import pandas as pd
 import streamlit as st
 
-from cxr_core import evaljobs, evalsets, plots, report
+from cxr_core import ensembles, evaljobs, evalsets, plots, report
 from cxr_core.compare import compare_table
+from cxr_core.errors import UserError
 from cxr_core.evalsets import EvalSet
 from cxr_core.metrics import CATALOGUE
 from cxr_core.runs import Run
-from pages import data_spec, ensure_app_shell, kept, run_picker, store, user_errors
+from pages import (
+    data_spec,
+    ensure_app_shell,
+    kept,
+    run_picker,
+    session_owner,
+    store,
+    user_errors,
+)
 from pages.common import comparison, runview, texts
 from pages.views import errors as error_views
 
@@ -133,6 +143,51 @@ def _pick_set(chosen: list[Run]) -> EvalSet | None:
         "from the training folder and are easier.",
     )
     return by_key[choice]
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def _make_ensemble(ids: list[str]) -> None:
+    """Make an ensemble of the runs ``ids``, owned by this session as a run launched on
+    the Train page is, and add it to the chosen runs. A callback, so it runs before the
+    picker is drawn; what happened is kept for the page to say."""
+    st.session_state["compare_ensemble_nonce"] = uuid.uuid4().hex
+    try:
+        run = ensembles.create(store(), ids, owner=session_owner())
+    except UserError as exc:
+        st.session_state["compare_ensemble_said"] = ("error", str(exc))
+        return
+    st.session_state["compare_runs"] = [*ids, run.id]
+    st.session_state["compare_ensemble_said"] = (
+        "success",
+        f"Made the ensemble **{run.id}** (the mean probability of {', '.join(ids)}, its "
+        "threshold chosen on their shared validation split) and added it to the runs.",
+    )
+
+
+def _ensemble_offer(chosen: list[Run]) -> None:
+    """One click makes an ensemble of the chosen runs; they must share one validation
+    split, else the refusal is one line and nothing is made."""
+    said = st.session_state.pop("compare_ensemble_said", None)
+    if said:
+        kind, text = said
+        show = st.success if kind == "success" else st.error
+        show(text, icon=":material/stacks:" if kind == "success" else ":material/error:")
+    if len(chosen) < 2:
+        return
+    # A new key after every click: a double click's second press matches no button.
+    nonce = st.session_state.setdefault("compare_ensemble_nonce", uuid.uuid4().hex)
+    st.button(
+        "Make an ensemble of these runs",
+        key=f"compare_ensemble_{nonce}",
+        on_click=_make_ensemble,
+        args=([r.id for r in chosen],),
+        icon=":material/stacks:",
+        help="A new run that predicts the mean probability of the chosen runs, with its own "
+        "threshold chosen on the validation split they share; it refers to them, no weights "
+        "are copied.",
+    )
 
 
 # --------------------------------------------------------------------------- scoring
@@ -440,6 +495,7 @@ with user_errors():
     if not chosen:
         st.info("Pick one or more runs.", icon=":material/info:")
         st.stop()
+    _ensemble_offer(chosen)
     by_id = {r.id: r for r in chosen}
     evalset = _pick_set(chosen)
     if evalset is not None:

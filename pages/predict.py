@@ -4,15 +4,25 @@ class activation map, side by side. Preprocessing is exactly the run's own."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
-from cxr_core import cam_checks
+from cxr_core import cam_checks, ensembles
+from cxr_core.ensembles import Ensemble, EnsemblePrediction
 from cxr_core.errors import UserError
 from cxr_core.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, load_gray
-from cxr_core.inference import CAM_METHODS, Prediction, explain, overlay, predict
+from cxr_core.inference import (
+    CAM_METHODS,
+    Prediction,
+    explain,
+    overlay,
+    predict,
+    resolve_checkpoint,
+)
 from cxr_core.runs import Run
+from cxr_core.settings import CLASSES
 from pages import (
     ensure_app_shell,
     kept,
@@ -41,6 +51,12 @@ LUNG_FIELDS_HELP = (
 def _decode(digest: str, name: str, _data: bytes) -> np.ndarray:
     """Validate an upload once: a bad file is one message, not one per model."""
     return uploads.thumbnail(load_gray(uploads.upload_source(name, _data)))
+
+
+def _weights_version(weights: Path) -> tuple[str, float]:
+    """A weights file as the caches key it: its path and version (mtime)."""
+    weights = resolve_checkpoint(weights)  # a one-line error if it went away
+    return str(weights), weights.stat().st_mtime
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -93,7 +109,7 @@ def _cam_checks(run: Run, digest: str, heat: np.ndarray, pixels: np.ndarray, con
         )
     if not controls["road"]:
         return
-    weights, mtime = str(run.weights), run.weights.stat().st_mtime
+    weights, mtime = _weights_version(run.weights)
     with st.spinner("ROAD: removing pixels and predicting again ..."):
         scores, baseline = _road(
             weights, mtime, digest, controls["method"], controls["cam_target"], pixels
@@ -107,31 +123,92 @@ def _cam_checks(run: Run, digest: str, heat: np.ndarray, pixels: np.ndarray, con
     )
 
 
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _loaded_ensemble(folder: str, version: tuple) -> Ensemble:
+    """One loaded ensemble per run folder and version (its members' weights) for the
+    whole server process; its members come from the shared cache of loaded models."""
+    return ensembles.load(folder, loader=lambda w: loaded_model(*_weights_version(w)))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _predict_ensemble(
+    folder: str, version: tuple, digest: str, name: str, _data: bytes
+) -> EnsemblePrediction:
+    model = _loaded_ensemble(folder, version)
+    return model.predict([uploads.upload_source(name, _data)])[0]
+
+
+def _prediction(
+    run: Run, digest: str, name: str, data: bytes
+) -> tuple[Prediction | EnsemblePrediction, dict[str | None, tuple[Run, Prediction]]]:
+    """The run's prediction, and what each CAM explains: the run itself (key None), or
+    every member of an ensemble (by id) with the member's own prediction."""
+    if not ensembles.is_ensemble(run):
+        pred = _predict(*_weights_version(run.weights), digest, name, data)
+        return pred, {None: (run, pred)}
+    members = ensembles.members(run)
+    version = (
+        (run.path / "config.json").stat().st_mtime,
+        *(_weights_version(m.weights) for m in members),
+    )
+    pred = _predict_ensemble(str(run.path), version, digest, name, data)
+    return pred, {m.id: (m, pred.members[m.id]) for m in members}
+
+
+def _decision(probability: float, threshold: float, label: str, whose: str) -> None:
+    """The decision in words, beside the bar: which side of ``whose`` threshold."""
+    tint = "red" if label == "PNEUMONIA" else "green"
+    side = "at or above" if label == "PNEUMONIA" else "below"
+    p_text, t_text = cam.percents(probability, threshold)
+    st.markdown(
+        f":{tint}-background[**{label}**]: {p_text} is {side} {whose} threshold {t_text}",
+        help=texts.help_text("threshold"),
+    )
+
+
 def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, controls: dict):
-    weights, mtime = str(run.weights), run.weights.stat().st_mtime
     st.markdown(f"**{run.id}**")
     if runview.is_synthetic_run(run):
         synthetic_badge(True)
         st.caption("Trained on synthetic images: its output on a real radiograph means nothing.")
     with st.spinner("Loading the model and predicting ..."):
-        pred = _predict(weights, mtime, digest, name, data)
+        pred, explained = _prediction(run, digest, name, data)
+    ensemble = isinstance(pred, EnsemblePrediction)
     st.metric(
         "P(pneumonia)",
         f"{pred.probability:.1%}",
-        help="The model's probability of PNEUMONIA for this image.",
+        help="The ensemble's probability of PNEUMONIA for this image: the weighted mean of "
+        "its members'."
+        if ensemble
+        else "The model's probability of PNEUMONIA for this image.",
     )
     cam.probability_bar(pred.probability, pred.threshold, label=False)
-    tint = "red" if pred.label == "PNEUMONIA" else "green"
-    side = "at or above" if pred.label == "PNEUMONIA" else "below"
-    p_text, t_text = cam.percents(pred.probability, pred.threshold)
-    st.markdown(
-        f":{tint}-background[**{pred.label}**]: {p_text} is {side} the run's threshold {t_text}",
-        help=texts.help_text("threshold"),
+    _decision(
+        pred.probability, pred.threshold, pred.label, "the ensemble's" if ensemble else "the run's"
     )
+    target = pred.predicted if controls["target"] is None else controls["target"]
+    if ensemble:
+        st.caption(
+            f"An ensemble has no layer of its own: each member's {controls['method']} for "
+            f"{controls['target_name']} ({CLASSES[target]}, the ensemble's decision), on the "
+            "image as that member saw it."
+        )
+    for member, (source, seen) in explained.items():
+        if member is not None:
+            st.markdown(f"**member {member}**")
+            cam.probability_bar(seen.probability, seen.threshold, label=False)
+            _decision(seen.probability, seen.threshold, seen.label, "its")
+        png = f"{run.id}{f'-{member}' if member else ''}-{controls['method']}-image{index + 1}"
+        _cam(source, seen, png, digest, controls, target)
+
+
+def _cam(run: Run, pred: Prediction, name: str, digest: str, controls: dict, target: int) -> None:
+    """``run``'s CAM of what it saw (``pred``): the overlay, its colour scale, the checks
+    and a PNG of it named ``name``."""
+    weights, mtime = _weights_version(run.weights)
     with st.spinner(f"Computing {controls['method']} ..."):
         # A writable copy: the cached pixels are read-only, torch wants to own its input.
         pixels = pred.pixels.copy()
-        target = pred.predicted if controls["target"] is None else controls["target"]
         heat = _heat(weights, mtime, digest, controls["method"], target, pixels)
     image = overlay(pred.pixels, heat, controls["opacity"])
     st.image(
@@ -145,9 +222,9 @@ def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, con
     st.download_button(
         "PNG",
         uploads.png_bytes(image),
-        file_name=f"{run.id}-{controls['method']}-image{index + 1}.png",
+        file_name=f"{name}.png",
         mime="image/png",
-        key=f"png_{run.id}_{index}",
+        key=f"png_{name}",
         icon=":material/download:",
     )
 

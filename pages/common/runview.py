@@ -8,7 +8,9 @@ import time
 import numpy as np
 import pandas as pd
 
+from cxr_core import ensembles
 from cxr_core.datasources import is_synthetic_spec
+from cxr_core.errors import UserError
 from cxr_core.evalsets import fingerprint, run_sets
 from cxr_core.metrics import roc_auc
 from cxr_core.runs import ACTIVE, Run, RunStore
@@ -125,9 +127,18 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _weights_on_disk(run: Run) -> bool:
+    """Whether every weights file ``run`` predicts with is here (an ensemble's members')."""
+    try:
+        return all(w.exists() for w in ensembles.weights_by_member(run).values())
+    except UserError:  # an ensemble whose member is gone
+        return False
+
+
 def model_runs(store: RunStore) -> list[Run]:
-    """Runs whose weights can be used for predictions (finished, weights on disk)."""
-    return [r for r in store.list() if r.weights.exists() and r.status()["status"] not in ACTIVE]
+    """Runs that can predict: finished, with their weights on disk (an ensemble: all of
+    its members', so it is offered only while it can be loaded)."""
+    return [r for r in store.list() if r.status()["status"] not in ACTIVE and _weights_on_disk(r)]
 
 
 def evaluated_runs(store: RunStore) -> list[Run]:

@@ -1,5 +1,6 @@
 """A prediction as every page shows it: the probability against the run's threshold on one
-bar, and a CAM overlay with its colour scale; CAMs of image files, cached per model."""
+bar, and a CAM overlay with its colour scale; CAMs of image files, cached per model (an
+ensemble's: one per member)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import cv2
 import numpy as np
 import streamlit as st
 
+from cxr_core import ensembles
+from cxr_core.errors import UserError
 from cxr_core.inference import explain, prepare
+from cxr_core.runs import Run
 from pages import loaded_model
 
 DECISION_COLOURS = {"PNEUMONIA": "#d62728", "NORMAL": "#2ca02c"}
@@ -99,3 +103,17 @@ def file_pixels_and_heat(
     key = (str(weights), _version(weights), str(file), _version(file))
     pixels = model_view(*key)
     return pixels, file_heat(*key, method, target) if method else None
+
+
+def file_views(
+    run: Run, file: Path, method: str | None, target: int
+) -> dict[str | None, tuple[np.ndarray, np.ndarray | None]]:
+    """:func:`file_pixels_and_heat` for each weights file that explains ``run``: its own
+    (key None), or each member's of an ensemble (by member id), since an ensemble has no
+    layer of its own to take a CAM of."""
+    views = {}
+    for member, weights in ensembles.weights_by_member(run).items():
+        if not weights.is_file():
+            raise UserError(f"{member or run.id}: its weights are not here ({weights})")
+        views[member] = file_pixels_and_heat(weights, file, method, target)
+    return views

@@ -215,17 +215,25 @@ def _image_card(run: Run, evalset: EvalSet, row, method: str, key: str) -> None:
         show_cam = st.toggle("CAM", key=f"{key}_cam")
         target = CLASSES.index(row["decision"])
         with st.spinner(f"{method} ..." if show_cam else "Loading ..."):
-            pixels, heat = cam.file_pixels_and_heat(
-                run.weights, file, method if show_cam else None, target
-            )
+            views = cam.file_views(run, file, method if show_cam else None, target)
     except UserError as exc:
         slot.caption(str(exc))
         return
-    image = pixels if heat is None else overlay(pixels, heat)
-    slot.image(image, caption=file.name, width="stretch")
-    if heat is not None:
+    if show_cam:
+        with slot.container():
+            _cam_images(views, file.name)
         cam.colour_scale()
+    else:  # what the model (an ensemble's first member) saw
+        slot.image(next(iter(views.values()))[0], caption=file.name, width="stretch")
     cam.probability_bar(float(row["probability"]), evalset.threshold)
+
+
+def _cam_images(views: dict, caption: str | None = None) -> None:
+    """The overlays of :func:`cam.file_views`: the run's own, or one per ensemble member
+    captioned with its id (each member's CAM, for the class the ensemble decided on)."""
+    for member, (pixels, heat) in views.items():
+        name = " · ".join(part for part in (member and f"member {member}", caption) if part)
+        st.image(overlay(pixels, heat), caption=name or None, width="stretch")
 
 
 def disagreements(
@@ -291,12 +299,10 @@ def _pair(row, runs: tuple, method: str) -> None:
             try:
                 file = gallery.image_file(evalset, row["file"])
                 with st.spinner(f"{method} ..."):
-                    pixels, heat = cam.file_pixels_and_heat(
-                        run.weights, file, method, CLASSES.index(decision)
-                    )
+                    views = cam.file_views(run, file, method, CLASSES.index(decision))
             except UserError as exc:
                 st.caption(str(exc))
                 continue
-            st.image(overlay(pixels, heat), width="stretch")
+            _cam_images(views)
             cam.colour_scale()
             cam.probability_bar(float(row[f"probability_{side}"]), evalset.threshold)
