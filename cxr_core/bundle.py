@@ -46,6 +46,8 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 
 def _weights(config: dict) -> str:
+    if config.get("arch") == "ensemble":
+        return "mean of " + ", ".join(f"`{m}`" for m in config["members"])
     if not config.get("pretrained"):
         return "scratch"
     unfreeze = config.get("unfreeze_last", -1)
@@ -58,21 +60,21 @@ def results_markdown(runs: list[Run]) -> str:
     """A markdown table of runs: validation, internal/official test and the 16-image
     official val (reported only), cost, and the command that produced each run."""
     lines = [
-        "| run | weights | px | params | file MB | wall min | best epoch | val acc | val AUC "
+        "| run | weights | px | params | file MB | train min | best epoch | val acc | val AUC "
         "| test set | test acc | test sens | test spec | test AUC | official val acc (n=16) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     commands = []
     for run in sorted(runs, key=lambda r: r.id):
-        config, ev, status = run.config(), run.evaluation() or {}, run.status()
+        config, ev = run.config(), run.evaluation() or {}
         splits = ev.get("splits", {})
         val, test = splits.get("val", {}), splits.get(ev.get("test_split"), {})
         official = splits.get("official_val", {})
-        wall = (status.get("ended", 0) - status.get("started", 0)) / 60
+        minutes = ev.get("train_time_s", 0) / 60
         lines.append(
-            f"| `{run.id}` | {_weights(config)} | {config.get('img_size')} "
+            f"| `{run.id}` | {_weights(config)} | {config.get('img_size', '-')} "
             f"| {ev.get('params', 0) / 1e6:.1f}M | {_num(ev.get('file_mb'), 1)} "
-            f"| {_num(wall, 1)} | {ev.get('best_epoch')} "
+            f"| {_num(minutes, 1)} | {ev.get('best_epoch', '-')} "
             f"| {_pct(val.get('accuracy'))} | {_num(val.get('roc_auc'))} "
             f"| {ev.get('test_split')} (n={test.get('n')}) "
             f"| {_pct(test.get('accuracy'))} | {_pct(test.get('sensitivity'))} "
