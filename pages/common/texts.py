@@ -28,6 +28,15 @@ GLOSSARY = {
     "demos. Models trained on them say nothing about real patients.",
 }
 
+LUNG_FIELDS_HELP = (
+    "Energy: the share of the map's total. The lung fields are two fixed ellipses where the "
+    "lungs lie on a centred frontal film (fitted to the mean Kermany training film), not a "
+    "segmentation of this film: they are wrong for rotated or off-centre patients, films "
+    "showing much of the abdomen, lateral views and adults. Energy on the border or below "
+    "the diaphragm hints at a shortcut (text markers, collimation edges, the abdomen)."
+)
+"""How the CAM checks find the lung fields, and where that fails (Predict and Compare)."""
+
 
 def help_text(term: str) -> str:
     """The glossary entry for ``term``, for ``help=`` tooltips."""
