@@ -137,9 +137,10 @@ def run_cam_checks(runs: dict[str, Run], sets: dict[str, EvalSet], key: str = "c
             for i in missing
         )
         st.caption(
-            f"Not checked yet on these images: {', '.join(missing)}. About "
+            f"Not checked yet on these images: {', '.join(missing)}. At least "
             f"{_duration(expected)} in all (~4 s per image at 224 px with ROAD on 2 idle "
-            "cores, longer when the CPU is shared); kept afterwards."
+            "cores; bigger models and a shared CPU take several times longer); kept "
+            "afterwards."
         )
         if st.button(f"Check {len(missing)} run(s)", key=f"{key}_compute"):
             _compute(runs, {i: checkable[i] for i in missing}, method, n, with_road)
@@ -152,7 +153,6 @@ def run_cam_checks(runs: dict[str, Run], sets: dict[str, EvalSet], key: str = "c
         if not reports:
             return
         first = next(iter(reports.values()))
-        flat = cam_report.flat_shares(first.img_size)
         st.dataframe(
             pd.DataFrame([_row(i, r) for i, r in reports.items()]),
             hide_index=True,
@@ -162,10 +162,9 @@ def run_cam_checks(runs: dict[str, Run], sets: dict[str, EvalSet], key: str = "c
         )
         st.caption(
             f"{method} for each film's predicted class, on {first.check.images} films of "
-            f"{first.set_name}. A flat map puts {flat.border:.0%} in the border, "
-            f"{flat.outside_lungs:.0%} outside the lung fields and {flat.below_diaphragm:.0%} "
-            "below the diaphragm. The lung fields are a fixed prior for a centred frontal "
-            "film, not a segmentation: hover for its limits.",
+            f"{first.set_name}. A flat map puts about 36% in the border, 65% outside the lung "
+            "fields and 20% below the diaphragm. The lung fields are a fixed prior for a "
+            "centred frontal film, not a segmentation: hover for its limits.",
             help=texts.LUNG_FIELDS_HELP,
         )
         for run_id, report in reports.items():
