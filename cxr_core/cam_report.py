@@ -45,8 +45,10 @@ SAMPLE = 16
 """Images per run and set: about a minute per run at 224 px with ROAD on 2 cores."""
 
 SECONDS_PER_IMAGE = {True: 4.0, False: 0.2}
-"""Cost of one image at 224 px on 2 idle cores, with and without ROAD (the CAM alone is
-cheap; ROAD imputes and predicts 16 times, for the CAM and the random map)."""
+"""Cost of one image at 224 px on 2 idle cores, with and without ROAD (check_run's figure;
+the CAM alone is a forward and a short backward, ROAD imputes and predicts 16 times). A
+lower bound: on a CPU shared with a training job, single-image forwards with two torch
+threads ran 5-15x slower than with one (threads waiting on each other)."""
 
 
 @dataclass
