@@ -26,6 +26,7 @@ from pages import (
     user_errors,
 )
 from pages.common import comparison, runview, texts
+from pages.views import cam_report as cam_views
 from pages.views import errors as error_views
 
 ensure_app_shell()
@@ -330,6 +331,8 @@ def _images(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
         (a, set_a), (b, set_b) = sets.items()
         st.subheader("Where the two runs disagree")
         error_views.disagreements(by_id[a], set_a, by_id[b], set_b)
+    st.subheader("Can these CAMs be trusted?")
+    cam_views.run_cam_checks(by_id, sets)
 
 
 def _set_threshold(key: str, value: float) -> None:

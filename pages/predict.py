@@ -38,13 +38,6 @@ from pages.views import cam
 ensure_app_shell()
 
 TARGETS = {"predicted class": None, "PNEUMONIA": 1, "NORMAL": 0}
-LUNG_FIELDS_HELP = (
-    "Energy: the share of the map's total. The lung fields are two fixed ellipses where the "
-    "lungs lie on a centred frontal film (fitted to the mean Kermany training film), not a "
-    "segmentation of this film: they are wrong for rotated or off-centre patients, films "
-    "showing much of the abdomen, lateral views and adults. Energy on the border or below "
-    "the diaphragm hints at a shortcut (text markers, collimation edges, the abdomen)."
-)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -99,7 +92,7 @@ def _cam_checks(run: Run, digest: str, heat: np.ndarray, pixels: np.ndarray, con
         f"outside the usual lung fields, {shares.below_diaphragm:.0%} below the diaphragm "
         f"(a flat map: {flat.border:.0%}, {flat.outside_lungs:.0%}, "
         f"{flat.below_diaphragm:.0%}; the lung fields are a fixed prior, not a segmentation).",
-        help=LUNG_FIELDS_HELP,
+        help=texts.LUNG_FIELDS_HELP,
     )
     if flagged:
         st.warning(
