@@ -29,18 +29,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a TrainConfig JSON (as saved in a run); flags are ignored")
     p.add_argument("--preset", choices=list(PRESETS), help="start from a preset; flags win")
     for opt in options():
-        kwargs: dict = {"dest": opt.name, "default": None, "help": opt.help}
-        if opt.type is not bool and not opt.choices:
-            kwargs["metavar"] = opt.flag.upper().replace("-", "_")
-        if opt.type is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif opt.choices:
-            kwargs["choices"] = opt.choices
-        else:
-            kwargs["type"] = opt.type
-        if opt.default is not None and opt.type is not bool:
-            kwargs["help"] += f" (default: {opt.default})"
-        p.add_argument(f"--{opt.flag}", **kwargs)
+        opt.add_flag(p)
     p.add_argument("--half-weights", action="store_true", help="store best weights as fp16")
     p.add_argument("--run-id", help="name of the run folder (default: time-arch-random)")
     _add_meta_options(p)

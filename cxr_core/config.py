@@ -9,6 +9,7 @@ checks the same bounds. Adding a training option is adding a field here.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
@@ -286,6 +287,22 @@ class Option:
     def get(self, cfg: TrainConfig) -> Any:
         owner = cfg.augment if self.name.startswith("augment.") else cfg
         return getattr(owner, self.name.rsplit(".", 1)[-1])
+
+    def add_flag(self, parser: argparse.ArgumentParser) -> None:
+        """Its CLI flag, ``--{flag}``, stored under its name with None when not given
+        (so a preset or the default applies)."""
+        kwargs: dict = {"dest": self.name, "default": None, "help": self.help}
+        if self.type is not bool and not self.choices:
+            kwargs["metavar"] = self.flag.upper().replace("-", "_")
+        if self.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif self.choices:
+            kwargs["choices"] = self.choices
+        else:
+            kwargs["type"] = self.type
+        if self.default is not None and self.type is not bool:
+            kwargs["help"] += f" (default: {self.default})"
+        parser.add_argument(f"--{self.flag}", **kwargs)
 
 
 def _options_of(cls: type, prefix: str = "") -> list[Option]:

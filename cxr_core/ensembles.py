@@ -3,8 +3,9 @@
 An ensemble is a normal run folder whose ``config.json`` says ``"arch": "ensemble"`` and
 lists its members by run id with their weights. It holds no weights of its own (bundled
 members are referenced, never copied), so making one takes a second: its threshold is
-chosen (Youden's J) on the members' stored validation probabilities, and its evaluation
-covers every image set all members were scored on.
+chosen (Youden's J, or a target sensitivity or specificity) on the members' stored
+validation probabilities, and its evaluation covers every image set all members were
+scored on.
 
 Members must share one validation split (the same images, by fingerprint): with two
 splits, each member trained on images the other validates on, and no split would be
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core import evalsets
+from cxr_core.config import TrainConfig, options
 from cxr_core.datasets import Sample
 from cxr_core.errors import UserError
 from cxr_core.evalsets import EvalSet, fingerprint, run_sets
@@ -180,7 +182,19 @@ def _shared_split(members: list[Run]) -> dict | None:
     }
 
 
-def _evaluation(members: list[Run], weights: list[float]) -> tuple[dict, list[EvalSet]]:
+THRESHOLD_OPTIONS = ("threshold_method", "target_sensitivity", "target_specificity")
+"""The TrainConfig options that say how an ensemble's threshold is chosen on validation."""
+
+
+def threshold_rule(**given: float | str | None) -> dict:
+    """The threshold options (:data:`THRESHOLD_OPTIONS`), TrainConfig's defaults for those
+    not given, checked as TrainConfig checks them."""
+    given = {k: v for k, v in given.items() if v is not None}
+    cfg = TrainConfig(arch="small_cnn", data="synthetic", **given)  # any model: only checked
+    return {k: getattr(cfg, k) for k in THRESHOLD_OPTIONS}
+
+
+def _evaluation(members: list[Run], weights: list[float], rule: dict) -> tuple[dict, list[EvalSet]]:
     """The ensemble's evaluation.json (the splits of the first member's evaluation that
     every member has on the same images), and the other sets its members all share."""
     per_run = [run_sets(m) for m in members]
@@ -189,7 +203,13 @@ def _evaluation(members: list[Run], weights: list[float]) -> tuple[dict, list[Ev
     by_key = {fingerprint(r["paths"]): s for s, r in recorded["splits"].items() if "paths" in r}
     val = fingerprint(recorded["splits"]["val"]["paths"])
     val_set = combine([sets[val] for sets in per_run], weights, 0.5)
-    threshold = choose_threshold(val_set.labels, val_set.probs, "youden")
+    threshold = choose_threshold(
+        val_set.labels,
+        val_set.probs,
+        rule["threshold_method"],
+        rule["target_sensitivity"],
+        rule["target_specificity"],
+    )
     combined = {k: combine([sets[k] for sets in per_run], weights, threshold) for k in shared}
     splits = {
         split: full_report(combined[k].labels, combined[k].probs, threshold, combined[k].paths)
@@ -199,7 +219,7 @@ def _evaluation(members: list[Run], weights: list[float]) -> tuple[dict, list[Ev
     evaluations = [m.evaluation() for m in members]
     evaluation = {
         "threshold": threshold,
-        "threshold_method": "youden",
+        **rule,
         "members": [m.id for m in members],
         "weights": weights,
         "test_split": recorded.get("test_split") if recorded.get("test_split") in splits else None,
@@ -222,18 +242,22 @@ def create(
     run_id: str | None = None,
     command: str | None = None,
     owner: str | None = None,
+    threshold: dict | None = None,
 ) -> Run:
     """A completed ensemble run of ``member_ids`` (by id; bundled ones too) in ``store``.
 
     Everything is checked and computed before the folder is made, and a failure while
-    writing removes it: a refused ensemble leaves nothing behind."""
+    writing removes it: a refused ensemble leaves nothing behind. ``threshold``: how its
+    threshold is chosen on validation (:func:`threshold_rule`; default Youden's J)."""
+    rule = threshold_rule(**(threshold or {}))
     members = _members(store, member_ids)
     weights = _weights(weights, len(members))
-    evaluation, extra_sets = _evaluation(members, weights)
+    evaluation, extra_sets = _evaluation(members, weights, rule)
     config = {
         "arch": ARCH,
         "members": [m.id for m in members],
         "weights": weights,
+        **rule,
         "data": members[0].config().get("data"),
         "command": command,
         "meta": {k: v for k, v in {"name": name, "owner": owner}.items() if v} or None,
@@ -335,7 +359,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
     command = "python -m cxr_core " + shlex.join(sys.argv[1:])
     store = RunStore(args.runs_dir)
-    run = create(store, args.runs, args.weights, args.name, args.run_id, command)
+    rule = {k: getattr(args, k) for k in THRESHOLD_OPTIONS}
+    run = create(store, args.runs, args.weights, args.name, args.run_id, command, threshold=rule)
     evaluation = run.evaluation()
     by_split = {s.split: s for s in run_sets(run).values() if s.split in evaluation["splits"]}
     shown = ("accuracy", "sensitivity", "specificity", "roc_auc")
@@ -355,7 +380,10 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         f"{m} x{w:.3g}" for m, w in zip(evaluation["members"], evaluation["weights"])
     )
     print(f"ensemble {run.id}: {weights}")
-    print(f"threshold {evaluation['threshold']:.4f} (Youden's J on the shared validation split)")
+    print(
+        f"threshold {evaluation['threshold']:.4f} ({evaluation['threshold_method']} rule on "
+        "the shared validation split)"
+    )
     for split, s in by_split.items():
         values, ci = s.metrics(), s.ci95()
         figures = "  ".join(
@@ -383,5 +411,8 @@ def add_ensemble_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", help="a readable name for the ensemble")
     p.add_argument("--run-id", help="name of its run folder (default: time-ensemble-random)")
+    for opt in options():
+        if opt.name in THRESHOLD_OPTIONS:
+            opt.add_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ensemble)

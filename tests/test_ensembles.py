@@ -25,7 +25,8 @@ from cxr_core.synthetic import radiograph
 from pages.common import runview
 
 CHECKPOINTS = ROOT / "checkpoints"
-BUNDLED = sorted(p.name for p in CHECKPOINTS.iterdir() if (p / "config.json").is_file())
+BUNDLED = sorted(p.name for p in CHECKPOINTS.iterdir() if (p / "model.safetensors").is_file())
+"""The bundled runs with weights of their own (a bundled ensemble is not a member)."""
 WEIGHTS = [float(i + 1) for i in range(len(BUNDLED))]
 """Unequal, so the test sees the weighting."""
 
@@ -132,6 +133,25 @@ def test_bundled_ensemble_reproduces_its_members_and_scores_a_test_only_folder(
     assert sorted(Path(p) for p in row["overlays"].values()) == sorted(cams.glob("*.png"))
 
     assert snapshot(CHECKPOINTS) == before  # the bundled runs were only read
+
+
+def test_threshold_rule_of_an_ensemble(isolated_store, capsys):
+    """A target specificity instead of Youden's J: chosen on the combined validation
+    probabilities, recorded, and checked like TrainConfig's (a bad target makes nothing)."""
+    rule = ("--threshold-method", "specificity", "--target-specificity", "0.99")
+    assert make(*BUNDLED[:2], *rule, "--run-id", "strict") == 0
+    assert "specificity rule" in capsys.readouterr().out
+    run = RunStore().get("strict")
+    evaluation = run.evaluation()
+    assert evaluation["threshold_method"] == run.config()["threshold_method"] == "specificity"
+    assert evaluation["target_specificity"] == 0.99
+    val = evaluation["splits"]["val"]
+    labels, probs = np.asarray(val["labels"]), np.asarray(val["probs"])
+    assert evaluation["threshold"] == choose_threshold(labels, probs, "specificity", 0.95, 0.99)
+    assert val["specificity"] >= 0.99
+    assert make(*BUNDLED[:2], "--target-specificity", "1.5", "--run-id", "bad") == 2
+    assert "Target specificity" in capsys.readouterr().err
+    assert [r.id for r in RunStore().list(arch="ensemble")] == ["strict"]
 
 
 def test_readers_of_run_configs_take_an_ensemble(isolated_store):
