@@ -9,6 +9,8 @@ of the ScoreCAM fix, slow (about a forward pass per channel).
 
     python -m benchmarks.cams                   # every method, every bundled run
     python -m benchmarks.cams --methods scorecam --images 4 --original
+
+A run's ROAD and CAM-energy figures are not timings: ``python -m cxr_core cam-check``.
 """
 
 from __future__ import annotations
@@ -17,16 +19,13 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 from pytorch_grad_cam import ScoreCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
-from benchmarks.common import DATA, machine, percentile
+from benchmarks.common import machine, percentile
 from benchmarks.latency import checkpoints_to_measure, sample_images
-from cxr_core import cam_checks
 from cxr_core.inference import CAM_METHODS, LoadedModel, explain, load_model, predict
 
 SCORECAM_TARGET_S = 2.0
@@ -70,35 +69,6 @@ def measure_model(run: Path, images: list[Path], methods: list[str], reps: int) 
     }
 
 
-def split_sample(run: Path, count: int, seed: int = 0) -> list[Path]:
-    """A seeded sample of ``count`` images of the run's own test split (the internal test
-    split carved from train/ for the bundled runs), found under ``DATA``."""
-    manifest = json.loads((run / "split.json").read_text())
-    split = "test" if "test" in manifest["splits"] else "internal_test"
-    items = manifest["splits"][split]
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(len(items), min(count, len(items)), replace=False)
-    return [DATA / items[i]["path"] for i in sorted(picked)]
-
-
-def measure_checks(run: Path, method: str, road_images: int, share_images: int) -> dict:
-    """ROAD (CAM and random map) on ``road_images`` and the shortcut shares on
-    ``share_images`` of the run's test split, with the run's flags."""
-    model = load_model(run)
-    with_road = cam_checks.check_run(model, split_sample(run, road_images), method)
-    shares = cam_checks.check_run(model, split_sample(run, share_images, seed=1), method, False)
-    return {
-        "run": run.name,
-        "method": method,
-        "road_images": with_road.images,
-        "road": asdict(with_road.road),
-        "road_random": asdict(with_road.road_random),
-        "share_images": shares.images,
-        "shares": asdict(shares.shares),
-        "flags": shares.flags,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=list(CAM_METHODS), choices=list(CAM_METHODS))
@@ -106,13 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=2, help="passes over the images")
     p.add_argument("--original", action="store_true", help="also time pytorch-grad-cam ScoreCAM")
     p.add_argument("--synthetic-models", action="store_true", help="tiny synthetic runs")
-    p.add_argument(
-        "--checks",
-        action="store_true",
-        help="also ROAD and shortcut shares per run on its test split (slow: ROAD ~4 s/image)",
-    )
-    p.add_argument("--road-images", type=int, default=24)
-    p.add_argument("--share-images", type=int, default=200)
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     args = p.parse_args(argv)
 
@@ -144,21 +107,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"map max {peak:.3f}" + (" (all zero)" if peak == 0 else ""),
                 flush=True,
             )
-        if args.checks:
-            for method in args.methods:
-                c = measure_checks(run, method, args.road_images, args.share_images)
-                r.setdefault("checks", []).append(c)
-                print(
-                    f"{r['run']:<36} {method:<10} ROAD combined {c['road']['combined']:+.2f} "
-                    f"(random map {c['road_random']['combined']:+.2f}; MoRF "
-                    f"{c['road']['most_relevant_first']:+.2f}, LeRF "
-                    f"{c['road']['least_relevant_first']:+.2f}; {c['road_images']} images) | "
-                    f"border {c['shares']['border']:.2f}, outside lungs "
-                    f"{c['shares']['outside_lungs']:.2f}, below diaphragm "
-                    f"{c['shares']['below_diaphragm']:.2f} ({c['share_images']} images)"
-                    + "".join(f"\n    FLAG: {f}" for f in c["flags"]),
-                    flush=True,
-                )
         results.append(r)
     if args.json:
         args.json.write_text(json.dumps({"machine": where, "models": results}, indent=1))
