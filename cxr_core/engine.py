@@ -548,8 +548,8 @@ def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = F
 
 def store_weights_as(run: Run, precision: str) -> dict:
     """Store a completed run's best weights at ``precision`` and score what is stored:
-    the threshold chosen again on val, every split reported again. On any failure the
-    run is left as it was."""
+    the threshold chosen again on val, every split reported again, records derived from the
+    old weights removed. On any failure the run is left as it was."""
     evaluation = run.evaluation()
     if run.status().get("status") != "completed" or not evaluation:
         raise UserError(f"run {run.id} is not completed; quantize completed runs")
@@ -563,13 +563,15 @@ def store_weights_as(run: Run, precision: str) -> dict:
     state = {"epoch": evaluation["epochs_run"], "train_time_s": evaluation["train_time_s"]}
     try:
         checkpoints.save_weights(run.weights, network.model, meta, precision)
-        return final_evaluation(
+        evaluation = final_evaluation(
             run, data, device, cfg, state, count_parameters(network.model), precision
         )
     except BaseException:
         atomic_write_bytes(run.weights, before[0])
         atomic_write_bytes(run.path / "evaluation.json", before[1])
         raise
+    run.forget_derived()  # scores and CAM checks of the weights it had
+    return evaluation
 
 
 def final_evaluation(

@@ -14,6 +14,7 @@ the training process itself, with a heartbeat, so a process that died without a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -71,6 +72,19 @@ def _process_start_time(pid: int) -> float | None:
 
 
 META_FILE = "meta.json"
+DERIVED = ("evaluations", "cam_checks", "calibration.json")
+"""Records computed from a run's weights after training (scores on added image sets, CAM
+checks, a fitted temperature): stale once the weights change."""
+
+
+def record_version(folder: Path) -> str:
+    """A short digest of a bundled run's evaluation.json (its config.json for a record
+    without one): what its added records were computed against. A bundle update that
+    replaces a run under the same id gets a fresh overlay instead of the old model's scores."""
+    record = folder / "evaluation.json"
+    if not record.is_file():
+        record = folder / "config.json"
+    return hashlib.sha1(record.read_bytes()).hexdigest()[:12]
 
 
 def normalise_tags(tags: Any) -> list[str]:
@@ -117,6 +131,16 @@ class Run:
         """Evaluation sets added after training (``evaluate --save``); for a bundled run
         they go to the writable store, so checkpoints/ is never touched."""
         return (self.overlay or self.path) / "evaluations"
+
+    def forget_derived(self) -> None:
+        """Remove the :data:`DERIVED` records (after its weights changed)."""
+        base = self.evaluations_dir.parent
+        for name in DERIVED:
+            target = base / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
 
     def _json(self, name: str, default: Any = None) -> Any:
         file = self.path / name
@@ -322,9 +346,10 @@ class RunStore:
                 continue
             for child in sorted(base.iterdir()):
                 if (child / "config.json").is_file():
-                    yield Run(
-                        child, bundled, self.root / ".bundled" / child.name if bundled else None
-                    )
+                    overlay = None
+                    if bundled:
+                        overlay = self.root / ".bundled" / f"{child.name}-{record_version(child)}"
+                    yield Run(child, bundled, overlay)
 
     def get(self, run_id: str) -> Run:
         for run in self._folders():

@@ -25,7 +25,9 @@ from PIL import Image
 from cxr_core import cli
 from cxr_core.config import options
 from cxr_core.datasets import scan
+from cxr_core.evalsets import run_sets
 from cxr_core.models import REGISTRY
+from cxr_core.runs import RunStore
 from cxr_core.synthetic import MARKER
 
 EVALUATE_KEYS = (
@@ -237,9 +239,17 @@ def test_evaluate_save_keeps_a_set_for_compare(capsys, store, tmp_path, monkeypa
         assert Path(out["saved"]).is_file()
     assert (store / "tiny" / "evaluations").is_dir()
     assert sorted(p.name for p in (bundled / "shipped").iterdir()) == before  # untouched
-    assert (store / ".bundled" / "shipped" / "evaluations").is_dir()
+    (overlay,) = (store / ".bundled").glob("shipped-*")  # keyed by the shipped record
+    assert (overlay / "evaluations").is_dir()
     compared = _json(capsys, "compare", "tiny", "shipped")
     assert compared["set"] == f"test/ of {outside} ({out['n']} images)"  # outside sets first
+    # A bundle update replacing the shipped run under the same id: the old model's scores
+    # on the outside set are not shown as the new one's.
+    record = bundled / "shipped" / "evaluation.json"
+    record.write_text(record.read_text().replace('"threshold"', '"threshold" ', 1))
+    shipped = RunStore(store).get("shipped")
+    assert shipped.overlay != overlay
+    assert not [s for s in run_sets(shipped).values() if s.split == "test"]
     code, _, err = _main(
         capsys, "evaluate", "--checkpoint", str(store / "tiny"), "--data", str(outside), "--save"
     )

@@ -50,12 +50,16 @@ def test_quantize_rescores_what_it_stores(tiny_run_dir, tmp_path):
     fp32 = Run(runs / "tiny").evaluation()
     size = (runs / "tiny" / "model.safetensors").stat().st_size
 
+    derived = runs / "tiny" / "cam_checks" / "set-gradcam-16.json"  # of the old weights
+    derived.parent.mkdir()
+    derived.write_text("{}")
     result = run_cli("--runs-dir", str(runs), "quantize", "tiny", "--precision", "int8")
     assert result.returncode == 0, result.stderr
     assert "int8 weights" in result.stdout and "val AUC" in result.stdout
     run = Run(runs / "tiny")
     evaluation = run.evaluation()
     assert evaluation["weights_precision"] == "int8"
+    assert not derived.parent.exists()
     assert run.weights.stat().st_size < size / 3
     # Re-scored: the stored probabilities are the int8 model's, and close to fp32's.
     model = load_model(run.path)
