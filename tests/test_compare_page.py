@@ -24,7 +24,8 @@ from cxr_core.runs import RunStore
 from pages.common import runview
 
 CHECKPOINTS = ROOT / "checkpoints"
-BUNDLED = sorted(p.name for p in CHECKPOINTS.iterdir() if (p / "evaluation.json").exists())
+BUNDLED = sorted(p.name for p in CHECKPOINTS.iterdir() if (p / "model.safetensors").exists())[:5]
+"""Five bundled runs with weights of their own (an ensemble's copy would lose its members)."""
 CI = re.compile(r"^\d+\.\d% \(\d+\.\d-\d+\.\d\)$")
 TIMEOUT = 300
 
