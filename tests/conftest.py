@@ -153,3 +153,16 @@ def write_kaggle_tree(
 def kaggle_tree():
     """``write_kaggle_tree`` as a fixture, for tests that build their own data folder."""
     return write_kaggle_tree
+
+
+def cli_main(capsys, *argv: str) -> tuple[int, str, str]:
+    """``python -m cxr_core ARGV`` in this process: exit code, stdout and stderr."""
+    from cxr_core import cli
+
+    capsys.readouterr()
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:  # argparse's own checks
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -12,24 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_main
 from streamlit.testing.v1 import AppTest
 
-from cxr_core import cam_checks, cam_report, cli
+from cxr_core import cam_checks, cam_report
 from cxr_core.errors import UserError
 from cxr_core.evalsets import EvalSet, run_sets
 from cxr_core.runs import RunStore
 
 TIMEOUT = 300
-
-
-def _main(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:  # argparse's own checks
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _data_root(run_dir: Path) -> str:
@@ -48,7 +39,7 @@ def _args(run_dir: Path, *more: str) -> list[str]:
 
 
 def test_cam_check_keeps_its_record_and_reads_it_back(capsys, tiny):
-    code, out, err = _main(capsys, *_args(tiny, "--images", "4", "--json"))
+    code, out, err = cli_main(capsys, *_args(tiny, "--images", "4", "--json"))
     assert code == 0, err
     first = json.loads(out)
     assert first["computed"] is True
@@ -69,13 +60,13 @@ def test_cam_check_keeps_its_record_and_reads_it_back(capsys, tiny):
     assert 0 < opacity["opacity_area"] < 1 and opacity["hit_rate"] in (0, 0.5, 1)
 
     stamp = file.stat().st_mtime_ns
-    code, out, err = _main(capsys, *_args(tiny, "--images", "4", "--json"))
+    code, out, err = cli_main(capsys, *_args(tiny, "--images", "4", "--json"))
     assert code == 0, err
     again = json.loads(out)
     assert again["computed"] is False and file.stat().st_mtime_ns == stamp
     assert again["check"] == check and again["created"] == first["created"]
     # Without ROAD the kept record (which has it) serves too.
-    code, out, err = _main(capsys, *_args(tiny, "--images", "4", "--no-road"))
+    code, out, err = cli_main(capsys, *_args(tiny, "--images", "4", "--no-road"))
     assert code == 0, err
     assert file.stat().st_mtime_ns == stamp
     lines = out.splitlines()
@@ -86,11 +77,11 @@ def test_cam_check_keeps_its_record_and_reads_it_back(capsys, tiny):
 
 
 def test_a_record_without_road_is_computed_again_when_road_is_asked_for(capsys, tiny):
-    code, out, err = _main(capsys, *_args(tiny, "--images", "2", "--no-road", "--json"))
+    code, out, err = cli_main(capsys, *_args(tiny, "--images", "2", "--no-road", "--json"))
     assert code == 0, err
     plain = json.loads(out)
     assert plain["computed"] is True and plain["check"]["road"] is None
-    code, out, err = _main(capsys, *_args(tiny, "--images", "2", "--json"))
+    code, out, err = cli_main(capsys, *_args(tiny, "--images", "2", "--json"))
     assert code == 0, err
     full = json.loads(out)
     assert full["computed"] is True and full["check"]["road"] is not None
@@ -102,7 +93,7 @@ def test_a_record_without_road_is_computed_again_when_road_is_asked_for(capsys, 
 
 def test_a_checkpoint_is_checked_but_not_kept(capsys, tiny):
     data = ["--data", _data_root(tiny), "--split", "official_val"]
-    code, out, err = _main(
+    code, out, err = cli_main(
         capsys, "cam-check", "--checkpoint", str(tiny), *data, "--images", "2", "--no-road"
     )
     assert code == 0, err
@@ -134,7 +125,7 @@ def test_bad_input_exits_2_with_one_line(capsys, tiny, tmp_path, case, message):
         "bad method": ["--run", "tiny", *data, "--method", "saliency"],
         "bad count": ["--run", "tiny", *data, "--images", "many"],
     }[case]
-    code, out, err = _main(capsys, "cam-check", *argv)
+    code, out, err = cli_main(capsys, "cam-check", *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert not (tiny / "cam_checks").exists()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import cli_main, run_cli
 from PIL import Image
 
 from cxr_core import cli
@@ -43,15 +43,8 @@ EVALUATE_KEYS = (
 )
 
 
-def _main(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _json(capsys, *argv: str):
-    code, out, err = _main(capsys, *argv, "--json")
+    code, out, err = cli_main(capsys, *argv, "--json")
     assert code == 0, err
     return json.loads(out)
 
@@ -116,7 +109,7 @@ def test_every_training_option_is_a_train_flag(opt):
 
 
 def test_archs_lists_every_architecture(capsys):
-    code, out, _ = _main(capsys, "archs")
+    code, out, _ = cli_main(capsys, "archs")
     assert code == 0
     listed = [line.split()[0] for line in out.splitlines()]
     assert listed == list(REGISTRY)
@@ -124,7 +117,7 @@ def test_archs_lists_every_architecture(capsys):
 
 def test_synth_writes_the_kaggle_layout_with_masks(capsys, tmp_path):
     out_dir = tmp_path / "synth"
-    code, out, _ = _main(
+    code, out, _ = cli_main(
         capsys, "synth", "--out", str(out_dir), "--per-class", "4", "--size", "64", "--seed", "3"
     )
     assert code == 0 and out.strip() == str(out_dir)
@@ -143,7 +136,7 @@ def test_runs_list_text_and_json(capsys, store):
     (store / "tiny2" / "status.json").write_text(
         json.dumps({"status": "failed", "message": "boom", "created": 1.0})
     )
-    code, out, _ = _main(capsys, "runs", "list")
+    code, out, _ = cli_main(capsys, "runs", "list")
     assert code == 0
     assert {line.split()[0] for line in out.splitlines()[1:]} == {"tiny", "tiny2"}
     rows = {r["id"]: r for r in _json(capsys, "runs", "list")}
@@ -183,7 +176,7 @@ def test_compare_json_on_the_set_the_runs_share(capsys, store):
     # The same weights twice: no difference, and no evidence of one.
     assert pair["accuracy_diff"] == 0 and pair["roc_auc_diff"] == 0
     assert pair["mcnemar_p"] == 1 and pair["delong_p"] == 1
-    code, _, err = _main(capsys, "compare", "tiny", "nope")
+    code, _, err = cli_main(capsys, "compare", "tiny", "nope")
     assert code == 2 and "no run 'nope'" in err
 
 
@@ -220,7 +213,7 @@ def test_evaluate_any_labelled_folder(capsys, tiny_run_dir, tmp_path):
         assert set(out["ci95"]) >= {"accuracy", "sensitivity", "specificity", "roc_auc"}
     assert results[0]["fingerprint"] == results[1]["fingerprint"]  # same relative paths
     (tmp_path / "empty").mkdir()
-    code, _, err = _main(
+    code, _, err = cli_main(
         capsys, "evaluate", "--checkpoint", str(tiny_run_dir), "--data", str(tmp_path / "empty")
     )
     assert code == 2 and err.count("\n") == 1 and "no labelled images" in err
@@ -250,7 +243,7 @@ def test_evaluate_save_keeps_a_set_for_compare(capsys, store, tmp_path, monkeypa
     shipped = RunStore(store).get("shipped")
     assert shipped.overlay != overlay
     assert not [s for s in run_sets(shipped).values() if s.split == "test"]
-    code, _, err = _main(
+    code, _, err = cli_main(
         capsys, "evaluate", "--checkpoint", str(store / "tiny"), "--data", str(outside), "--save"
     )
     assert code == 2 and "--save needs --run" in err
@@ -281,7 +274,7 @@ def test_evaluate_reproduces_the_runs_evaluation(capsys, tiny_run_dir, source, s
 
 
 def test_evaluate_text_output_and_threshold_override(capsys, tiny_run_dir):
-    code, out, _ = _main(
+    code, out, _ = cli_main(
         capsys,
         "evaluate",
         "--checkpoint",
@@ -298,7 +291,7 @@ def test_evaluate_text_output_and_threshold_override(capsys, tiny_run_dir):
     lines = dict(line.split(maxsplit=1) for line in out.splitlines()[1:])
     assert lines["sensitivity"] == "0.0%"  # nothing is called pneumonia at that threshold
     data = str(_data_root(tiny_run_dir))
-    code, out, _ = _main(
+    code, out, _ = cli_main(
         capsys, "evaluate", "--checkpoint", str(tiny_run_dir), "--data", data, "--split", "val"
     )
     assert re.search(r"accuracy +\d+\.\d% \(\d+\.\d-\d+\.\d\)", out)  # with its 95% CI
@@ -339,33 +332,33 @@ def test_predict_json_matches_the_evaluation_and_cam_writes_overlays(
         with Image.open(overlay) as image:
             assert image.format == "PNG" and image.mode == "RGB" and image.size == (64, 64)
 
-    code, out, _ = _main(capsys, "predict", "--checkpoint", str(tiny_run_dir), images[0])
+    code, out, _ = cli_main(capsys, "predict", "--checkpoint", str(tiny_run_dir), images[0])
     assert code == 0 and "p(pneumonia)=" in out
-    code, _, err = _main(
+    code, _, err = cli_main(
         capsys, "predict", "--checkpoint", str(tiny_run_dir), images[0], "--cam", "gradcam"
     )
     assert code == 2 and "--cam needs --out" in err
 
 
 def test_export_copies_a_completed_run_without_resume_state(capsys, store, tmp_path):
-    code, out, _ = _main(capsys, "export", "tiny", "--out", str(tmp_path / "shared"))
+    code, out, _ = cli_main(capsys, "export", "tiny", "--out", str(tmp_path / "shared"))
     exported = tmp_path / "shared" / "tiny"
     assert code == 0 and out.strip() == str(exported)
     assert (exported / "model.safetensors").read_bytes() == (
         store / "tiny" / "model.safetensors"
     ).read_bytes()
     assert not list(exported.glob("last.*"))
-    code, _, err = _main(capsys, "export", "tiny", "--out", str(tmp_path / "shared"))
+    code, _, err = cli_main(capsys, "export", "tiny", "--out", str(tmp_path / "shared"))
     assert code == 2 and "already exists" in err
     (store / "tiny2" / "status.json").write_text(json.dumps({"status": "failed"}))
-    code, _, err = _main(capsys, "export", "tiny2", "--out", str(tmp_path / "shared"))
+    code, _, err = cli_main(capsys, "export", "tiny2", "--out", str(tmp_path / "shared"))
     assert code == 2 and "export completed runs" in err
 
 
 def test_report_writes_the_results_table(capsys, store, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- runs:start -->\nold\n<!-- runs:end -->\noutro\n")
-    code, _, err = _main(capsys, "--runs-dir", str(store), "report", "--readme", str(readme))
+    code, _, err = cli_main(capsys, "--runs-dir", str(store), "report", "--readme", str(readme))
     assert code == 0, err
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("outro\n")
@@ -374,7 +367,7 @@ def test_report_writes_the_results_table(capsys, store, tmp_path):
     assert len(rows) == 1 and f"| {auc:.3f} |" in rows[0]
     assert "`tiny`: `python -m cxr_core train --arch small_cnn" in text
     readme.write_text("no block here")
-    code, _, err = _main(capsys, "--runs-dir", str(store), "report", "--readme", str(readme))
+    code, _, err = cli_main(capsys, "--runs-dir", str(store), "report", "--readme", str(readme))
     assert code == 2 and "no <!-- runs:start -->" in err
 
 
@@ -391,13 +384,13 @@ def test_download_offline_is_one_line(capsys, monkeypatch, tmp_path):
     medmnist.PneumoniaMNIST = offline
     monkeypatch.setitem(sys.modules, "kagglehub", kagglehub)
     monkeypatch.setitem(sys.modules, "medmnist", medmnist)
-    code, _, err = _main(capsys, "download", "kaggle")
+    code, _, err = cli_main(capsys, "download", "kaggle")
     assert code == 2 and err.count("\n") == 1
     assert "could not download from Kaggle" in err and "--data" in err
-    code, _, err = _main(capsys, "download", "pneumoniamnist", "--out", str(tmp_path / "m"))
+    code, _, err = cli_main(capsys, "download", "pneumoniamnist", "--out", str(tmp_path / "m"))
     assert code == 2 and err.count("\n") == 1
     assert "could not download PneumoniaMNIST" in err and "medmnist.com" in err
-    code, _, err = _main(capsys, "download", "pneumoniamnist", "--size", "100")
+    code, _, err = cli_main(capsys, "download", "pneumoniamnist", "--size", "100")
     assert code == 2 and "sizes 28, 64, 128, 224" in err
 
 
@@ -481,15 +474,15 @@ def test_user_mistakes_in_a_real_terminal_show_no_traceback(mistakes):
 
 
 def test_edit_list_by_tag_and_delete(capsys, store):
-    code, out, _ = _main(capsys, "edit", "tiny", "--name", "small one", "--tags", "demo,cpu")
+    code, out, _ = cli_main(capsys, "edit", "tiny", "--name", "small one", "--tags", "demo,cpu")
     assert code == 0 and "small one" in out
     rows = _json(capsys, "runs", "list", "--tag", "demo")
     assert [(r["id"], r["name"], r["tags"]) for r in rows] == [
         ("tiny", "small one", ["cpu", "demo"])
     ]
-    code, _, err = _main(capsys, "delete", "tiny")  # no terminal to ask in: refuse
+    code, _, err = cli_main(capsys, "delete", "tiny")  # no terminal to ask in: refuse
     assert code == 2 and "--yes" in err and (store / "tiny").exists()
-    code, out, _ = _main(capsys, "delete", "tiny", "--yes")
+    code, out, _ = cli_main(capsys, "delete", "tiny", "--yes")
     assert code == 0 and not (store / "tiny").exists()
-    code, _, err = _main(capsys, "edit", "tiny2", "--tags", "no spaces")
+    code, _, err = cli_main(capsys, "edit", "tiny2", "--tags", "no spaces")
     assert code == 2 and err.count("\n") == 1

@@ -12,22 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import cli_main, run_cli
 
-from cxr_core import cli, mistakes, stats
+from cxr_core import mistakes, stats
 from cxr_core.errors import UserError
 from cxr_core.evalsets import EvalSet
 from pages.common import gallery
-
-
-def _main(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:  # argparse's own checks
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _data_root(run_dir: Path) -> Path:
@@ -59,10 +49,10 @@ def test_errors_agree_with_evaluate_json_and_text(capsys, tiny_run_dir, mislabel
         else (str(mislabelled), "test")
     )
     args = ["--checkpoint", str(tiny_run_dir), "--data", data, "--split", split]
-    code, out, err = _main(capsys, "evaluate", *args, "--json")
+    code, out, err = cli_main(capsys, "evaluate", *args, "--json")
     assert code == 0, err
     evaluated = json.loads(out)
-    code, out, err = _main(capsys, "errors", *args, "--json")
+    code, out, err = cli_main(capsys, "errors", *args, "--json")
     assert code == 0, err
     listed = json.loads(out)
 
@@ -83,13 +73,13 @@ def test_errors_agree_with_evaluate_json_and_text(capsys, tiny_run_dir, mislabel
     margins = [e["margin"] for e in listed["errors"]]
     assert margins == sorted(margins, reverse=True)  # most confident first
 
-    code, out, _ = _main(capsys, "errors", *args)
+    code, out, _ = cli_main(capsys, "errors", *args)
     assert code == 0
     head, *rows = out.splitlines()
     count, n = map(int, re.match(r"(\d+) of (\d+) images misclassified", head).groups())
     assert (count, n) == (listed["count"], evaluated["n"])
     assert [r.split()[-1] for r in rows[1:]] == [e["image"] for e in listed["errors"]]
-    code, out, _ = _main(capsys, "evaluate", *args)
+    code, out, _ = cli_main(capsys, "evaluate", *args)
     cm = json.loads(re.search(r"confusion +(\[\[.*\]\])", out).group(1))
     assert _off_diagonal(cm) == count
 
@@ -97,7 +87,7 @@ def test_errors_agree_with_evaluate_json_and_text(capsys, tiny_run_dir, mislabel
 def test_errors_by_run_id(capsys, isolated_store, tiny_run_dir):
     shutil.copytree(tiny_run_dir, isolated_store / "tiny")
     data = ["--data", str(_data_root(tiny_run_dir)), "--split", "internal_test"]
-    code, out, err = _main(capsys, "errors", "--run", "tiny", *data, "--json")
+    code, out, err = cli_main(capsys, "errors", "--run", "tiny", *data, "--json")
     assert code == 0, err
     listed = json.loads(out)
     assert listed["set"].startswith("internal_test")
@@ -125,7 +115,7 @@ def test_bad_input_exits_2_with_one_line(capsys, tiny_run_dir, tmp_path, case, m
         "bad split": [*ckpt, *data, "--split", "holdout"],
         "no data": ckpt,
     }[case]
-    code, out, err = _main(capsys, "errors", *argv)
+    code, out, err = cli_main(capsys, "errors", *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
 
