@@ -14,6 +14,7 @@ the training process itself, with a heartbeat, so a process that died without a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -84,7 +85,14 @@ def record_version(folder: Path) -> str:
     record = folder / "evaluation.json"
     if not record.is_file():
         record = folder / "config.json"
-    return hashlib.sha1(record.read_bytes()).hexdigest()[:12]
+    stat = record.stat()
+    return _digest(record, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(file: Path, mtime_ns: int, size: int) -> str:
+    """Read once per version of the file: listings run on every page rerun."""
+    return hashlib.sha1(file.read_bytes()).hexdigest()[:12]
 
 
 def normalise_tags(tags: Any) -> list[str]:
