@@ -31,12 +31,12 @@ from cxr_core.cam_checks import (
     check_run,
     shortcut_shares,
 )
-from cxr_core.ensembles import Ensemble, load_any
+from cxr_core.ensembles import Ensemble, load_any, load_chosen
 from cxr_core.errors import UserError
 from cxr_core.evalsets import EvalSet
 from cxr_core.fileio import atomic_write_json, read_json
 from cxr_core.inference import CAM_METHODS, LoadedModel
-from cxr_core.runs import Run, RunStore
+from cxr_core.runs import Run
 from cxr_core.security import check_data_root
 from cxr_core.settings import CLASSES
 from cxr_core.synthetic import is_synthetic
@@ -301,12 +301,9 @@ def summary_lines(report: CamReport) -> list[str]:
 
 
 def cmd_cam_check(args: argparse.Namespace, scored_set: Callable) -> int:
-    if bool(args.run) == bool(args.checkpoint):
-        raise UserError("give exactly one of --run ID or --checkpoint PATH")
     if args.images < 1:
         raise UserError(f"--images must be at least 1, not {args.images}")
-    run = RunStore(args.runs_dir).get(args.run) if args.run else None
-    model = load_any(run.path if run else args.checkpoint, args.device)
+    run, model = load_chosen(args.runs_dir, args.run, args.checkpoint, args.device)
     evalset = scored_set(args.data, args.split, model)
     with_road = not args.no_road
     file = None

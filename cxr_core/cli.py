@@ -205,16 +205,13 @@ def _metrics_json(evalset, threshold: float | None = None) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr_core import evalsets
-    from cxr_core.ensembles import load_any
+    from cxr_core.ensembles import load_chosen
     from cxr_core.metrics import CATALOGUE
     from cxr_core.stats import format_ci
 
-    if bool(args.run) == bool(args.checkpoint):
-        raise UserError("give exactly one of --run ID or --checkpoint PATH")
-    run = _store(args).get(args.run) if args.run else None
-    if args.save and (run is None or args.threshold is not None):
+    if args.save and (not args.run or args.threshold is not None):
         raise UserError("--save needs --run ID (and the run's own threshold)")
-    model = load_any(run.path if run else args.checkpoint, args.device)
+    run, model = load_chosen(args.runs_dir, args.run, args.checkpoint, args.device)
     evalset = _scored_set(args.data, args.split, model)
     out = {
         "checkpoint": str(model.source),

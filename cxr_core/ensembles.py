@@ -326,6 +326,17 @@ def load_any(path: str | Path, device: str = "cpu") -> LoadedModel | Ensemble:
     return load_model(folder, device)
 
 
+def load_chosen(
+    runs_dir: str | Path | None, run_id: str | None, checkpoint: str | None, device: str
+) -> tuple[Run | None, LoadedModel | Ensemble]:
+    """What a verb's ``--run ID | --checkpoint PATH`` names (exactly one): the run, if
+    given by id, and its model or ensemble, loaded."""
+    if bool(run_id) == bool(checkpoint):
+        raise UserError("give exactly one of --run ID or --checkpoint PATH")
+    run = RunStore(runs_dir).get(run_id) if run_id else None
+    return run, load_any(run.path if run else checkpoint, device)
+
+
 def predict_any(
     model: LoadedModel | Ensemble, sources: list[ImageSource]
 ) -> list[Prediction] | list[EnsemblePrediction]:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_core.errors import UserError
 from cxr_core.evalsets import EvalSet
 from cxr_core.settings import CLASSES
 
@@ -75,14 +74,10 @@ def mistake_records(evalset: EvalSet) -> list[dict]:
 
 
 def cmd_errors(args: argparse.Namespace, scored_set: Callable) -> int:
-    from cxr_core.ensembles import load_any
+    from cxr_core.ensembles import load_chosen
     from cxr_core.metrics import confusion
-    from cxr_core.runs import RunStore
 
-    if bool(args.run) == bool(args.checkpoint):
-        raise UserError("give exactly one of --run ID or --checkpoint PATH")
-    source = RunStore(args.runs_dir).get(args.run).path if args.run else args.checkpoint
-    model = load_any(source, args.device)
+    _, model = load_chosen(args.runs_dir, args.run, args.checkpoint, args.device)
     evalset = scored_set(args.data, args.split, model)
     records = mistake_records(evalset)
     if args.json:
