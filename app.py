@@ -9,7 +9,7 @@ import os
 import streamlit as st
 
 from cxr_core import settings
-from cxr_core.runs import RunStore
+from cxr_core.store.runs import RunStore
 from pages import APP_SHELL
 
 st.set_page_config(page_title="CXR Lab", page_icon=":material/radiology:", layout="wide")

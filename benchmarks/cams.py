@@ -26,7 +26,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from benchmarks.common import machine, percentile
 from benchmarks.latency import checkpoints_to_measure, sample_images
-from cxr_core.inference import CAM_METHODS, LoadedModel, explain, load_model, predict
+from cxr_core.predict.inference import CAM_METHODS, LoadedModel, explain, load_model, predict
 
 SCORECAM_TARGET_S = 2.0
 """ScoreCAM per image at 224 px on 2 cores."""

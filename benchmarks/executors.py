@@ -35,10 +35,10 @@ if str(ROOT) not in sys.path:
 from contextlib import contextmanager  # noqa: E402
 
 from benchmarks.common import machine  # noqa: E402
-from cxr_core.config import TrainConfig  # noqa: E402
-from cxr_core.executors import LocalExecutor, RayExecutor  # noqa: E402
-from cxr_core.jobs import Job  # noqa: E402
-from cxr_core.runs import Run, RunStore  # noqa: E402
+from cxr_core.execution.executors import LocalExecutor, RayExecutor  # noqa: E402
+from cxr_core.execution.jobs import Job  # noqa: E402
+from cxr_core.store.runs import Run, RunStore  # noqa: E402
+from cxr_core.training.config import TrainConfig  # noqa: E402
 from tests.raycluster import ray_cluster  # noqa: E402
 
 WORKERS = 2

@@ -23,7 +23,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from benchmarks.common import DATA, ROOT, interleaved, percentile, summarise
-from cxr_core.inference import LoadedModel, explain, load_model, predict
+from cxr_core.predict.inference import LoadedModel, explain, load_model, predict
 from cxr_core.settings import bundled_runs_dir
 
 SYNTHETIC_RUNS = (("small_cnn", 128), ("resnet18", 224), ("efficientnet_lite0", 224))

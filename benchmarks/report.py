@@ -89,7 +89,7 @@ def throughput(section: dict) -> str:
             "",
             "Every side runs in a process of its own, as in real use: the engine as its "
             "`train` processes run it (glibc malloc keeping freed activation memory, "
-            "`cxr_core/allocator.py`), the reference as a notebook kernel would. "
+            "`cxr_core/execution/allocator.py`), the reference as a notebook kernel would. "
             "torch.compile's compilation is not in the figures (`torch_compile_s` in the JSON).",
         ]
     return "\n".join(out)

@@ -37,7 +37,7 @@ def _verdict(ok: bool | None) -> str:
 
 def run_throughput(args) -> dict:
     from benchmarks import throughput
-    from cxr_core.runtime import select_device
+    from cxr_core.training.runtime import select_device
 
     device = select_device(args.device)
     target = 3.0 if device.type == "cuda" else 1.5

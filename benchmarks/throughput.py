@@ -1,6 +1,6 @@
 """Training throughput: CXR Lab's engine against a student-style reference loop.
 
-Engine: ``cxr_core.engine.train_one_epoch`` over the decoded uint8 cache, 1-channel input,
+Engine: ``cxr_core.training.engine.train_one_epoch`` over the decoded uint8 cache, 1-channel input,
 channels_last, batched augmentation on the device. Reference: torchvision ``ImageFolder``
 decoding the JPEGs every epoch with per-image transforms, 3-channel RGB input (as
 notebooks feed ImageNet-style models), fp32, default memory format, ``DataLoader`` with
@@ -9,7 +9,7 @@ images; both are timed over the same number of steps, interleaved, median of ``r
 
 The ablations switch one engine optimisation off at a time (interleaved with the full
 engine) to show what each buys. Every side runs in a worker process of its own (the engine
-as its training processes run it, with the allocator tuning of :mod:`cxr_core.allocator`;
+as its training processes run it, with the allocator tuning of :mod:`cxr_core.execution.allocator`;
 the reference as a notebook kernel would, without), and the measuring process alternates
 single steps between them.
 """
@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from benchmarks.common import DATA, alternate, summarise, sync, timed
-from cxr_core.allocator import keep_freed_memory
-from cxr_core.config import Augmentation, TrainConfig
-from cxr_core.engine import make_optimizer, train_one_epoch
-from cxr_core.imagesets import Data, load_data
-from cxr_core.imaging import load_and_preprocess
-from cxr_core.models import create_network
-from cxr_core.runtime import autocast, build_network, select_device
+from cxr_core.data.imaging import load_and_preprocess
+from cxr_core.execution.allocator import keep_freed_memory
+from cxr_core.models.zoo import create_network
+from cxr_core.training.config import Augmentation, TrainConfig
+from cxr_core.training.engine import make_optimizer, train_one_epoch
+from cxr_core.training.inputs import Data, load_data
+from cxr_core.training.runtime import autocast, build_network, select_device
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

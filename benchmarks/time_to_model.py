@@ -28,12 +28,12 @@ import torch
 
 from benchmarks.common import DATA, ROOT, interleaved, timed
 from benchmarks.throughput import subset
-from cxr_core import features
-from cxr_core.config import TrainConfig
-from cxr_core.engine import make_optimizer, train_one_epoch
-from cxr_core.imagesets import load_data
-from cxr_core.presets import PRESETS, apply_preset
-from cxr_core.runtime import build_network, select_device
+from cxr_core.training import features
+from cxr_core.training.config import TrainConfig
+from cxr_core.training.engine import make_optimizer, train_one_epoch
+from cxr_core.training.inputs import load_data
+from cxr_core.training.presets import PRESETS, apply_preset
+from cxr_core.training.runtime import build_network, select_device
 
 PRESET = "quick on CPU"
 TARGET_AUC = 0.95

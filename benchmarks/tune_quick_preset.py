@@ -24,19 +24,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxr_core import features, metrics  # noqa: E402
-from cxr_core.config import TrainConfig  # noqa: E402
-from cxr_core.datasets import make_splits, scan  # noqa: E402
-from cxr_core.engine import (  # noqa: E402
+from cxr_core.data.folders import make_splits, scan  # noqa: E402
+from cxr_core.scoring import metrics  # noqa: E402
+from cxr_core.settings import cache_dir  # noqa: E402
+from cxr_core.training import features  # noqa: E402
+from cxr_core.training.config import TrainConfig  # noqa: E402
+from cxr_core.training.engine import (  # noqa: E402
     evaluate,
     make_optimizer,
     make_scheduler,
     train_one_epoch,
 )
-from cxr_core.imagesets import load_data  # noqa: E402
-from cxr_core.presets import PRESETS  # noqa: E402
-from cxr_core.runtime import build_network, select_device  # noqa: E402
-from cxr_core.settings import cache_dir  # noqa: E402
+from cxr_core.training.inputs import load_data  # noqa: E402
+from cxr_core.training.presets import PRESETS  # noqa: E402
+from cxr_core.training.runtime import build_network, select_device  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "chest_xray"
 

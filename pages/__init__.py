@@ -15,12 +15,12 @@ from pathlib import Path
 import streamlit as st
 
 from cxr_core import settings
-from cxr_core.config import Augmentation, Option, options
-from cxr_core.datasets import labelled_images, scan
-from cxr_core.datasources import DataSpec
+from cxr_core.data.folders import labelled_images, scan
+from cxr_core.data.sources import DataSpec
 from cxr_core.errors import UserError
-from cxr_core.inference import LoadedModel, load_model
-from cxr_core.runs import Run, RunStore
+from cxr_core.predict.inference import LoadedModel, load_model
+from cxr_core.store.runs import Run, RunStore
+from cxr_core.training.config import Augmentation, Option, options
 from pages.common import runview, texts
 
 APP_SHELL = "_cxr_app_shell"
@@ -228,7 +228,7 @@ def trainable(folder: Path) -> None:
 
 
 def download_picker() -> None:
-    from cxr_core.download import download_kaggle, download_pneumoniamnist
+    from cxr_core.data.downloads import download_kaggle, download_pneumoniamnist
     from cxr_core.settings import cache_dir
 
     st.caption(

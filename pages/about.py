@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxr_core import plots
+from cxr_core.analysis import plots
 from pages import ensure_app_shell, medical_notice
 from pages.common import texts
 

@@ -10,12 +10,14 @@ import uuid
 import pandas as pd
 import streamlit as st
 
-from cxr_core import ensembles, evaljobs, evalsets, plots, report
-from cxr_core.compare import compare_table
+from cxr_core.analysis import plots, report
+from cxr_core.analysis.comparison import compare_table
 from cxr_core.errors import UserError
-from cxr_core.evalsets import EvalSet
-from cxr_core.metrics import CATALOGUE
-from cxr_core.runs import Run
+from cxr_core.execution import scoring_jobs
+from cxr_core.predict import ensembles, evalsets
+from cxr_core.predict.evalsets import EvalSet
+from cxr_core.scoring.metrics import CATALOGUE
+from cxr_core.store.runs import Run
 from pages import (
     data_spec,
     ensure_app_shell,
@@ -35,13 +37,13 @@ POLL_S = 2  # seconds between two looks at a background scoring job
 
 
 @st.cache_data(ttl=60, show_spinner=False)
-def _default_target(spec: str) -> evaljobs.Target | None:
+def _default_target(spec: str) -> scoring_jobs.Target | None:
     return comparison.default_target(spec)
 
 
 @st.cache_data(ttl=60, show_spinner="Listing the folder ...")
-def _target(folder: str, split: str) -> evaljobs.Target:
-    return evaljobs.target(folder, split)
+def _target(folder: str, split: str) -> scoring_jobs.Target:
+    return scoring_jobs.target(folder, split)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -109,10 +111,10 @@ def _pick_runs(runs: list[Run]) -> list[Run]:
 def _just_scored() -> str | None:
     """The set this session's background job scored, once the job has ended (then the
     job is forgotten, so the choice is made once)."""
-    job = evaljobs.current(store().root)
+    job = scoring_jobs.current(store().root)
     if job is None or job.id != st.session_state.get("compare_job"):
         return None
-    progress = evaljobs.progress(job)
+    progress = scoring_jobs.progress(job)
     if not progress.finished:
         return None
     del st.session_state["compare_job"]
@@ -196,8 +198,8 @@ def _ensemble_offer(chosen: list[Run]) -> None:
 
 def _score_offer(chosen: list[Run], evalset: EvalSet | None) -> None:
     """Score the chosen runs that lack a folder's set, in the background."""
-    job = evaljobs.current(store().root)
-    busy = job is not None and not evaljobs.progress(job).finished
+    job = scoring_jobs.current(store().root)
+    busy = job is not None and not scoring_jobs.progress(job).finished
     suggested = _default_target(data_spec())
     outside = evalset is not None and not evalset.internal
     title = "Score runs on a folder" + (" (scoring now)" if busy else "")
@@ -216,7 +218,7 @@ def _score_offer(chosen: list[Run], evalset: EvalSet | None) -> None:
         )
         split = right.radio(
             "Images",
-            list(evaljobs.FOLDER_SPLITS),
+            list(scoring_jobs.FOLDER_SPLITS),
             format_func={"test": "test/", "official_val": "val/ (official)"}.get,
             key=kept("compare_score_split", "test"),
             horizontal=True,
@@ -236,7 +238,9 @@ def _score_offer(chosen: list[Run], evalset: EvalSet | None) -> None:
                         icon=":material/play_arrow:",
                         key="compare_score",
                     ):
-                        job = evaljobs.launch([r.id for r in todo], found.data, split, store().root)
+                        job = scoring_jobs.launch(
+                            [r.id for r in todo], found.data, split, store().root
+                        )
                         st.session_state["compare_job"] = job.id
                         st.rerun()
         if job is not None:
@@ -245,11 +249,11 @@ def _score_offer(chosen: list[Run], evalset: EvalSet | None) -> None:
             )
 
 
-def _job_progress(job: evaljobs.EvalJob, was_busy: bool, chosen: list[str]) -> None:
+def _job_progress(job: scoring_jobs.EvalJob, was_busy: bool, chosen: list[str]) -> None:
     """The background job's progress, polled while it works; when it ends, the whole page
     runs again once, to list (and choose) the new set. Failures of the chosen runs are
     shown with their log."""
-    progress = evaljobs.progress(job)
+    progress = scoring_jobs.progress(job)
     where = f"{job.split} of {job.data}"
     if progress.finished:
         st.caption(f"Last scoring job ({where}): {len(progress.done)} of {len(job.runs)} done.")

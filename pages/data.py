@@ -6,9 +6,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from cxr_core import plots
+from cxr_core.analysis import plots
+from cxr_core.data.imaging import load_and_preprocess
 from cxr_core.errors import UserError
-from cxr_core.imaging import load_and_preprocess
 from cxr_core.settings import CLASSES
 from pages import (
     augmentation_controls,

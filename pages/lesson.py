@@ -7,10 +7,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxr_core import plots, report
-from cxr_core.evalsets import EvalSet
-from cxr_core.metrics import choose_threshold, full_report
-from cxr_core.runs import Run
+from cxr_core.analysis import plots, report
+from cxr_core.predict.evalsets import EvalSet
+from cxr_core.scoring.metrics import choose_threshold, full_report
+from cxr_core.store.runs import Run
 from pages import ensure_app_shell, kept, store, user_errors
 from pages.common import runview
 from pages.views import errors

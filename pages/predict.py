@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cxr_core import cam_checks, ensembles
-from cxr_core.ensembles import Ensemble, EnsemblePrediction
+from cxr_core.data.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, load_gray
 from cxr_core.errors import UserError
-from cxr_core.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, load_gray
-from cxr_core.inference import (
+from cxr_core.predict import cam_checks, ensembles
+from cxr_core.predict.ensembles import Ensemble, EnsemblePrediction
+from cxr_core.predict.inference import (
     CAM_METHODS,
     Prediction,
     explain,
@@ -21,8 +21,8 @@ from cxr_core.inference import (
     predict,
     resolve_checkpoint,
 )
-from cxr_core.runs import Run
 from cxr_core.settings import CLASSES
+from cxr_core.store.runs import Run
 from pages import (
     ensure_app_shell,
     kept,

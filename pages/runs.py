@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxr_core import evalsets, plots
-from cxr_core.jobs import log_tail
-from cxr_core.metrics import CATALOGUE
-from cxr_core.runs import ACTIVE, Run, may_change
-from cxr_core.stats import format_ci
+from cxr_core.analysis import plots
+from cxr_core.execution.jobs import log_tail
+from cxr_core.predict import evalsets
+from cxr_core.scoring.metrics import CATALOGUE
+from cxr_core.scoring.stats import format_ci
+from cxr_core.store.runs import ACTIVE, Run, may_change
 from pages import (
     ensure_app_shell,
     is_operator,

@@ -2,7 +2,7 @@
 for a two-dimensional grid, the best point chosen on validation only, and its runs (with
 the runners-up) one click away on the Compare page.
 
-A sweep is the runs that share its id (cxr_core.sweeps), so this page only reads the run
+A sweep is the runs that share its id (cxr_core.execution.sweeps), so this page only reads the run
 store; it follows a sweep still training by redrawing its results every few seconds.
 """
 
@@ -14,9 +14,16 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxr_core.metrics import CATALOGUE
-from cxr_core.runs import ACTIVE, Run
-from cxr_core.sweeps import SWEEP_KEY, VAL_METRICS, describe, run_rows, summarize, sweep_runs
+from cxr_core.execution.sweeps import (
+    SWEEP_KEY,
+    VAL_METRICS,
+    describe,
+    run_rows,
+    summarize,
+    sweep_runs,
+)
+from cxr_core.scoring.metrics import CATALOGUE
+from cxr_core.store.runs import ACTIVE, Run
 from pages import ensure_app_shell, kept, store, user_errors
 
 ensure_app_shell()

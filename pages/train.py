@@ -1,6 +1,6 @@
 """Train: choose architectures and options (or a preset) and launch runs.
 
-Every run is its own OS process (cxr_core.jobs), queued so that one trains at a time by
+Every run is its own OS process (cxr_core.execution.jobs), queued so that one trains at a time by
 default; what is shown about it comes from the run store, so a refresh, a closed tab or a
 second browser session neither stops nor duplicates it.
 """
@@ -15,17 +15,18 @@ import uuid
 
 import streamlit as st
 
-from cxr_core import estimates, settings
-from cxr_core.config import TrainConfig, options
-from cxr_core.datasets import make_splits, scan
-from cxr_core.datasources import is_synthetic_spec
+from cxr_core import settings
+from cxr_core.data.folders import make_splits, scan
+from cxr_core.data.sources import is_synthetic_spec
 from cxr_core.errors import UserError
-from cxr_core.executors import EXECUTORS, RAY_INSTALL, RayExecutor, launch_runs
-from cxr_core.jobs import Job
-from cxr_core.models import REGISTRY
-from cxr_core.presets import PRESETS, apply_preset
-from cxr_core.runs import ACTIVE, normalise_tags
-from cxr_core.sweeps import NOT_GRIDDED, parse_grid, parse_seeds, sweep_jobs
+from cxr_core.execution.executors import EXECUTORS, RAY_INSTALL, RayExecutor, launch_runs
+from cxr_core.execution.jobs import Job
+from cxr_core.execution.sweeps import NOT_GRIDDED, parse_grid, parse_seeds, sweep_jobs
+from cxr_core.models.zoo import REGISTRY
+from cxr_core.store.runs import ACTIVE, normalise_tags
+from cxr_core.training import estimates
+from cxr_core.training.config import TrainConfig, options
+from cxr_core.training.presets import PRESETS, apply_preset
 from pages import (
     augmentation_controls,
     data_root,

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from cxr_core import allocator
+from cxr_core.execution import allocator
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 
 CHILD = """
 import json, resource, torch
-from cxr_core.allocator import keep_freed_memory
+from cxr_core.execution.allocator import keep_freed_memory
 applied = keep_freed_memory()
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU())

@@ -16,12 +16,13 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cxr_core import metrics, plots
-from cxr_core.config import options
+from cxr_core.analysis import plots
+from cxr_core.data.synthetic import radiograph
 from cxr_core.errors import UserError
-from cxr_core.metrics import MetricInfo
-from cxr_core.runs import ACTIVE, RunStore
-from cxr_core.synthetic import radiograph
+from cxr_core.scoring import metrics
+from cxr_core.scoring.metrics import MetricInfo
+from cxr_core.store.runs import ACTIVE, RunStore
+from cxr_core.training.config import options
 from pages.common import forms, runview, uploads
 
 ROOT = Path(__file__).resolve().parents[1]

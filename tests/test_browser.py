@@ -20,9 +20,9 @@ from appserver import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_app
 from conftest import ROOT, SHARED_DATA, run_cli
 from PIL import Image
 
+from cxr_core.data.synthetic import radiograph
 from cxr_core.errors import UserError
-from cxr_core.runs import ACTIVE, RunStore
-from cxr_core.synthetic import radiograph
+from cxr_core.store.runs import ACTIVE, RunStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli
 
-from cxr_core.bundle import SHARED_FILES, results_markdown
-from cxr_core.runs import Run, RunStore
+from cxr_core.store.bundle import SHARED_FILES, results_markdown
+from cxr_core.store.runs import Run, RunStore
 
 BUNDLED = sorted(p for p in (ROOT / "checkpoints").iterdir() if (p / "config.json").exists())
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_core import cache, settings
-from cxr_core.datasets import scan
+from cxr_core import settings
+from cxr_core.data import decode_cache
+from cxr_core.data.folders import scan
+from cxr_core.data.imaging import load_and_preprocess
 from cxr_core.errors import UserError
-from cxr_core.imaging import load_and_preprocess
 
 
 @pytest.fixture
@@ -34,12 +35,12 @@ def decoder(monkeypatch):
             self.allowed = False
 
     spy = Decoder()
-    monkeypatch.setattr(cache, "load_and_preprocess", spy)
+    monkeypatch.setattr(decode_cache, "load_and_preprocess", spy)
     return spy
 
 
 def _decode(index, samples=None, size=32, clahe=False):
-    return cache.decode_images(index.root, samples or index.samples["train"], size, clahe)
+    return decode_cache.decode_images(index.root, samples or index.samples["train"], size, clahe)
 
 
 def test_second_call_reads_the_npy_without_decoding(data, decoder):
@@ -65,7 +66,7 @@ def test_cache_key_changes_with_size_preprocessing_and_files(data, decoder, chan
         assert result.pixels.shape[1:] == (48, 48)
     elif change == "clahe":
         result = _decode(data, clahe=True)
-        plain = cache.decode_images(data.root, samples, 32, False)
+        plain = decode_cache.decode_images(data.root, samples, 32, False)
         assert not np.array_equal(result.pixels, plain.pixels)
     elif change == "file list":
         result = _decode(data, samples[:-1])
@@ -96,7 +97,7 @@ def test_unreadable_files_are_skipped_listed_and_remembered(data, decoder):
     assert list(decoded.skipped) == [data.samples["train"][0].path]
     assert decoded.paths == sorted(s.path for s in data.samples["train"][1:])
     assert len(decoded.pixels) == len(decoded.paths)
-    assert "skipped 1 unreadable file(s)" in cache.describe_skipped(decoded.skipped)
+    assert "skipped 1 unreadable file(s)" in decode_cache.describe_skipped(decoded.skipped)
     decoder.forbid()
     assert _decode(data).skipped == decoded.skipped
 
@@ -109,5 +110,5 @@ def test_nothing_readable_is_a_user_error(data):
 
 
 def test_use_cache_false_writes_nothing(data):
-    cache.decode_images(data.root, data.samples["train"], 32, use_cache=False)
+    decode_cache.decode_images(data.root, data.samples["train"], 32, use_cache=False)
     assert not settings.cache_dir().exists() or not any(settings.cache_dir().iterdir())

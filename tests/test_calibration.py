@@ -9,14 +9,14 @@ from scipy.special import expit, logit
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from cxr_core.calibration import (
+from cxr_core.errors import UserError
+from cxr_core.scoring.calibration import (
     apply_temperature,
     brier_score,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
 )
-from cxr_core.errors import UserError
 
 
 def _calibrated(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:

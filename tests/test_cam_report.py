@@ -1,4 +1,4 @@
-"""A run's CAM checks on an evaluation set (cxr_core.cam_report): the ``cam-check`` verb on
+"""A run's CAM checks on an evaluation set (cxr_core.analysis.cam_report): the ``cam-check`` verb on
 the tiny synthetic run, its record kept beside the run and read back rather than computed
 again, one line and exit 2 on a user's mistake, the class-balanced sample, and the view
 Compare shows them in (pages/views/cam_report.py) through AppTest."""
@@ -15,10 +15,11 @@ import pytest
 from conftest import cli_main
 from streamlit.testing.v1 import AppTest
 
-from cxr_core import cam_checks, cam_report
+from cxr_core.analysis import cam_report
 from cxr_core.errors import UserError
-from cxr_core.evalsets import EvalSet, run_sets
-from cxr_core.runs import RunStore
+from cxr_core.predict import cam_checks
+from cxr_core.predict.evalsets import EvalSet, run_sets
+from cxr_core.store.runs import RunStore
 
 TIMEOUT = 300
 
@@ -187,8 +188,8 @@ def test_sampled_images_that_are_gone_are_one_error(tmp_path):
 
 def _view(run_id: str) -> None:
     """A script showing the view for one run on its internal test split (AppTest runs it)."""
-    from cxr_core.evalsets import run_sets
-    from cxr_core.runs import RunStore
+    from cxr_core.predict.evalsets import run_sets
+    from cxr_core.store.runs import RunStore
     from pages.views.cam_report import run_cam_checks
 
     run = RunStore().get(run_id)

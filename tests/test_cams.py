@@ -1,5 +1,5 @@
 """CAMs a user can trust, or is warned about: every method on every architecture gives a
-map, ScoreCAM works on the bundled EfficientNet, and the checks in cxr_core.cam_checks
+map, ScoreCAM works on the bundled EfficientNet, and the checks in cxr_core.predict.cam_checks
 (ROAD, border and lung-field shares, overlap with known opacities) measure what they say."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import pytest
 import torch
 from conftest import ROOT, SHARED_DATA, run_cli
 
-from cxr_core import cam_checks
-from cxr_core.config import TrainConfig
+from cxr_core.data.synthetic import radiograph
 from cxr_core.errors import UserError
-from cxr_core.inference import (
+from cxr_core.models.zoo import REGISTRY
+from cxr_core.predict import cam_checks
+from cxr_core.predict.inference import (
     CAM_METHODS,
     LoadedModel,
     TopChannelScoreCAM,
@@ -24,9 +25,8 @@ from cxr_core.inference import (
     load_model,
     predict,
 )
-from cxr_core.models import REGISTRY
-from cxr_core.runtime import build_network
-from cxr_core.synthetic import radiograph
+from cxr_core.training.config import TrainConfig
+from cxr_core.training.runtime import build_network
 
 CPU = torch.device("cpu")
 SIZE = 64

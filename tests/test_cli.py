@@ -23,12 +23,12 @@ from conftest import cli_main, run_cli
 from PIL import Image
 
 from cxr_core import cli
-from cxr_core.config import options
-from cxr_core.datasets import scan
-from cxr_core.evalsets import run_sets
-from cxr_core.models import REGISTRY
-from cxr_core.runs import RunStore
-from cxr_core.synthetic import MARKER
+from cxr_core.data.folders import scan
+from cxr_core.data.synthetic import MARKER
+from cxr_core.models.zoo import REGISTRY
+from cxr_core.predict.evalsets import run_sets
+from cxr_core.store.runs import RunStore
+from cxr_core.training.config import options
 
 EVALUATE_KEYS = (
     "accuracy",

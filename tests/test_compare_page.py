@@ -17,10 +17,12 @@ from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 from test_browser import browser, open_page, shot  # noqa: F401 (a fixture)
 
-from cxr_core import evaljobs, evalsets, report
+from cxr_core.analysis import report
 from cxr_core.errors import UserError
-from cxr_core.metrics import CATALOGUE, choose_threshold
-from cxr_core.runs import RunStore
+from cxr_core.execution import scoring_jobs
+from cxr_core.predict import evalsets
+from cxr_core.scoring.metrics import CATALOGUE, choose_threshold
+from cxr_core.store.runs import RunStore
 from pages.common import runview
 
 CHECKPOINTS = ROOT / "checkpoints"
@@ -268,14 +270,14 @@ def test_runs_lacking_a_folder_are_scored_in_the_background(
     next(b for b in at.button if b.key == "compare_score").click().run()
     assert not at.exception, [e.value for e in at.exception]
 
-    job = evaljobs.current(RunStore().root)
+    job = scoring_jobs.current(RunStore().root)
     deadline = time.monotonic() + 600
-    while not evaljobs.progress(job).finished and time.monotonic() < deadline:
+    while not scoring_jobs.progress(job).finished and time.monotonic() < deadline:
         time.sleep(1)
-    progress = evaljobs.progress(job)
+    progress = scoring_jobs.progress(job)
     assert progress.done and not progress.failed, progress
     at.run()  # the progress fragment's end reruns the page in a browser
-    wanted = evaljobs.target(str(folder), "test")
+    wanted = scoring_jobs.target(str(folder), "test")
     assert at.selectbox(key="compare_set").value == wanted.key
     assert any(m.value.startswith("Every chosen run is scored") for m in at.success)
     table = runview.runs_table(RunStore().list())
@@ -285,7 +287,7 @@ def test_runs_lacking_a_folder_are_scored_in_the_background(
 def test_scoring_refuses_a_folder_without_labelled_images(tmp_path):
     (tmp_path / "empty" / "test").mkdir(parents=True)
     with pytest.raises(UserError, match="no labelled images"):
-        evaljobs.launch(["any"], str(tmp_path / "empty"), "test", tmp_path / "runs")
+        scoring_jobs.launch(["any"], str(tmp_path / "empty"), "test", tmp_path / "runs")
     assert not (tmp_path / "runs").exists()  # nothing written
 
 

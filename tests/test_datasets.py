@@ -10,10 +10,10 @@ import sys
 import pytest
 from conftest import ROOT, write_kaggle_tree
 
-from cxr_core.config import TrainConfig
-from cxr_core.datasets import SplitManifest, make_splits, patient_id, scan
+from cxr_core.data.folders import SplitManifest, make_splits, patient_id, scan
 from cxr_core.errors import UserError
-from cxr_core.imagesets import load_data
+from cxr_core.training.config import TrainConfig
+from cxr_core.training.inputs import load_data
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_same_files_and_seed_give_the_same_manifest_in_any_order_and_process(coh
 
     # Another interpreter, with its own hash seed.
     code = (
-        "import json, sys; from cxr_core.datasets import make_splits, scan; "
+        "import json, sys; from cxr_core.data.folders import make_splits, scan; "
         "print(json.dumps(make_splits(scan(sys.argv[1]), seed=7).to_dict()))"
     )
     result = subprocess.run(

@@ -17,10 +17,10 @@ from conftest import ROOT, run_cli
 from safetensors.torch import load_file
 
 from cxr_core import cli
-from cxr_core.checkpoints import read_safetensors
-from cxr_core.config import TrainConfig
-from cxr_core.engine import fit
-from cxr_core.runs import RunStore
+from cxr_core.models.weights_file import read_safetensors
+from cxr_core.store.runs import RunStore
+from cxr_core.training.config import TrainConfig
+from cxr_core.training.engine import fit
 
 # 80 synthetic images -> about 56 in train -> 7 steps of 8 per epoch, each step logged, so
 # there is time to see a step of epoch 2 and kill the process before epoch 2 ends.

@@ -17,11 +17,11 @@ from conftest import _session_cache, run_cli
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cxr_core import ensembles, evalsets
+from cxr_core.data.synthetic import radiograph
 from cxr_core.errors import UserError
-from cxr_core.inference import explain, load_model, predict, prepare
-from cxr_core.runs import RunStore, may_change
-from cxr_core.synthetic import radiograph
+from cxr_core.predict import ensembles, evalsets
+from cxr_core.predict.inference import explain, load_model, predict, prepare
+from cxr_core.store.runs import RunStore, may_change
 from pages.common import gallery, runview
 from pages.views import cam
 
@@ -197,8 +197,8 @@ def test_predict_shows_the_ensemble_against_its_threshold_and_a_cam_per_member(s
 
 def _gallery(run_id: str) -> None:
     """The confusion gallery of ``run_id`` on its internal test split (AppTest runs it)."""
-    from cxr_core.evalsets import run_sets
-    from cxr_core.runs import RunStore
+    from cxr_core.predict.evalsets import run_sets
+    from cxr_core.store.runs import RunStore
     from pages.views import errors
 
     run = RunStore().get(run_id)

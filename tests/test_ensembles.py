@@ -14,14 +14,15 @@ import pytest
 from conftest import ROOT, SHARED_DATA
 from PIL import Image
 
-from cxr_core import cli, evalsets
-from cxr_core.bundle import results_markdown
-from cxr_core.compare import run_facts
-from cxr_core.ensembles import Ensemble, load_any
-from cxr_core.inference import load_model
-from cxr_core.metrics import choose_threshold, summary
-from cxr_core.runs import Run, RunStore
-from cxr_core.synthetic import radiograph
+from cxr_core import cli
+from cxr_core.analysis.comparison import run_facts
+from cxr_core.data.synthetic import radiograph
+from cxr_core.predict import evalsets
+from cxr_core.predict.ensembles import Ensemble, load_any
+from cxr_core.predict.inference import load_model
+from cxr_core.scoring.metrics import choose_threshold, summary
+from cxr_core.store.bundle import results_markdown
+from cxr_core.store.runs import Run, RunStore
 from pages.common import runview
 
 CHECKPOINTS = ROOT / "checkpoints"

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from conftest import cli_main, run_cli
 
-from cxr_core import mistakes, stats
+from cxr_core.analysis import mistakes
 from cxr_core.errors import UserError
-from cxr_core.evalsets import EvalSet
+from cxr_core.predict.evalsets import EvalSet
+from cxr_core.scoring import stats
 from pages.common import gallery
 
 

@@ -7,9 +7,9 @@ import platform
 
 import pytest
 
-from cxr_core import estimates
-from cxr_core.config import TrainConfig
-from cxr_core.runs import RunStore
+from cxr_core.store.runs import RunStore
+from cxr_core.training import estimates
+from cxr_core.training.config import TrainConfig
 
 
 def _cfg(**overrides) -> TrainConfig:

@@ -20,12 +20,13 @@ import torch
 from conftest import ROOT, run_cli, wait_until
 from streamlit.testing.v1 import AppTest
 
-from cxr_core import cli, engine
-from cxr_core.checkpoints import load_weights, read_safetensors
-from cxr_core.config import TrainConfig
+from cxr_core import cli
 from cxr_core.errors import UserError
-from cxr_core.jobs import launch_training
-from cxr_core.runs import ACTIVE, RunStore
+from cxr_core.execution.jobs import launch_training
+from cxr_core.models.weights_file import load_weights, read_safetensors
+from cxr_core.store.runs import ACTIVE, RunStore
+from cxr_core.training import engine
+from cxr_core.training.config import TrainConfig
 
 TINY = ["--arch", "small_cnn", "--data", "synthetic:40", "--img-size", "64"]
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_core import features, runtime
-from cxr_core.config import Augmentation, TrainConfig
-from cxr_core.datasets import SplitManifest
-from cxr_core.engine import fit
-from cxr_core.imagesets import load_data
-from cxr_core.inference import load_model
-from cxr_core.runs import RunStore
-from cxr_core.runtime import predict_pixels
+from cxr_core.data.folders import SplitManifest
+from cxr_core.predict.inference import load_model
+from cxr_core.store.runs import RunStore
+from cxr_core.training import features, runtime
+from cxr_core.training.config import Augmentation, TrainConfig
+from cxr_core.training.engine import fit
+from cxr_core.training.inputs import load_data
+from cxr_core.training.runtime import predict_pixels
 
 
 def _config(**overrides) -> TrainConfig:
@@ -52,7 +52,7 @@ def test_applies_only_to_frozen_backbone_without_augmentation():
 
 
 def test_extract_returns_the_heads_input_per_image(fp32):
-    from cxr_core.runtime import build_network
+    from cxr_core.training.runtime import build_network
 
     cfg = _config()
     network = build_network(cfg, torch.device("cpu"))
@@ -100,7 +100,7 @@ def test_fast_path_saves_the_whole_model_that_reproduces_its_evaluation(fp32):
 
 
 def test_quick_preset_trains_on_cached_features():
-    from cxr_core.presets import apply_preset
+    from cxr_core.training.presets import apply_preset
 
     cfg = TrainConfig.from_options(apply_preset("quick on CPU", {"data": "synthetic:12"}))
     assert features.applies(cfg)
@@ -110,7 +110,7 @@ def test_quick_preset_trains_on_cached_features():
 def test_resumed_optimizer_moments_keep_the_parameters_memory_format():
     """The fused optimizers pair a parameter and its moments by memory position: moments
     restored contiguous next to channels_last weights would update the wrong elements."""
-    from cxr_core import engine
+    from cxr_core.training import engine
 
     cfg = _config(arch="small_cnn", unfreeze_last=-1, epochs=2)
     data = load_data(cfg)
@@ -143,7 +143,7 @@ def test_resumed_optimizer_moments_keep_the_parameters_memory_format():
 
 
 def test_cpu_bf16_autocast_only_for_plain_convolutional_networks(monkeypatch):
-    from cxr_core.models import create_network
+    from cxr_core.models.zoo import create_network
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: True)

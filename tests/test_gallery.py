@@ -16,11 +16,12 @@ from appserver import settle, streamlit_app
 from streamlit.testing.v1 import AppTest
 from test_browser import browser, open_page, shot  # noqa: F401 (browser is a fixture)
 
-from cxr_core import evalsets, stats
-from cxr_core.inference import load_model
-from cxr_core.metrics import confusion
-from cxr_core.runs import RunStore
-from cxr_core.synthetic import make_synthetic_dataset
+from cxr_core.data.synthetic import make_synthetic_dataset
+from cxr_core.predict import evalsets
+from cxr_core.predict.inference import load_model
+from cxr_core.scoring import stats
+from cxr_core.scoring.metrics import confusion
+from cxr_core.store.runs import RunStore
 from pages.common import gallery
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +58,8 @@ def _view(
     threshold: float | None = None,
 ):
     """A script that shows one view for the run's set of ``split`` (AppTest runs it)."""
-    from cxr_core.evalsets import run_sets
-    from cxr_core.runs import RunStore
+    from cxr_core.predict.evalsets import run_sets
+    from cxr_core.store.runs import RunStore
     from pages.views import errors
 
     store = RunStore()

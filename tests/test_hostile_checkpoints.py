@@ -15,9 +15,9 @@ from conftest import run_cli
 from safetensors.torch import save as save_bytes
 
 from cxr_core import cli
-from cxr_core.checkpoints import read_safetensors
 from cxr_core.errors import UserError
-from cxr_core.inference import load_model
+from cxr_core.models.weights_file import read_safetensors
+from cxr_core.predict.inference import load_model
 
 
 class Payload:

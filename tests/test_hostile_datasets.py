@@ -16,13 +16,13 @@ from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 
 from cxr_core import cli
-from cxr_core.config import TrainConfig
-from cxr_core.datasets import scan
+from cxr_core.data.allowed_roots import ENV, check_data_root
+from cxr_core.data.folders import scan
+from cxr_core.data.synthetic import make_synthetic_dataset
 from cxr_core.errors import UserError
-from cxr_core.imagesets import load_data
-from cxr_core.runs import RunStore
-from cxr_core.security import ENV, check_data_root
-from cxr_core.synthetic import make_synthetic_dataset
+from cxr_core.store.runs import RunStore
+from cxr_core.training.config import TrainConfig
+from cxr_core.training.inputs import load_data
 
 
 def train_cli(capsys, data: Path | str, *extra: str) -> tuple[int, str]:

@@ -19,9 +19,9 @@ import pytest
 from conftest import run_cli
 from PIL import Image, ImageFile
 
-from cxr_core import imaging
+from cxr_core.data import imaging
+from cxr_core.data.imaging import load_gray
 from cxr_core.errors import UserError
-from cxr_core.imaging import load_gray
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
@@ -192,7 +192,7 @@ def test_corrupt_pixel_data_in_a_decodable_syntax_is_called_corrupt_not_missing_
 
 
 def test_a_7000_by_9000_image_is_read_and_predicted(tiny_run_dir, tmp_path):
-    from cxr_core.inference import load_model, predict
+    from cxr_core.predict.inference import load_model, predict
 
     big = np.full((9000, 7000), 90, np.uint8)
     big[2000:7000, 1500:5500] = 200

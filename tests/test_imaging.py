@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr_core.data.imaging import load_and_preprocess, load_gray, preprocess
 from cxr_core.errors import UserError
-from cxr_core.imaging import load_and_preprocess, load_gray, preprocess
 
 
 def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:

@@ -30,8 +30,8 @@ from streamlit.proto.WidgetStates_pb2 import WidgetState
 from urllib3.util import Retry
 from websockets.sync.client import connect
 
-from cxr_core.inference import explain, load_model, overlay, predict
-from cxr_core.synthetic import radiograph
+from cxr_core.data.synthetic import radiograph
+from cxr_core.predict.inference import explain, load_model, overlay, predict
 from pages.common.uploads import display_name
 
 SESSIONS = 8

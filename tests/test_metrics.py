@@ -13,7 +13,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from cxr_core.metrics import CATALOGUE, MetricInfo, choose_threshold, full_report, register_metric
+from cxr_core.scoring.metrics import (
+    CATALOGUE,
+    MetricInfo,
+    choose_threshold,
+    full_report,
+    register_metric,
+)
 
 
 def _decisions_at_every_score(labels, probs):

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 from cxr_core import cli
-from cxr_core.runs import Run
+from cxr_core.store.runs import Run
 
 BUNDLED = "mlp-scratch-64"
 META = {"name": "tiny baseline", "tags": ["smoke", "cpu"], "note": "two epochs on synthetic"}

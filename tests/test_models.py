@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_core.config import TrainConfig
 from cxr_core.errors import UserError
-from cxr_core.inference import LoadedModel, explain
-from cxr_core.models import REGISTRY, count_parameters, create_network, set_trainable
-from cxr_core.runtime import build_network
+from cxr_core.models.zoo import REGISTRY, count_parameters, create_network, set_trainable
+from cxr_core.predict.inference import LoadedModel, explain
+from cxr_core.training.config import TrainConfig
+from cxr_core.training.runtime import build_network
 
 CPU = torch.device("cpu")
 SIZE = 64
@@ -59,7 +59,7 @@ def test_registry_entry_contract(arch):
     assert any(g.abs().sum() > 0 for g in grads)
     model.zero_grad(set_to_none=True)
 
-    # A CAM through cxr_core.inference.explain: the input's shape, values in 0..1, and the
+    # A CAM through cxr_core.predict.inference.explain: the input's shape, values in 0..1, and the
     # two targets (pneumonia / normal) are opposite signs of one map, so one is non-zero.
     loaded = LoadedModel(network, cfg, 0.5, Path(arch), None, CPU)
     model.eval()
@@ -179,7 +179,7 @@ def test_unknown_arch_and_impossible_options_are_user_errors():
 
 
 def test_register_refuses_a_name_taken():
-    from cxr_core.models import register
+    from cxr_core.models.zoo import register
 
     with pytest.raises(ValueError, match="registered twice"):
         register("mlp", default_img_size=64, description="a second mlp")

@@ -1,6 +1,6 @@
 """Predict & explain through AppTest: the threshold on the probability bar and in words,
 one copy of a file uploaded twice, the colour scale, and the CAM checks (where the map's
-energy sits; ROAD on request) agreeing with cxr_core.cam_checks on the same image."""
+energy sits; ROAD on request) agreeing with cxr_core.predict.cam_checks on the same image."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cxr_core import cam_checks
-from cxr_core.inference import explain, load_model, predict
-from cxr_core.synthetic import radiograph
+from cxr_core.data.synthetic import radiograph
+from cxr_core.predict import cam_checks
+from cxr_core.predict.inference import explain, load_model, predict
 from pages.views import cam
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from cxr_core.config import TrainConfig
-from cxr_core.engine import fit
-from cxr_core.presets import apply_preset
-from cxr_core.runs import RunStore
+from cxr_core.store.runs import RunStore
+from cxr_core.training.config import TrainConfig
+from cxr_core.training.engine import fit
+from cxr_core.training.presets import apply_preset
 
 
 @pytest.mark.parametrize("arch", ["small_cnn", "mlp"])

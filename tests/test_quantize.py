@@ -10,23 +10,23 @@ import pytest
 import torch
 from conftest import run_cli
 
-from cxr_core import checkpoints
 from cxr_core.errors import UserError
-from cxr_core.inference import load_model, predict
-from cxr_core.models import create_network
-from cxr_core.runs import Run
+from cxr_core.models import weights_file
+from cxr_core.models.zoo import create_network
+from cxr_core.predict.inference import load_model, predict
+from cxr_core.store.runs import Run
 
 
 def test_int8_round_trip_per_channel(tmp_path):
     torch.manual_seed(0)
     network = create_network("small_cnn", False, 64)
     path = tmp_path / "model.safetensors"
-    checkpoints.save_weights(path, network.model, {"config": {}}, "int8")
-    state, meta = checkpoints.load_weights(path)
+    weights_file.save_weights(path, network.model, {"config": {}}, "int8")
+    state, meta = weights_file.load_weights(path)
     assert meta["precision"] == "int8"
     original = network.model.state_dict()
     assert set(state) == set(original)  # the scales are folded back in, not listed
-    tensors, _ = checkpoints.read_safetensors(path)
+    tensors, _ = weights_file.read_safetensors(path)
     quantized = 0
     for name, want in original.items():
         if want.is_floating_point() and want.dim() >= 2:
@@ -41,7 +41,7 @@ def test_int8_round_trip_per_channel(tmp_path):
             assert torch.equal(state[name], want)
     assert quantized >= 4
     with pytest.raises(UserError, match="precision"):
-        checkpoints.save_weights(path, network.model, {}, "int4")
+        weights_file.save_weights(path, network.model, {}, "int4")
 
 
 def test_quantize_rescores_what_it_stores(tiny_run_dir, tmp_path):

@@ -18,10 +18,10 @@ import pytest
 from conftest import run_cli, wait_until
 from raycluster import ray_cluster
 
-from cxr_core.config import TrainConfig
-from cxr_core.executors import RayExecutor
-from cxr_core.jobs import Job
-from cxr_core.runs import RunStore
+from cxr_core.execution.executors import RayExecutor
+from cxr_core.execution.jobs import Job
+from cxr_core.store.runs import RunStore
+from cxr_core.training.config import TrainConfig
 
 if os.environ.get("CXR_REQUIRE_RAY") != "1":
     pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-ray.txt)")

@@ -11,7 +11,7 @@ import json
 import pytest
 from conftest import run_cli
 
-from cxr_core.datasets import make_splits, scan
+from cxr_core.data.folders import make_splits, scan
 
 
 @pytest.mark.slow

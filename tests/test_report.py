@@ -12,10 +12,11 @@ import pytest
 from conftest import ROOT, run_cli
 from test_browser import ARTIFACTS, browser  # noqa: F401 (a fixture)
 
-from cxr_core import evalsets, report
+from cxr_core.analysis import report
 from cxr_core.errors import UserError
-from cxr_core.evaljobs import target
-from cxr_core.runs import RunStore
+from cxr_core.execution.scoring_jobs import target
+from cxr_core.predict import evalsets
+from cxr_core.store.runs import RunStore
 
 CHECKPOINTS = ROOT / "checkpoints"
 THREE = ["efficientnet_lite0-frozen-224", "mlp-scratch-64", "small_cnn-scratch-128"]
@@ -142,7 +143,7 @@ def test_operating_points_and_calibration_come_from_validation(three):
 
 
 def test_a_run_without_validation_scores_gets_no_temperature(tmp_path):
-    from cxr_core.runs import Run
+    from cxr_core.store.runs import Run
 
     folder = tmp_path / "bare"
     folder.mkdir()

@@ -12,10 +12,12 @@ import time
 
 import pytest
 
-from cxr_core import cli, evalsets, runs
-from cxr_core.compare import compare_table
+from cxr_core import cli
+from cxr_core.analysis.comparison import compare_table
 from cxr_core.errors import UserError
-from cxr_core.runs import HEARTBEAT_TIMEOUT_S, RunStore
+from cxr_core.predict import evalsets
+from cxr_core.store import runs
+from cxr_core.store.runs import HEARTBEAT_TIMEOUT_S, RunStore
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from scipy.special import expit
 from scipy.stats import binomtest, norm
 from sklearn.metrics import roc_auc_score
 
-from cxr_core import stats
 from cxr_core.errors import UserError
-from cxr_core.metrics import CATALOGUE, roc_auc
+from cxr_core.scoring import stats
+from cxr_core.scoring.metrics import CATALOGUE, roc_auc
 
 METRICS = {key: info.compute for key, info in CATALOGUE.items()}
 

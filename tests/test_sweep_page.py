@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxr_core.config import TrainConfig
-from cxr_core.metrics import full_report
-from cxr_core.runs import ACTIVE, RunStore
-from cxr_core.sweeps import SWEEP_KEY, describe, sweep_jobs
+from cxr_core.execution.sweeps import SWEEP_KEY, describe, sweep_jobs
+from cxr_core.scoring.metrics import full_report
+from cxr_core.store.runs import ACTIVE, RunStore
+from cxr_core.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "checkpoints" / "small_cnn-scratch-128" / "evaluation.json"

@@ -12,11 +12,18 @@ import pytest
 from conftest import ROOT, run_cli
 
 from cxr_core import cli
-from cxr_core.config import TrainConfig
 from cxr_core.errors import UserError
-from cxr_core.executors import LocalExecutor, get_executor
-from cxr_core.runs import RunStore
-from cxr_core.sweeps import expand, parse_grid, parse_seeds, summarize, sweep_jobs, sweep_runs
+from cxr_core.execution.executors import LocalExecutor, get_executor
+from cxr_core.execution.sweeps import (
+    expand,
+    parse_grid,
+    parse_seeds,
+    summarize,
+    sweep_jobs,
+    sweep_runs,
+)
+from cxr_core.store.runs import RunStore
+from cxr_core.training.config import TrainConfig
 
 TINY = ["--data", "synthetic:20", "--img-size", "32", "--epochs", "1", "--batch-size", "8"]
 

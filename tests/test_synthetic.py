@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_core.datasets import scan
-from cxr_core.datasources import resolve_data
+from cxr_core.data.folders import scan
+from cxr_core.data.sources import resolve_data
+from cxr_core.data.synthetic import is_synthetic, make_synthetic_dataset, radiograph
 from cxr_core.errors import UserError
-from cxr_core.synthetic import is_synthetic, make_synthetic_dataset, radiograph
 
 
 def test_same_seed_same_images_and_another_seed_differs():

@@ -3,10 +3,10 @@ which folder to offer for scoring, and one operating point in a sentence."""
 
 from __future__ import annotations
 
-from cxr_core.datasources import is_synthetic_spec
+from cxr_core.data.sources import is_synthetic_spec
 from cxr_core.errors import UserError
-from cxr_core.evaljobs import Target, target
-from cxr_core.evalsets import EvalSet
+from cxr_core.execution.scoring_jobs import Target, target
+from cxr_core.predict.evalsets import EvalSet
 
 
 def set_label(evalset: EvalSet) -> str:

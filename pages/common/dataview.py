@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_core.cache import decode_images
-from cxr_core.config import Augmentation
-from cxr_core.datasets import DatasetIndex, make_splits, scan
+from cxr_core.data.decode_cache import decode_images
+from cxr_core.data.folders import DatasetIndex, make_splits, scan
+from cxr_core.data.synthetic import is_synthetic
 from cxr_core.errors import UserError
 from cxr_core.settings import CLASSES
-from cxr_core.synthetic import is_synthetic
+from cxr_core.training.config import Augmentation
 
 
 @dataclass
@@ -102,7 +102,7 @@ def augmentation_preview(
     """The images as one training batch would see them after ``aug`` (uint8)."""
     import torch
 
-    from cxr_core.augment import augment_batch
+    from cxr_core.training.augment import augment_batch
 
     if not images:
         return []

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cxr_core.config import TrainConfig
-from cxr_core.datasources import DataSpec
+from cxr_core.data.sources import DataSpec
 from cxr_core.errors import UserError
-from cxr_core.models import get_architecture
+from cxr_core.models.zoo import get_architecture
+from cxr_core.training.config import TrainConfig
 
 
 def build_configs(archs: list[str], options: dict) -> list[TrainConfig]:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_core import mistakes
+from cxr_core.analysis import mistakes
+from cxr_core.data.allowed_roots import check_data_root
 from cxr_core.errors import UserError
-from cxr_core.evalsets import EvalSet
-from cxr_core.security import check_data_root
+from cxr_core.predict.evalsets import EvalSet
 from cxr_core.settings import CLASSES
 
 CELLS = {

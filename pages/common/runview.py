@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from cxr_core import ensembles
-from cxr_core.datasources import is_synthetic_spec
+from cxr_core.data.sources import is_synthetic_spec
 from cxr_core.errors import UserError
-from cxr_core.evalsets import fingerprint, run_sets
-from cxr_core.metrics import roc_auc
-from cxr_core.runs import ACTIVE, Run, RunStore
+from cxr_core.predict import ensembles
+from cxr_core.predict.evalsets import fingerprint, run_sets
+from cxr_core.scoring.metrics import roc_auc
+from cxr_core.store.runs import ACTIVE, Run, RunStore
 
 
 def format_duration(seconds: float | None) -> str:

@@ -10,7 +10,7 @@ from pathlib import PurePath
 import numpy as np
 from PIL import Image
 
-from cxr_core.synthetic import radiograph
+from cxr_core.data.synthetic import radiograph
 
 
 def display_name(name: str) -> str:
@@ -21,7 +21,7 @@ def display_name(name: str) -> str:
 
 
 def upload_source(name: str, data: bytes) -> io.BytesIO:
-    """An uploaded file as an in-memory source for :func:`cxr_core.inference.prepare`;
+    """An uploaded file as an in-memory source for :func:`cxr_core.predict.inference.prepare`;
     the (sanitised) name only lets DICOM files without a preamble be recognised."""
     buffer = io.BytesIO(data)
     buffer.name = display_name(name)

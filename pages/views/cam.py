@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import streamlit as st
 
-from cxr_core import ensembles
 from cxr_core.errors import UserError
-from cxr_core.inference import explain, prepare
-from cxr_core.runs import Run
+from cxr_core.predict import ensembles
+from cxr_core.predict.inference import explain, prepare
+from cxr_core.store.runs import Run
 from pages import loaded_model
 
 DECISION_COLOURS = {"PNEUMONIA": "#d62728", "NORMAL": "#2ca02c"}

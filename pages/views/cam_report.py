@@ -1,7 +1,7 @@
 """Can the runs' CAMs be trusted? Per run, on a sample of the evaluation set they share:
 where the CAM energy sits (border, outside the lung fields, below the diaphragm), ROAD
 faithfulness against a random map, the shortcut flags, and on synthetic sets the overlap
-with the known opacities. Kept beside each run once computed (cxr_core.cam_report), so
+with the known opacities. Kept beside each run once computed (cxr_core.analysis.cam_report), so
 the page only reads them; missing ones are computed on request, since ROAD is slow."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import math
 import pandas as pd
 import streamlit as st
 
-from cxr_core import cam_report
-from cxr_core.cam_report import CamReport
-from cxr_core.ensembles import is_ensemble
+from cxr_core.analysis import cam_report
+from cxr_core.analysis.cam_report import CamReport
 from cxr_core.errors import UserError
-from cxr_core.evalsets import EvalSet
-from cxr_core.inference import CAM_METHODS
-from cxr_core.runs import Run
+from cxr_core.predict.ensembles import is_ensemble
+from cxr_core.predict.evalsets import EvalSet
+from cxr_core.predict.inference import CAM_METHODS
+from cxr_core.store.runs import Run
 from pages import loaded_model
 from pages.common import texts
 

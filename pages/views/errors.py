@@ -12,13 +12,14 @@ import functools
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxr_core import plots, stats
+from cxr_core.analysis import plots
 from cxr_core.errors import UserError
-from cxr_core.evalsets import EvalSet
-from cxr_core.inference import CAM_METHODS, overlay
-from cxr_core.metrics import confusion
-from cxr_core.runs import Run
+from cxr_core.predict.evalsets import EvalSet
+from cxr_core.predict.inference import CAM_METHODS, overlay
+from cxr_core.scoring import stats
+from cxr_core.scoring.metrics import confusion
 from cxr_core.settings import CLASSES
+from cxr_core.store.runs import Run
 from pages.common import gallery
 from pages.common.gallery import CELLS, ORDERS
 from pages.views import cam

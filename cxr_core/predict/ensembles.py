@@ -1,0 +1,436 @@
+"""Ensembles as runs: the weighted mean probability of finished runs, recorded as a run.
+
+An ensemble is a normal run folder whose ``config.json`` says ``"arch": "ensemble"`` and
+lists its members by run id with their weights. It holds no weights of its own (bundled
+members are referenced, never copied), so making one takes a second: its threshold is
+chosen (Youden's J, or a target sensitivity or specificity) on the members' stored
+validation probabilities, and its evaluation covers every image set all members were
+scored on.
+
+Members must share one validation split (the same images, by fingerprint): with two
+splits, each member trained on images the other validates on, and no split would be
+unseen by the whole ensemble to choose its threshold on.
+
+Scoring new images runs each member with its own preprocessing (their sizes differ) and
+averages the probabilities, so ``evaluate``, ``compare``, ``errors`` and ``predict`` (one
+CAM per member) treat an ensemble like any run: :func:`load_any` loads either kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxr_core.data.folders import Sample
+from cxr_core.data.imaging import ImageSource
+from cxr_core.errors import UserError
+from cxr_core.fileio import atomic_write_json
+from cxr_core.predict import evalsets
+from cxr_core.predict.evalsets import EvalSet, fingerprint, run_sets
+from cxr_core.predict.inference import (
+    LoadedModel,
+    Prediction,
+    explain,
+    load_model,
+    overlay,
+    predict,
+)
+from cxr_core.scoring.metrics import CATALOGUE, choose_threshold, full_report
+from cxr_core.settings import CLASSES
+from cxr_core.store.runs import Run, RunStore
+from cxr_core.training.config import TrainConfig, options
+
+ARCH = "ensemble"
+SUMMED = ("params", "trainable_params", "size_mb", "file_mb", "train_time_s", "latency_ms")
+"""Costs that add up over the members: every member is stored and runs on each image."""
+
+
+def is_ensemble(run: Run) -> bool:
+    return run.config().get("arch") == ARCH
+
+
+@dataclass
+class EnsemblePrediction:
+    """The ensemble's probability and decision for one image, and each member's own."""
+
+    probability: float
+    label: str
+    threshold: float
+    members: dict[str, Prediction]
+    """By run id: what the member saw (its own preprocessing) and said (at its threshold)."""
+
+    @property
+    def predicted(self) -> int:
+        return CLASSES.index(self.label)
+
+
+@dataclass
+class Ensemble:
+    """A loaded ensemble: its members' models, their weights and its own threshold."""
+
+    run_id: str
+    source: Path
+    """Its ``config.json``: what it is loaded from, as a weights file is for a model."""
+    members: dict[str, LoadedModel]
+    weights: list[float]
+    threshold: float
+
+    def score(self, root: Path, samples: list[Sample], name: str, split: str) -> EvalSet:
+        """Each member scored with its own preprocessing, then combined."""
+        sets = [evalsets.score(m, root, samples, name, split) for m in self.members.values()]
+        return combine(sets, self.weights, self.threshold)
+
+    def predict(self, sources: list[ImageSource]) -> list[EnsemblePrediction]:
+        # Every member reads each stream (an upload) from where it started, not from
+        # where the previous member left it: at its end.
+        starts = [s.tell() if hasattr(s, "seek") else None for s in sources]
+        per_member = {}
+        for member_id, model in self.members.items():
+            for source, start in zip(sources, starts):
+                if start is not None:
+                    source.seek(start)
+            per_member[member_id] = predict(model, sources)
+        out = []
+        for k in range(len(sources)):
+            members = {i: predictions[k] for i, predictions in per_member.items()}
+            p = sum(w * m.probability for w, m in zip(self.weights, members.values()))
+            label = CLASSES[int(p >= self.threshold)]
+            out.append(EnsemblePrediction(float(p), label, self.threshold, members))
+        return out
+
+
+def combine(sets: Sequence[EvalSet], weights: Sequence[float], threshold: float) -> EvalSet:
+    """The members' weighted mean probability per image, on the images every member
+    scored (one that a member could not read counts for none)."""
+    first = sets[0]
+    common = set(first.paths).intersection(*(s.paths for s in sets[1:]))
+    paths = [p for p in first.paths if p in common]
+    if not paths:
+        raise UserError("the members share no scored image")
+    labels, probs, skipped = None, np.zeros(len(paths)), {}
+    for evalset, weight in zip(sets, weights):
+        row = {p: i for i, p in enumerate(evalset.paths)}
+        rows = [row[p] for p in paths]
+        if labels is None:
+            labels = evalset.labels[rows]
+        elif np.any(evalset.labels[rows] != labels):
+            raise UserError(f"the members disagree on the labels of {first.name}")
+        probs += weight * evalset.probs[rows]
+        skipped |= evalset.skipped
+    key = fingerprint(paths)
+    return EvalSet(
+        key, first.name, first.split, labels, probs, threshold, paths, first.root, skipped
+    )
+
+
+def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    """Normalised to sum to 1 (equal by default)."""
+    weights = [1.0] * n if weights is None else [float(w) for w in weights]
+    if len(weights) != n:
+        raise UserError(f"--weights: give one weight per run ({n}), not {len(weights)}")
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise UserError("--weights: finite, non-negative numbers, not all zero")
+    return [w / sum(weights) for w in weights]
+
+
+def _members(store: RunStore, member_ids: Sequence[str]) -> list[Run]:
+    if len(member_ids) < 2:
+        raise UserError("an ensemble needs at least two runs")
+    if len(set(member_ids)) != len(member_ids):
+        raise UserError("name each member once")
+    members = [store.get(i) for i in member_ids]
+    for run in members:
+        if is_ensemble(run):
+            raise UserError(f"{run.id} is an ensemble itself: list its members instead")
+        status = run.status().get("status")
+        if status != "completed":
+            raise UserError(f"{run.id} is {status}: only completed runs can be members")
+        val = ((run.evaluation() or {}).get("splits") or {}).get("val") or {}
+        if "paths" not in val or "probs" not in val:
+            raise UserError(f"{run.id} has no stored validation probabilities")
+    keys = {r.id: fingerprint(r.evaluation()["splits"]["val"]["paths"]) for r in members}
+    if len(set(keys.values())) > 1:
+        shown = ", ".join(f"{i} {k}" for i, k in keys.items())
+        raise UserError(
+            f"the members were validated on different images (val fingerprints: {shown}); "
+            "an ensemble needs one shared validation split"
+        )
+    return members
+
+
+def _shared_split(members: list[Run]) -> dict | None:
+    """The first member's split manifest, with only the splits every member has on the
+    same images (so ``evaluate --split val`` works on the ensemble)."""
+    manifests = [m.split() for m in members]
+    if any(m is None for m in manifests):
+        return None
+
+    def paths(manifest: dict, name: str) -> list[str] | None:
+        items = manifest.get("splits", {}).get(name)
+        return None if items is None else [s["path"] for s in items]
+
+    first = manifests[0]
+    names = [n for n in first["splits"] if all(paths(m, n) == paths(first, n) for m in manifests)]
+    return {
+        **first,
+        "splits": {n: first["splits"][n] for n in names},
+        "counts": {n: c for n, c in first.get("counts", {}).items() if n in names},
+    }
+
+
+THRESHOLD_OPTIONS = ("threshold_method", "target_sensitivity", "target_specificity")
+"""The TrainConfig options that say how an ensemble's threshold is chosen on validation."""
+
+
+def threshold_rule(**given: float | str | None) -> dict:
+    """The threshold options (:data:`THRESHOLD_OPTIONS`), TrainConfig's defaults for those
+    not given, checked as TrainConfig checks them."""
+    given = {k: v for k, v in given.items() if v is not None}
+    cfg = TrainConfig(arch="small_cnn", data="synthetic", **given)  # any model: only checked
+    return {k: getattr(cfg, k) for k in THRESHOLD_OPTIONS}
+
+
+def _evaluation(members: list[Run], weights: list[float], rule: dict) -> tuple[dict, list[EvalSet]]:
+    """The ensemble's evaluation.json (the splits of the first member's evaluation that
+    every member has on the same images), and the other sets its members all share."""
+    per_run = [run_sets(m) for m in members]
+    shared = set(per_run[0]).intersection(*per_run[1:])
+    recorded = members[0].evaluation()
+    by_key = {fingerprint(r["paths"]): s for s, r in recorded["splits"].items() if "paths" in r}
+    val = fingerprint(recorded["splits"]["val"]["paths"])
+    val_set = combine([sets[val] for sets in per_run], weights, 0.5)
+    threshold = choose_threshold(
+        val_set.labels,
+        val_set.probs,
+        rule["threshold_method"],
+        rule["target_sensitivity"],
+        rule["target_specificity"],
+    )
+    combined = {k: combine([sets[k] for sets in per_run], weights, threshold) for k in shared}
+    splits = {
+        split: full_report(combined[k].labels, combined[k].probs, threshold, combined[k].paths)
+        for k, split in by_key.items()
+        if k in combined
+    }
+    evaluations = [m.evaluation() for m in members]
+    evaluation = {
+        "threshold": threshold,
+        **rule,
+        "members": [m.id for m in members],
+        "weights": weights,
+        "test_split": recorded.get("test_split") if recorded.get("test_split") in splits else None,
+        "synthetic": any(bool(e.get("synthetic")) for e in evaluations),
+        **{
+            k: round(sum(e[k] for e in evaluations), 4)
+            for k in SUMMED
+            if all(isinstance(e.get(k), int | float) for e in evaluations)
+        },
+        "splits": splits,
+    }
+    return evaluation, [s for k, s in combined.items() if k not in by_key]
+
+
+def create(
+    store: RunStore,
+    member_ids: Sequence[str],
+    weights: Sequence[float] | None = None,
+    name: str | None = None,
+    run_id: str | None = None,
+    command: str | None = None,
+    owner: str | None = None,
+    threshold: dict | None = None,
+) -> Run:
+    """A completed ensemble run of ``member_ids`` (by id; bundled ones too) in ``store``.
+
+    Everything is checked and computed before the folder is made, and a failure while
+    writing removes it: a refused ensemble leaves nothing behind. ``threshold``: how its
+    threshold is chosen on validation (:func:`threshold_rule`; default Youden's J)."""
+    rule = threshold_rule(**(threshold or {}))
+    members = _members(store, member_ids)
+    weights = _weights(weights, len(members))
+    evaluation, extra_sets = _evaluation(members, weights, rule)
+    config = {
+        "arch": ARCH,
+        "members": [m.id for m in members],
+        "weights": weights,
+        **rule,
+        "data": members[0].config().get("data"),
+        "command": command,
+        "meta": {k: v for k, v in {"name": name, "owner": owner}.items() if v} or None,
+    }
+    split = _shared_split(members)
+    run = store.create(config, run_id)
+    try:
+        if split is not None:
+            atomic_write_json(run.path / "split.json", split)
+        atomic_write_json(run.path / "evaluation.json", evaluation)
+        for evalset in extra_sets:
+            evalsets.save(run, evalset)
+        run.set_status("completed", phase="done", started=time.time(), message=None)
+    except BaseException:
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    return run
+
+
+def members(run: Run) -> list[Run]:
+    """An ensemble's member runs, found by id beside it or among the bundled runs."""
+    store = RunStore(run.path.parent)
+    try:
+        return [store.get(member_id) for member_id in run.config()["members"]]
+    except UserError as exc:
+        raise UserError(f"ensemble {run.id}: a member is gone ({exc})") from None
+
+
+def weights_by_member(run: Run) -> dict[str | None, Path]:
+    """The weights files whose CAMs explain ``run``, keyed as :func:`overlays` keys its
+    overlays: the run's own (None), or each member's by id for an ensemble."""
+    if is_ensemble(run):
+        return {member.id: member.weights for member in members(run)}
+    return {None: run.weights}
+
+
+def load(
+    path: str | Path,
+    device: str = "cpu",
+    loader: Callable[[Path], LoadedModel] | None = None,
+) -> Ensemble:
+    """The ensemble whose run folder is ``path``, its members' models loaded by
+    ``loader`` from their weights files (default: :func:`load_model`; the app passes its
+    cache of loaded models, so a member shown alone and in an ensemble is loaded once)."""
+    loader = loader or functools.partial(load_model, device=device)
+    folder = Path(path).expanduser()
+    run = Run(folder)
+    config, evaluation = run.config(), run.evaluation()
+    if not evaluation or "threshold" not in evaluation:
+        raise UserError(f"ensemble {run.id} has no evaluation (no threshold)")
+    models = {}
+    for member in members(run):
+        try:
+            models[member.id] = loader(member.weights)
+        except UserError as exc:
+            raise UserError(f"ensemble {run.id}: member {member.id}: {exc}") from None
+    threshold = float(evaluation["threshold"])
+    return Ensemble(run.id, folder / "config.json", models, list(config["weights"]), threshold)
+
+
+def load_any(path: str | Path, device: str = "cpu") -> LoadedModel | Ensemble:
+    """An ensemble from its run folder, or any model as :func:`load_model` loads it."""
+    folder = Path(path).expanduser()
+    if folder.is_dir() and is_ensemble(Run(folder)):
+        return load(folder, device)
+    return load_model(folder, device)
+
+
+def load_chosen(
+    runs_dir: str | Path | None, run_id: str | None, checkpoint: str | None, device: str
+) -> tuple[Run | None, LoadedModel | Ensemble]:
+    """What a verb's ``--run ID | --checkpoint PATH`` names (exactly one): the run, if
+    given by id, and its model or ensemble, loaded."""
+    if bool(run_id) == bool(checkpoint):
+        raise UserError("give exactly one of --run ID or --checkpoint PATH")
+    run = RunStore(runs_dir).get(run_id) if run_id else None
+    return run, load_any(run.path if run else checkpoint, device)
+
+
+def predict_any(
+    model: LoadedModel | Ensemble, sources: list[ImageSource]
+) -> list[Prediction] | list[EnsemblePrediction]:
+    if isinstance(model, Ensemble):
+        return model.predict(sources)
+    return predict(model, sources)
+
+
+def overlays(
+    model: LoadedModel | Ensemble,
+    prediction: Prediction | EnsemblePrediction,
+    method: str,
+    opacity: float = 0.45,
+) -> dict[str | None, np.ndarray]:
+    """CAM overlays (RGB) for the class ``prediction`` decided: the model's own (key
+    None), or one per member of an ensemble, each on the image as that member saw it."""
+    if isinstance(model, Ensemble):
+        parts = [(i, model.members[i], p) for i, p in prediction.members.items()]
+    else:
+        parts = [(None, model, prediction)]
+    return {
+        key: overlay(
+            seen.pixels, explain(member, seen.pixels, method, prediction.predicted), opacity
+        )
+        for key, member, seen in parts
+    }
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from cxr_core.scoring.stats import format_ci
+
+    command = "python -m cxr_core " + shlex.join(sys.argv[1:])
+    store = RunStore(args.runs_dir)
+    rule = {k: getattr(args, k) for k in THRESHOLD_OPTIONS}
+    run = create(store, args.runs, args.weights, args.name, args.run_id, command, threshold=rule)
+    evaluation = run.evaluation()
+    by_split = {s.split: s for s in run_sets(run).values() if s.split in evaluation["splits"]}
+    shown = ("accuracy", "sensitivity", "specificity", "roc_auc")
+    if args.json:
+        out = {k: evaluation[k] for k in ("members", "weights", "threshold", "test_split")}
+        out["splits"] = {
+            split: {
+                "n": s.n,
+                **{k: s.metrics()[k] for k in shown},
+                "ci95": {k: list(s.ci95()[k]) for k in shown},
+            }
+            for split, s in by_split.items()
+        }
+        print(json.dumps({"run": run.id, **out}, indent=1))
+        return 0
+    weights = ", ".join(
+        f"{m} x{w:.3g}" for m, w in zip(evaluation["members"], evaluation["weights"])
+    )
+    print(f"ensemble {run.id}: {weights}")
+    print(
+        f"threshold {evaluation['threshold']:.4f} ({evaluation['threshold_method']} rule on "
+        "the shared validation split)"
+    )
+    for split, s in by_split.items():
+        values, ci = s.metrics(), s.ci95()
+        figures = "  ".join(
+            f"{CATALOGUE[k].label} {format_ci(values[k], ci[k], CATALOGUE[k].percent)}"
+            for k in shown
+        )
+        print(f"  {split:14s} n={s.n:5d}  {figures}")
+    print("95% CIs by patient")
+    return 0
+
+
+def add_ensemble_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``ensemble``."""
+    p = subparsers.add_parser(
+        "ensemble",
+        help="combine completed runs into an ensemble run (weighted mean probability)",
+        description="The ensemble is a run of its own: it predicts the weighted mean "
+        "probability of its members, with a threshold chosen on the validation split they "
+        "share, and is evaluated, compared and explained like any run. Members are "
+        "referenced by id, never copied.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more completed runs")
+    p.add_argument(
+        "--weights", nargs="+", type=float, metavar="W", help="one per run (default: equal)"
+    )
+    p.add_argument("--name", help="a readable name for the ensemble")
+    p.add_argument("--run-id", help="name of its run folder (default: time-ensemble-random)")
+    for opt in options():
+        if opt.name in THRESHOLD_OPTIONS:
+            opt.add_flag(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ensemble)

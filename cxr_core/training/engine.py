@@ -1,0 +1,628 @@
+"""Training and evaluation, in the shape of torchvision's reference ``train.py``:
+``train_one_epoch``, ``evaluate`` and ``fit`` (the ``main``), one config threaded through.
+
+Images come from the decoded uint8 cache as one tensor; batches are sliced from it,
+augmented on the device, and fed channels-last. Every epoch reseeds from
+``(seed, epoch)``, so a run resumed from its last checkpoint replays the interrupted
+epoch exactly and ends with the same weights as one that was never stopped (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cxr_core.data.folders import SplitManifest
+from cxr_core.errors import UserError
+from cxr_core.fileio import atomic_write_bytes, atomic_write_files, atomic_write_json, read_json
+from cxr_core.models import weights_file
+from cxr_core.models.zoo import Network, count_parameters
+from cxr_core.scoring import metrics
+from cxr_core.store.runs import Run
+from cxr_core.training import features
+from cxr_core.training.config import TrainConfig
+from cxr_core.training.inputs import Data, load_data
+from cxr_core.training.runtime import (
+    autocast,
+    build_network,
+    predict_pixels,
+    select_device,
+    to_input,
+)
+
+
+class Cancelled(Exception):
+    """The user asked the run to stop (the run folder's ``cancel`` flag)."""
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    # One fused kernel a step instead of a pass over the weights per operation (CUDA and
+    # CPU have it; NAdam not). On 2-core CPUs it measured 1.02-1.2x on a Xeon and 0.91-0.96x
+    # on an AMD EPYC, near the noise: the optimizer is 1% of a step there (benchmarks/).
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
+    if cfg.optimizer == "nadam":
+        return torch.optim.NAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer in ("adam", "adamw"):
+        kind = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=cfg.weight_decay,
+        fused=fused,
+    )
+
+
+def make_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> tuple[object | None, str]:
+    """The scheduler and when it steps: ``"step"`` (each batch) or ``"epoch"``."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "step"
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total), "step"
+    if cfg.scheduler == "step":
+        size = max(1, cfg.epochs // 3)
+        return torch.optim.lr_scheduler.StepLR(optimizer, size, gamma=0.1), "epoch"
+    if cfg.scheduler == "plateau":
+        mode = "min" if cfg.monitor == "val_loss" else "max"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode, patience=2), "epoch"
+    return None, "never"
+
+
+def _freeze_frozen_batchnorm(model: torch.nn.Module) -> None:
+    """Frozen stages keep their ImageNet BatchNorm statistics (eval mode)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
+
+
+# --------------------------------------------------------------------------- loops
+
+
+@dataclass
+class StepReport:
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+    images_per_s: float
+
+
+def train_one_epoch(
+    network: Network,
+    optimizer: torch.optim.Optimizer,
+    scheduler: object | None,
+    scheduler_unit: str,
+    scaler: torch.amp.GradScaler,
+    data: Data,
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    on_step: Callable[[StepReport], None] = lambda report: None,
+) -> dict[str, float]:
+    """One pass over the training split; ``on_step`` may raise :class:`Cancelled`."""
+    model = network.model
+    model.train()
+    _freeze_frozen_batchnorm(model)
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout, replayed identically on resume
+    rows, labels = data.rows["train"], data.labels["train"]
+    n = len(rows)
+    if cfg.imbalance == "sampler":
+        weights = torch.where(labels == 1, 1 / labels.sum(), 1 / (n - labels.sum()))
+        order = torch.multinomial(weights, n, replacement=True, generator=gen)
+    else:
+        order = torch.randperm(n, generator=gen)
+    steps = n // cfg.batch_size if n > cfg.batch_size else 1
+    pos_weight = None
+    if cfg.imbalance == "weighted":
+        pos_weight = ((n - labels.sum()) / labels.sum()).to(device)
+    total_loss, seen, started, window = 0.0, 0, time.perf_counter(), []
+    seen_probs, seen_labels = [], []  # running train metrics, as Keras reports them
+    bar = tqdm(
+        range(steps),
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        file=sys.stderr,
+        mininterval=1.0,
+        leave=False,
+        disable=None,
+    )
+    for step in bar:
+        batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        x = to_input(data.pixels[rows[batch]], cfg, device, gen)
+        y = labels[batch].to(device)
+        target = y * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
+        with autocast(device, model, training=True):
+            logits = model(x).float().squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+        if not torch.isfinite(loss):
+            raise RuntimeError(
+                f"loss became {loss.item()} at epoch {epoch}; lower the learning rate"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None and scheduler_unit == "step":
+            scheduler.step()
+        value = loss.item()
+        seen_probs.append(torch.sigmoid(logits.detach()).cpu())
+        seen_labels.append(y.cpu())
+        total_loss += value * len(batch)
+        seen += len(batch)
+        window.append(value)
+        bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+            rate = seen / (time.perf_counter() - started)
+            on_step(StepReport(epoch, step + 1, steps, float(np.mean(window)), rate))
+            window = []
+    bar.close()
+    running = metrics.summary(torch.cat(seen_labels).numpy(), torch.cat(seen_probs).numpy())
+    return {
+        "train_loss": total_loss / max(seen, 1),
+        **{f"train_{k}": running[k] for k in ("accuracy", "f1", "roc_auc")},
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": seen / (time.perf_counter() - started),
+    }
+
+
+def evaluate(
+    network: Network, data: Data, split: str, cfg: TrainConfig, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Probabilities, labels and mean BCE loss on one split."""
+    probs = predict_pixels(network.model, data.pixels[data.rows[split]], cfg, device)
+    labels = data.labels[split].numpy()
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
+    return probs, labels, loss
+
+
+def measure_latency(model: torch.nn.Module, cfg: TrainConfig, repeats: int = 15) -> float:
+    """Median CPU milliseconds to classify one image (batch of 1, inference mode)."""
+    cpu = torch.device("cpu")
+    model = model.to(cpu).eval()
+    x = torch.zeros(1, cfg.img_size, cfg.img_size, dtype=torch.uint8)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            start = time.perf_counter()
+            model(to_input(x, cfg, cpu))
+            if i >= 2:
+                times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+# --------------------------------------------------------------------------- run state
+
+
+def _save_resume_state(run: Run, network, optimizer, scheduler, scaler, state: dict) -> None:
+    """Model + optimizer tensors in safetensors, the rest as JSON (no pickle anywhere)."""
+    tensors = {f"model.{k}": v for k, v in network.model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars = {}
+    for pid, slots in opt["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    from safetensors.torch import save
+
+    blob = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
+    resume = {
+        **state,
+        "param_groups": opt["param_groups"],
+        "optimizer_scalars": scalars,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict(),
+    }
+    # Both files or neither: a full disk or a kill never pairs weights with another epoch.
+    atomic_write_files(
+        {
+            run.path / "last.safetensors": blob,
+            run.path / "last.json": json.dumps(resume, indent=1, allow_nan=True).encode(),
+        }
+    )
+
+
+def _load_resume_state(run: Run, network, optimizer, scheduler, scaler) -> dict:
+    path = run.path / "last.safetensors"
+    if not path.exists() or not (run.path / "last.json").exists():
+        raise UserError(f"run {run.id} has no checkpoint to resume from (no epoch finished)")
+    tensors, _ = weights_file.read_safetensors(path)
+    state = read_json(run.path / "last.json")
+    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    weights_file.load_state_into(network.model, model_state, run.config().get("arch", "?"), path)
+    slots: dict[int, dict] = {}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            param = params[int(pid)]
+            if value.shape == param.shape:
+                # Moments back in their parameter's memory format (channels_last): the
+                # fused optimizers pair elements by memory position, not by index.
+                value = torch.empty_like(param).copy_(value)
+            slots.setdefault(int(pid), {})[name] = value
+    for key, value in state["optimizer_scalars"].items():
+        pid, name = key.split(".", 1)
+        slots.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    return state
+
+
+def environment(device: torch.device) -> dict:
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _improved(cfg: TrainConfig, value: float, best: float | None) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if cfg.monitor == "val_loss" else value > best
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+class Reporter:
+    """What a run tells the world while it trains: status with heartbeat, progress and
+    ETA (what the Runs page and the CLI show), history records, and printed lines.
+
+    Every call is also where a cancel request is noticed: it raises :class:`Cancelled`.
+    """
+
+    def __init__(self, run: Run, cfg: TrainConfig, every_s: float = 1.0) -> None:
+        self.run, self.cfg, self.every_s = run, cfg, every_s
+        self._last = 0.0
+        self._phase_started = time.perf_counter()
+        self._phase = ""
+
+    def status(self, force: bool = False, **fields) -> None:
+        if self.run.cancel_requested():
+            raise Cancelled()
+        if force or time.time() - self._last > self.every_s:
+            self.run.set_status("running", **fields)
+            self._last = time.time()
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        """A preparation phase (decoding, features): fraction done and its ETA."""
+        if phase != self._phase:
+            self._phase, self._phase_started = phase, time.perf_counter()
+        elapsed = time.perf_counter() - self._phase_started
+        eta = elapsed / done * (total - done) if done else None
+        self.status(
+            phase=f"{phase} {done}/{total}",
+            progress=round(done / max(total, 1), 4),
+            eta_s=round(eta) if eta is not None else None,
+        )
+
+    def step(self, report: StepReport) -> None:
+        done = (report.epoch - 1) * report.steps + report.step
+        total = self.cfg.epochs * report.steps
+        eta = (total - done) * self.cfg.batch_size / max(report.images_per_s, 1e-9)
+        self.run.append_history(
+            {
+                "type": "step",
+                "epoch": report.epoch,
+                "step": report.step,
+                "global_step": done,
+                "loss": report.loss,
+            }
+        )
+        self.status(
+            phase="training",
+            epoch=report.epoch,
+            step=report.step,
+            steps=report.steps,
+            progress=round(done / total, 4),
+            images_per_s=round(report.images_per_s, 1),
+            eta_s=round(eta),
+        )
+
+    def epoch(self, record: dict) -> None:
+        """An epoch's record: history first, then a status written at once, so a page
+        polling the run sees every epoch even when epochs take milliseconds."""
+        self.run.append_history(record)
+        self.status(force=True, phase="validated", epoch=record["epoch"])
+        print(
+            f"epoch {record['epoch']}/{self.cfg.epochs}  loss {record['train_loss']:.4f}  "
+            f"val_loss {record['val_loss']:.4f}  val_auc {record['val_roc_auc']:.4f}  "
+            f"val_f1 {record['val_f1']:.4f}  {record['seconds']:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+# --------------------------------------------------------------------------- preparing
+
+
+@dataclass
+class Training:
+    """Everything an epoch loop needs, prepared (and restored on resume) before it starts."""
+
+    network: Network
+    """The whole model: what is saved and shipped."""
+    trainee: Network
+    """What the loop trains: the head alone when it trains on cached features."""
+    data: Data
+    """What the loop feeds: decoded images, or the backbone's cached features."""
+    images: Data
+    """The decoded images, to score what ships (fp16 weights change the features)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    scheduler_unit: str
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    state: dict
+    info: dict
+
+
+def prepare(run: Run, cfg: TrainConfig, resume: bool, reporter: Reporter) -> Training:
+    """Data (the saved split on resume), network, optimizer, scheduler and saved state;
+    for a frozen backbone without augmentation, the backbone's features computed once."""
+    device = select_device(cfg.device)
+    reporter.status(force=True, phase="preparing data", message=None)
+    saved_split = run.split() if resume else None
+    manifest = SplitManifest.from_dict(saved_split) if saved_split else None
+    images = load_data(
+        cfg, manifest, progress=lambda d, t: reporter.progress("decoding images", d, t)
+    )
+    if not resume:
+        atomic_write_json(
+            run.path / "split.json",
+            {
+                **images.manifest.to_dict(),
+                "skipped": images.skipped,
+                "notes": images.notes,
+                "synthetic": images.synthetic,
+                "root": str(images.root),
+            },
+        )
+        atomic_write_json(run.path / "env.json", environment(device))
+    for note in images.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    network = build_network(cfg, device)
+    n_train = len(images.rows["train"])
+    steps = n_train // cfg.batch_size if n_train > cfg.batch_size else 1
+    optimizer = make_optimizer(cfg, network.model)
+    scheduler, unit = make_scheduler(cfg, optimizer, steps)
+    scaler = torch.amp.GradScaler(
+        device.type,
+        enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported(),
+    )
+    state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "train_time_s": 0.0}
+    if resume:
+        state = {**state, **_load_resume_state(run, network, optimizer, scheduler, scaler)}
+        run.truncate_history(state["epoch"])
+    trainee, data = network, images
+    if features.applies(cfg):
+        trainee, data = features.cache_features(
+            network,
+            images,
+            cfg,
+            device,
+            progress=lambda d, t: reporter.progress("computing features", d, t),
+        )
+    info = count_parameters(network.model)
+    return Training(
+        network, trainee, data, images, optimizer, scheduler, unit, scaler, device, state, info
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_epochs(
+    run: Run,
+    cfg: TrainConfig,
+    t: Training,
+    reporter: Reporter,
+    clock: Callable[[], float],
+    precision: str,
+) -> None:
+    """The epoch loop: train, validate, keep the best weights (on the monitored validation
+    metric), checkpoint for resume, stop early when validation stops improving."""
+    state = t.state
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        started = time.perf_counter()
+        train_stats = train_one_epoch(
+            t.trainee,
+            t.optimizer,
+            t.scheduler,
+            t.scheduler_unit,
+            t.scaler,
+            t.data,
+            cfg,
+            t.device,
+            epoch,
+            reporter.step,
+        )
+        reporter.status(phase="validating", epoch=epoch)
+        probs, labels, val_loss = evaluate(t.trainee, t.data, "val", cfg, t.device)
+        val = metrics.summary(labels, probs)
+        record = {
+            "type": "epoch",
+            "epoch": epoch,
+            **train_stats,
+            "val_loss": val_loss,
+            **{f"val_{k}": v for k, v in val.items()},
+            "seconds": time.perf_counter() - started,
+        }
+        reporter.epoch(record)
+        monitored = record[cfg.monitor if cfg.monitor != "val_auc" else "val_roc_auc"]
+        if t.scheduler is not None and t.scheduler_unit == "epoch":
+            t.scheduler.step(monitored) if cfg.scheduler == "plateau" else t.scheduler.step()
+        state["epoch"] = epoch
+        if _improved(cfg, monitored, state["best"]):
+            state.update(best=monitored, best_epoch=epoch, bad_epochs=0)
+            weights_file.save_weights(
+                run.weights,
+                t.network.model,
+                {"config": cfg.to_dict(), "epoch": epoch},
+                precision,
+            )
+        else:
+            state["bad_epochs"] += 1
+        state["train_time_s"] = clock()
+        _save_resume_state(run, t.network, t.optimizer, t.scheduler, t.scaler, state)
+        if state["bad_epochs"] >= cfg.patience:
+            print(f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs", file=sys.stderr)
+            break
+
+
+def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = False) -> dict:
+    """Train ``cfg`` into ``run``: the whole life of a run, from data to evaluation.json.
+
+    Writes status (with heartbeat, progress and ETA), history, checkpoints and the
+    evaluation as it goes; the best epoch and the decision threshold are chosen on
+    validation only. ``train_time_s`` counts the whole run (decoding, cached features,
+    epochs), summed over the processes of a resumed run.
+    """
+    precision = "fp16" if half_weights else "fp32"
+    with run.keep_alive():
+        reporter = Reporter(run, cfg)
+        process_started = time.perf_counter()
+        try:
+            t = prepare(run, cfg, resume, reporter)
+        except Cancelled:
+            run.set_status("cancelled", message="cancelled while preparing data")
+            return {}
+        before = t.state["train_time_s"]
+
+        def clock() -> float:
+            return before + time.perf_counter() - process_started
+
+        status = "completed"
+        try:
+            run_epochs(run, cfg, t, reporter, clock, precision)
+        except Cancelled:
+            status = "cancelled"
+        except KeyboardInterrupt:
+            run.set_status("interrupted", message="stopped by Ctrl-C")
+            raise
+        except torch.OutOfMemoryError:
+            message = (
+                f"out of GPU memory at batch size {cfg.batch_size}: try a smaller --batch-size"
+            )
+            run.set_status("failed", message=message)
+            raise UserError(message) from None
+        if not run.weights.exists():
+            run.set_status(status, message="stopped before any epoch finished")
+            return {}
+        run.set_status("running", phase="final evaluation")
+        t.state["train_time_s"] = clock()
+        scored = t.images if precision != "fp32" else t.data
+        evaluation = final_evaluation(run, scored, t.device, cfg, t.state, t.info, precision)
+        message = "cancelled: evaluated the best epoch so far" if status == "cancelled" else None
+        run.set_status(status, phase="done", message=message)
+        return evaluation
+
+
+def store_weights_as(run: Run, precision: str) -> dict:
+    """Store a completed run's best weights at ``precision`` and score what is stored:
+    the threshold chosen again on val, every split reported again, records derived from the
+    old weights removed. On any failure the run is left as it was."""
+    evaluation = run.evaluation()
+    if run.status().get("status") != "completed" or not evaluation:
+        raise UserError(f"run {run.id} is not completed; quantize completed runs")
+    cfg = TrainConfig.from_dict(run.config())
+    device = select_device(cfg.device)
+    before = run.weights.read_bytes(), (run.path / "evaluation.json").read_bytes()
+    state_dict, meta = weights_file.load_weights(run.weights)
+    network = build_network(cfg, device)
+    weights_file.load_state_into(network.model, state_dict, cfg.arch, run.weights)
+    data = load_data(cfg, SplitManifest.from_dict(run.split()))
+    state = {"epoch": evaluation["epochs_run"], "train_time_s": evaluation["train_time_s"]}
+    try:
+        weights_file.save_weights(run.weights, network.model, meta, precision)
+        evaluation = final_evaluation(
+            run, data, device, cfg, state, count_parameters(network.model), precision
+        )
+    except BaseException:
+        atomic_write_bytes(run.weights, before[0])
+        atomic_write_bytes(run.path / "evaluation.json", before[1])
+        raise
+    run.forget_derived()  # scores and CAM checks of the weights it had
+    return evaluation
+
+
+def final_evaluation(
+    run: Run,
+    data: Data,
+    device: torch.device,
+    cfg: TrainConfig,
+    state: dict,
+    info: dict,
+    precision: str,
+) -> dict:
+    """Reload the saved best weights (exactly what ships), pick the threshold on val,
+    report every split and store the threshold in the checkpoint, at ``precision``."""
+    state_dict, meta = weights_file.load_weights(run.weights)
+    network = build_network(cfg, device)
+    weights_file.load_state_into(network.model, state_dict, cfg.arch, run.weights)
+    scorer = features.head_only(network) if features.is_cached(data) else network
+    val_probs, val_labels, _ = evaluate(scorer, data, "val", cfg, device)
+    threshold = metrics.choose_threshold(
+        val_labels, val_probs, cfg.threshold_method, cfg.target_sensitivity, cfg.target_specificity
+    )
+    splits = {}
+    for split in data.rows:
+        if split == "train":
+            continue
+        probs, labels, _ = evaluate(scorer, data, split, cfg, device)
+        splits[split] = metrics.full_report(labels, probs, threshold, data.paths(split))
+    evaluation = {
+        "threshold": threshold,
+        "threshold_method": cfg.threshold_method,
+        "best_epoch": meta.get("epoch"),
+        "epochs_run": state["epoch"],
+        "train_time_s": round(state["train_time_s"], 1),
+        "test_split": data.manifest.test_split,
+        "synthetic": data.synthetic,
+        "latency_ms": round(measure_latency(network.model, cfg), 2),
+        **info,
+        "file_mb": round(run.weights.stat().st_size / 2**20, 2),
+        "weights_precision": precision,
+        "splits": splits,
+    }
+    atomic_write_json(run.path / "evaluation.json", evaluation)
+    weights_file.save_weights(
+        run.weights, network.model, {**meta, "threshold": threshold, "run_id": run.id}, precision
+    )
+    return evaluation
