@@ -26,7 +26,8 @@ from cxr_core.training.config import options
 from pages.common import forms, runview, uploads
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["data", "train", "runs", "sweeps", "compare", "predict", "lesson", "about"]
+PAGES = re.findall(r'st\.Page\(\s*"pages/(\w+)\.py"', (ROOT / "app.py").read_text())
+"""Every page app.py navigates to, in its order: a new page is tested with no edit here."""
 TIMEOUT = 120
 
 
