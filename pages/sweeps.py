@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
+from cxr_core.analysis import plots
 from cxr_core.execution.sweeps import (
     SWEEP_KEY,
     VAL_METRICS,
@@ -52,20 +52,6 @@ def _name(key: str) -> str:
     return key.removeprefix("augment.")
 
 
-def _show(value: object) -> str:
-    return "default" if value is None else str(value)
-
-
-def _mean_sd(point: dict, percent: bool) -> str:
-    if point["mean"] is None:
-        return "-"
-    scale, unit, digits = (100, "%", 1) if percent else (1, "", 3)
-    text = f"{point['mean'] * scale:.{digits}f}{unit}"
-    if point["sd"] is None:
-        return f"{text} (1 seed)"
-    return f"{text} ± {point['sd'] * scale:.{digits}f}"
-
-
 def _label(sweep_id: str, tag: dict) -> str:
     dims = " × ".join(_name(k) for k in _dims(tag["grid"])) or "one point"
     return f"{sweep_id} · {dims} · {len(tag['seeds'])} seed(s) · {tag['n']} runs"
@@ -81,47 +67,14 @@ def points_table(summary: list[dict], grid: dict, runs: list[Run], metric: str) 
         states = Counter(status[i] for i in point["runs"])
         rows.append(
             {
-                **{_name(k): _show(point["point"][k]) for k in grid},
-                f"val {info.label} (mean ± sd)": _mean_sd(point, info.percent),
+                **{_name(k): plots.grid_value(point["point"][k]) for k in grid},
+                f"val {info.label} (mean ± sd)": plots.mean_sd(point, info.percent),
                 "seeds done": f"{point['n']}/{len(point['runs'])}",
                 "runs": ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
                 "best on validation": point["best"],
             }
         )
     return pd.DataFrame(rows)
-
-
-def heatmap(summary: list[dict], grid: dict, dims: list[str], metric: str) -> go.Figure:
-    """The metric's mean over seeds across a two-dimensional grid, mean +- sd written in
-    each cell and the best point starred."""
-    info = CATALOGUE[metric]
-    rows, cols = grid[dims[0]], grid[dims[1]]
-    z = [[None] * len(cols) for _ in rows]
-    text = [[""] * len(cols) for _ in rows]
-    for point in summary:
-        i, j = rows.index(point["point"][dims[0]]), cols.index(point["point"][dims[1]])
-        z[i][j] = point["mean"]
-        text[i][j] = _mean_sd(point, info.percent) + (" ★" if point["best"] else "")
-    figure = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=[_show(v) for v in cols],
-            y=[_show(v) for v in rows],
-            text=text,
-            texttemplate="%{text}",
-            colorscale="Viridis",
-            colorbar={"title": {"text": f"val {info.label}"}},
-            hovertemplate=f"{_name(dims[0])} %{{y}}<br>{_name(dims[1])} %{{x}}"
-            "<br>%{text}<extra></extra>",
-        )
-    )
-    figure.update_layout(
-        xaxis={"title": {"text": _name(dims[1])}, "type": "category"},
-        yaxis={"title": {"text": _name(dims[0])}, "type": "category", "autorange": "reversed"},
-        height=max(260, 90 * len(rows) + 120),
-        margin={"t": 30, "b": 10, "l": 10, "r": 10},
-    )
-    return figure
 
 
 def _results(sweep_id: str, metric: str) -> None:
@@ -143,7 +96,7 @@ def _results(sweep_id: str, metric: str) -> None:
     else:
         st.success(
             f"**Best on validation: {describe(best['point'])}**, validation {info.label} "
-            f"{_mean_sd(best, info.percent)} over {best['n']} seed(s).",
+            f"{plots.mean_sd(best, info.percent)} over {best['n']} seed(s).",
             icon=":material/star:",
         )
     st.caption(
@@ -152,7 +105,7 @@ def _results(sweep_id: str, metric: str) -> None:
     )
     st.dataframe(points_table(summary, grid, runs, metric), hide_index=True, width="stretch")
     if len(dims) == 2 and best is not None:
-        st.plotly_chart(heatmap(summary, grid, dims, metric), key="sweep_heatmap")
+        st.plotly_chart(plots.sweep_heatmap(summary, grid, dims, metric), key="sweep_heatmap")
     with st.expander("Every run of the sweep"):
         table = pd.DataFrame(
             {
