@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.predict.evalsets import EvalSet
+from cxr_core.scoring.metrics import decide
 from cxr_core.settings import CLASSES
 
 _EPS = 1e-7
@@ -23,7 +24,7 @@ _EPS = 1e-7
 
 def decisions(evalset: EvalSet) -> np.ndarray:
     """1 (PNEUMONIA) where the probability reaches the run's threshold, else 0."""
-    return (evalset.probs >= evalset.threshold).astype(int)
+    return decide(evalset.probs, evalset.threshold)
 
 
 def margin(probs: np.ndarray, threshold: float) -> np.ndarray:
