@@ -11,7 +11,7 @@ import functools
 
 import streamlit as st
 
-from cxr_core.analysis import plots
+from cxr_core.analysis import mistakes, plots
 from cxr_core.errors import UserError
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.predict.inference import CAM_METHODS, overlay
@@ -218,11 +218,11 @@ def disagreements(
     side by side with both runs' CAMs for the class each decided on."""
     key = key or _key(run_a.id, run_b.id, set_a.key)
     try:
-        pairs = gallery.discordant(set_a, set_b)
+        pairs = mistakes.discordant(set_a, set_b)
     except UserError as exc:
         st.warning(str(exc), icon=":material/warning:")
         return
-    test = stats.mcnemar_exact(*gallery.paired_correct(set_a, set_b))
+    test = stats.mcnemar_exact(*mistakes.paired_correct(set_a, set_b))
     st.markdown(
         f"On {set_a.name}: **{test['n10']}** images {run_a.id} gets right and {run_b.id} "
         f"wrong, **{test['n01']}** the other way round; McNemar's exact test "
