@@ -21,6 +21,8 @@ from cxr_core.execution.sweeps import (
     run_rows,
     summarize,
     sweep_runs,
+    sweeps_in,
+    varying,
 )
 from cxr_core.scoring.metrics import CATALOGUE
 from cxr_core.store.runs import ACTIVE, Run
@@ -32,28 +34,12 @@ REFRESH_S = 5
 COMPARE_RUNS = "compare_runs"  # the Compare page's run picker (its URL parameter: runs)
 
 
-def _sweeps(runs: list[Run]) -> dict[str, dict]:
-    """The store's sweeps, newest first (an id begins with its launch time): each one's
-    tag (grid and seeds) and run count."""
-    found: dict[str, dict] = {}
-    for run in runs:
-        tag = run.config().get(SWEEP_KEY) or {}
-        if tag.get("id"):
-            found.setdefault(tag["id"], {**tag, "n": 0})["n"] += 1
-    return dict(sorted(found.items(), reverse=True))
-
-
-def _dims(grid: dict) -> list[str]:
-    """The grid's dimensions that vary (an architecture picked alone does not)."""
-    return [k for k, values in grid.items() if len(values) > 1]
-
-
 def _name(key: str) -> str:
     return key.removeprefix("augment.")
 
 
 def _label(sweep_id: str, tag: dict) -> str:
-    dims = " × ".join(_name(k) for k in _dims(tag["grid"])) or "one point"
+    dims = " × ".join(_name(k) for k in varying(tag["grid"])) or "one point"
     return f"{sweep_id} · {dims} · {len(tag['seeds'])} seed(s) · {tag['n']} runs"
 
 
@@ -81,7 +67,7 @@ def _results(sweep_id: str, metric: str) -> None:
     """Points, heat map, best point and runs of one sweep (redrawn while it trains)."""
     runs = sweep_runs(store(), sweep_id)
     tag = runs[0].config()[SWEEP_KEY]
-    grid, dims = tag["grid"], _dims(tag["grid"])
+    grid, dims = tag["grid"], varying(tag["grid"])
     states = Counter(r.status().get("status") for r in runs)
     st.caption(
         f"{len(runs)} runs: "
@@ -153,7 +139,7 @@ st.caption(
 )
 
 with user_errors():
-    sweeps = _sweeps(store().list())
+    sweeps = sweeps_in(store().list())
     if not sweeps:
         st.info("No sweep yet: launch one on the Train page.", icon=":material/info:")
         st.stop()
