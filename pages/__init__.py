@@ -5,7 +5,6 @@ They live in ``pages/__init__.py`` because Streamlit never lists that file as a 
 
 from __future__ import annotations
 
-import os
 import runpy
 import uuid
 from collections.abc import Iterator
@@ -92,11 +91,11 @@ def is_operator() -> bool:
     if st.secrets.load_if_toml_exists() and "auth" in st.secrets:
         if not st.user.is_logged_in:
             return False
-        allowed = [e.strip() for e in os.environ.get("CXR_OPERATORS", "").split(",") if e.strip()]
+        allowed = settings.operators()
         return not allowed or st.user.get("email") in allowed
-    shared = os.environ.get("CXR_SHARED")
-    if shared in ("0", "1"):
-        return shared == "0"
+    shared = settings.shared_setting()
+    if shared is not None:
+        return not shared
     return st.context.ip_address is None
 
 

@@ -4,7 +4,6 @@ folder and on films from elsewhere, with the user's own runs and the app's own c
 from __future__ import annotations
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 from cxr_core.analysis import plots, report
@@ -32,47 +31,6 @@ def outside_sets(run: Run) -> list[EvalSet]:
 
 def _both_classes(evalset: EvalSet) -> bool:
     return len(np.unique(evalset.labels)) == 2
-
-
-def _logit(p: np.ndarray | float) -> np.ndarray:
-    p = np.clip(p, 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
-
-
-def _normal_scores(inside: EvalSet, outside: EvalSet, threshold: float) -> go.Figure:
-    """P(pneumonia) of the normal films of both sets, with the run's threshold, on a
-    log-odds axis: most normal films score near 0, where a linear axis squashes them."""
-    fig = go.Figure()
-    for i, (name, s) in enumerate((("internal", inside), ("outside", outside))):
-        fig.add_histogram(
-            x=_logit(s.probs[s.labels == 0]),
-            name=f"{name} ({int(np.sum(s.labels == 0))} normal films)",
-            histnorm="percent",
-            xbins={"start": -9.25, "end": 9.25, "size": 0.5},
-            marker_color=plots.color(i),
-            opacity=0.6,
-        )
-    fig.add_vline(
-        x=float(_logit(threshold)),
-        line={"color": "black", "dash": "dash"},
-        annotation_text=f"threshold {threshold:.3f} (chosen on val)",
-        annotation_position="top right",
-    )
-    ticks = [0.0001, 0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999]
-    fig.update_layout(
-        barmode="overlay",
-        height=360,
-        margin={"t": 30, "b": 10, "l": 10, "r": 10},
-        xaxis={
-            "title": "P(pneumonia) of the NORMAL films (log-odds scale)",
-            "tickvals": _logit(np.array(ticks)).tolist(),
-            "ticktext": [f"{t:g}" for t in ticks],
-            "range": [-9.5, 9.5],
-        },
-        yaxis={"title": "% of the set's normal films"},
-        legend={"orientation": "h", "y": -0.25},
-    )
-    return fig
 
 
 def _no_outside_set(run: Run) -> None:
@@ -115,9 +73,10 @@ def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
         left.caption("Circles: the run's threshold on each set.")
     else:
         right = st.container()
-    right.plotly_chart(
-        _normal_scores(inside, outside, outside.threshold), key="lesson_normal_scores"
-    )
+    normals = {
+        name: (s.labels, s.probs) for name, s in (("internal", inside), ("outside", outside))
+    }
+    right.plotly_chart(plots.normal_scores(normals, outside.threshold), key="lesson_normal_scores")
     medians = [float(np.median(s.probs[s.labels == 0])) for s in (inside, outside)]
     text = (
         f"AUC goes from {a['roc_auc']:.3f} to {b['roc_auc']:.3f}: the model still ranks most "

@@ -448,6 +448,28 @@ def test_smoothing_is_a_debiased_moving_average():
     assert smoothed[0] == 0.0 and 0.0 < smoothed[1] < 10.0
 
 
+def test_sweep_points_read_as_mean_and_sd_in_the_table_and_the_heat_map():
+    point = {"point": {"lr": 0.001, "augment.crop": None}, "mean": 0.9123, "sd": 0.0131}
+    assert plots.mean_sd(point, percent=True) == "91.2% ± 1.3"
+    assert plots.mean_sd({**point, "sd": None}, percent=False) == "0.912 (1 seed)"
+    assert plots.mean_sd({**point, "mean": None}, percent=False) == "-"
+    assert (plots.grid_value(None), plots.grid_value(0.001)) == ("default", "0.001")
+    summary = [{**point, "best": True}]
+    grid = {"lr": [0.001, 0.01], "augment.crop": [None]}
+    heat = plots.sweep_heatmap(summary, grid, ["lr", "augment.crop"], "roc_auc").data[0]
+    assert [list(row) for row in heat.text] == [["0.912 ± 0.013 ★"], [""]]
+    assert [list(row) for row in heat.z] == [[0.9123], [None]] and list(heat.x) == ["default"]
+
+
+def test_the_normal_films_scores_are_on_a_log_odds_axis():
+    sets = {"internal": ([0, 0, 1], [0.5, 0.01, 0.9]), "outside": ([0, 1], [0.9, 0.99])}
+    fig = plots.normal_scores(sets, threshold=0.5)
+    internal, outside = fig.data
+    assert internal.name == "internal (2 normal films)" and outside.name.startswith("outside (1 ")
+    assert np.allclose(internal.x, [0.0, np.log(0.01 / 0.99)])
+    assert fig.layout.shapes[0].x0 == 0.0  # the threshold 0.5, at log-odds 0
+
+
 def test_run_progress_while_computing_features_has_a_bar_and_an_eta():
     status = {"status": "running", "phase": "computing features 300/1200", "progress": 0.25}
     assert runview.run_progress({**status, "eta_s": 95}, epochs=10) == (

@@ -21,6 +21,8 @@ from cxr_core.execution.sweeps import (
     summarize,
     sweep_jobs,
     sweep_runs,
+    sweeps_in,
+    varying,
 )
 from cxr_core.store.runs import RunStore
 from cxr_core.training.config import TrainConfig
@@ -147,6 +149,24 @@ def test_summary_is_mean_and_sd_over_seeds_and_picks_on_validation_only(isolated
     assert summarize(runs, "accuracy")[0]["mean"] == pytest.approx(0.85)
     with pytest.raises(UserError, match="no runs of sweep"):
         sweep_runs(store, "sweep-none")
+
+
+def test_the_store_s_sweeps_newest_first_with_their_varying_dimensions(isolated_store):
+    store = RunStore(isolated_store, include_bundled=False)
+    grids = {
+        "sweep-20260101-090000-aaaa": {"lr": [1e-3, 3e-4]},
+        "sweep-20260102-090000-bbbb": {"lr": [1e-3], "batch_size": [8, 16]},
+    }
+    for k, (sweep_id, grid) in enumerate(grids.items()):
+        for job in sweep_jobs(bases("small_cnn"), grid, [0])[1]:
+            tag = {**job.extra["sweep"], "id": sweep_id}
+            store.create({**job.record(), "sweep": tag}, f"{job.run_id}-{k}")
+    store.create(bases("mlp")["mlp"])  # not a sweep's
+    found = sweeps_in(store.list())
+    assert list(found) == list(grids)[::-1]
+    assert [found[i]["n"] for i in grids] == [2, 2]
+    assert [varying(found[i]["grid"]) for i in grids] == [["lr"], ["batch_size"]]
+    assert varying({"arch": ["mlp"], "lr": [1e-3]}) == []
 
 
 @pytest.mark.parametrize(

@@ -223,3 +223,19 @@ def summarize(runs: Sequence[Run], metric: str = "roc_auc") -> list[dict]:
 def describe(point: dict) -> str:
     """``arch=resnet18 lr=0.001``: a grid point in one short line."""
     return " ".join(f"{k.removeprefix('augment.')}={v}" for k, v in point.items())
+
+
+def sweeps_in(runs: Sequence[Run]) -> dict[str, dict]:
+    """The sweeps ``runs`` belong to, newest first (an id begins with its launch time):
+    each one's tag (``grid``, ``seeds`` ...) and ``n``, how many of the runs are its."""
+    found: dict[str, dict] = {}
+    for run in runs:
+        tag = run.config().get(SWEEP_KEY) or {}
+        if tag.get("id"):
+            found.setdefault(tag["id"], {**tag, "n": 0})["n"] += 1
+    return dict(sorted(found.items(), reverse=True))
+
+
+def varying(grid: dict[str, list]) -> list[str]:
+    """The grid's dimensions that vary (an architecture picked alone does not)."""
+    return [k for k, values in grid.items() if len(values) > 1]

@@ -46,7 +46,7 @@ from cxr_core.predict.inference import (
     overlay,
     predict,
 )
-from cxr_core.scoring.metrics import CATALOGUE, choose_threshold, full_report
+from cxr_core.scoring.metrics import CATALOGUE, choose_threshold, decided_class, full_report
 from cxr_core.settings import CLASSES
 from cxr_core.store.runs import Run, RunStore
 from cxr_core.training.config import TrainConfig, options
@@ -105,7 +105,7 @@ class Ensemble:
         for k in range(len(sources)):
             members = {i: predictions[k] for i, predictions in per_member.items()}
             p = sum(w * m.probability for w, m in zip(self.weights, members.values()))
-            label = CLASSES[int(p >= self.threshold)]
+            label = decided_class(p, self.threshold)
             out.append(EnsemblePrediction(float(p), label, self.threshold, members))
         return out
 

@@ -28,6 +28,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from cxr_core.data.imaging import ImageSource, load_and_preprocess
 from cxr_core.errors import UserError
 from cxr_core.models import weights_file
+from cxr_core.scoring.metrics import decide, decided_class
 from cxr_core.settings import CLASSES
 from cxr_core.training.config import TrainConfig
 from cxr_core.training.runtime import build_network, predict_pixels, select_device, to_input
@@ -175,7 +176,7 @@ def predict(model: LoadedModel, sources: list[ImageSource]) -> list[Prediction]:
             model.network.model, torch.from_numpy(np.stack(pixels)), model.config, model.device
         )
     return [
-        Prediction(float(p), CLASSES[int(p >= model.threshold)], model.threshold, px)
+        Prediction(float(p), decided_class(p, model.threshold), model.threshold, px)
         for p, px in zip(probs, pixels)
     ]
 
@@ -185,7 +186,7 @@ def predicted_class(model: LoadedModel, pixels: np.ndarray) -> int:
     preprocessed image: the CAM target when none is given."""
     with model.lock, torch.inference_mode():
         prob = torch.sigmoid(model.network.model(model.input_for(pixels))).item()
-    return int(prob >= model.threshold)
+    return int(decide(prob, model.threshold))
 
 
 def explain(

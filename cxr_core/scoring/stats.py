@@ -17,7 +17,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from cxr_core.errors import UserError
-from cxr_core.scoring.metrics import Metric
+from cxr_core.scoring.metrics import Metric, decide
 
 ALPHA = 0.05  # the significance level the plain-language verdicts use
 
@@ -258,8 +258,8 @@ def paired_comparison(
     """Two runs on the same images: McNemar on their decisions at their own thresholds and
     DeLong on their AUCs. Differences are a - b; ``verdict`` says it in one sentence."""
     labels, probs_a, probs_b = _binary_arrays(labels, probs_a, probs_b)
-    correct_a = (probs_a >= thr_a).astype(int) == labels
-    correct_b = (probs_b >= thr_b).astype(int) == labels
+    correct_a = decide(probs_a, thr_a) == labels
+    correct_b = decide(probs_b, thr_b) == labels
     paired = mcnemar_exact(correct_a, correct_b)
     delong = delong_test(labels, probs_a, probs_b)
     accuracy_diff = float(correct_a.mean() - correct_b.mean())
