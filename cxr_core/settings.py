@@ -95,3 +95,10 @@ def operators() -> list[str]:
     """``$CXR_OPERATORS``: the signed-in e-mails that may change any run (comma-separated;
     empty: any signed-in user)."""
     return [e.strip() for e in os.environ.get("CXR_OPERATORS", "").split(",") if e.strip()]
+
+
+def allowed_data_roots_setting() -> list[str] | None:
+    """``$CXR_ALLOWED_DATA_ROOTS``: the folders a deployed app may read data from
+    (separated by ``os.pathsep``); None when unset (local use: any folder)."""
+    raw = os.environ.get("CXR_ALLOWED_DATA_ROOTS")
+    return None if raw is None else [p.strip() for p in raw.split(os.pathsep) if p.strip()]
