@@ -8,7 +8,7 @@ import types
 import urllib.error
 
 import pytest
-from conftest import cli_main
+from conftest import ROOT, cli_main
 
 from cxr_core.data.downloads import SOURCES, register_source
 from cxr_core.errors import UserError
@@ -58,3 +58,18 @@ def test_the_cli_offers_every_source(capsys):
 def test_a_source_is_registered_once():
     with pytest.raises(ValueError, match="download source 'kaggle' is registered twice"):
         register_source("kaggle", description="again", package="kagglehub")
+
+
+def test_the_data_page_offers_every_source(monkeypatch, tmp_path):
+    """One button per source, labelled with its description; nothing is clicked."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "no-bundled-runs"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.switch_page("pages/data.py").run()
+    at.radio(key="data_kind").set_value("Download (online)").run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = [b.label for b in at.button]
+    assert labels[: len(SOURCES)] == [s.description for s in SOURCES.values()], labels
+    packages = " / ".join(s.package for s in SOURCES.values())
+    assert any(f"optional packages ({packages})" in c.value for c in at.caption)

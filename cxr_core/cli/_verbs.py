@@ -22,8 +22,15 @@ import argparse
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cxr_core.errors import UserError
+
+if TYPE_CHECKING:  # for the hints only: these import torch
+    from cxr_core.predict.ensembles import Ensemble
+    from cxr_core.predict.evalsets import EvalSet
+    from cxr_core.predict.inference import LoadedModel
+    from cxr_core.store.runs import RunStore
 
 EXIT_USAGE = 2
 
@@ -82,7 +89,7 @@ def print_json(obj: object) -> None:
     print(json.dumps(obj, indent=1, default=str))
 
 
-def run_store(args: argparse.Namespace):
+def run_store(args: argparse.Namespace) -> RunStore:
     """The run store ``--runs-dir`` names (default: $CXR_RUNS_DIR or ./runs)."""
     from cxr_core.store.runs import RunStore
 
@@ -112,7 +119,7 @@ def add_scoring_options(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--device", default="auto")
 
 
-def scored_set(data: str, split: str, model):
+def scored_set(data: str, split: str, model: LoadedModel | Ensemble) -> EvalSet:
     """``model`` scored on a folder's split (any labelled layout), or on one of its run's
     carved splits (val, internal_test) of the Kaggle-layout folder ``data``: the one set
     that evaluate, compare, errors and cam-check all see."""
@@ -134,7 +141,7 @@ def scored_set(data: str, split: str, model):
     return evalsets.score_folder(model, resolve_data(data), folder)
 
 
-def metrics_json(evalset, threshold: float | None = None) -> dict:
+def metrics_json(evalset: EvalSet, threshold: float | None = None) -> dict:
     """Every catalogue metric and its patient-bootstrap 95% CI, as evaluate and compare
     print them."""
     from cxr_core.scoring.metrics import CATALOGUE, confusion

@@ -7,9 +7,13 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxr_core.cli._verbs import add_meta_options, register_verb, run_store
 from cxr_core.errors import UserError
+
+if TYPE_CHECKING:  # for the hints only: it imports torch
+    from cxr_core.training.config import TrainConfig
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -34,7 +38,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the train options describe: ``--config``, else the flags over the
     ``--preset``."""
     from cxr_core.training.config import TrainConfig, options
