@@ -227,21 +227,20 @@ def trainable(folder: Path) -> None:
 
 
 def download_picker() -> None:
-    from cxr_core.data.downloads import download_kaggle, download_pneumoniamnist
+    from cxr_core.data.downloads import DEFAULT_SIZE, SOURCES
     from cxr_core.settings import cache_dir
 
+    packages = " / ".join(source.package for source in SOURCES.values())
     st.caption(
-        "Needs a network connection and the optional packages (kagglehub / medmnist). "
+        f"Needs a network connection and the optional packages ({packages}). "
         "Offline, download the Kaggle zip elsewhere and use 'Local folder'."
     )
-    left, right = st.columns(2)
     with user_errors():
-        if left.button("Kaggle: chest-xray-pneumonia (about 1.2 GB)"):
-            with st.spinner("Downloading from Kaggle ..."):
-                set_data_spec(str(download_kaggle()))
-        if right.button("PneumoniaMNIST 224 px (MedMNIST)"):
-            with st.spinner("Downloading PneumoniaMNIST ..."):
-                set_data_spec(str(download_pneumoniamnist(cache_dir() / "pneumoniamnist-224")))
+        for column, source in zip(st.columns(len(SOURCES)), SOURCES.values()):
+            if column.button(source.description):
+                with st.spinner(f"Downloading {source.description} ..."):
+                    out = cache_dir() / f"{source.name}-{DEFAULT_SIZE}"
+                    set_data_spec(str(source.download(out, DEFAULT_SIZE)))
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

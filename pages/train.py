@@ -170,9 +170,9 @@ def _executor() -> tuple[str, str | None]:
     default = (os.environ.get("CXR_EXECUTOR") or "local").strip().lower()
     executor = st.radio(
         "Where",
-        EXECUTORS,
+        list(EXECUTORS),
         key=kept("sweep_executor", default if default in EXECUTORS else "local"),
-        format_func={"local": "this machine", "ray": "Ray cluster"}.get,
+        format_func=lambda name: EXECUTORS[name].label,
         horizontal=True,
     )
     if executor == "local":

@@ -1,5 +1,5 @@
-"""A run's CAM checks on an evaluation set, computed once and kept beside the run, and the
-``cam-check`` CLI verb that prints them.
+"""A run's CAM checks on an evaluation set, computed once and kept beside the run, as the
+``cam-check`` verb (:mod:`cxr_core.cli.evaluate`) prints them.
 
 :func:`cxr_core.predict.cam_checks.check_run` costs about 4 s per image at 224 px with ROAD, so a
 run is checked on a small deterministic sample of the set (the same images for every run
@@ -11,11 +11,8 @@ overlap of the CAMs with the true opacities is kept too.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +32,7 @@ from cxr_core.predict.cam_checks import (
     check_run,
     shortcut_shares,
 )
-from cxr_core.predict.ensembles import Ensemble, load_any, load_chosen
+from cxr_core.predict.ensembles import Ensemble, load_any
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.predict.inference import CAM_METHODS, LoadedModel
 from cxr_core.settings import CLASSES
@@ -298,64 +295,3 @@ def summary_lines(report: CamReport) -> list[str]:
         "  (the lung fields are a fixed prior for a centred frontal film, not a segmentation)"
     )
     return lines
-
-
-def cmd_cam_check(args: argparse.Namespace, scored_set: Callable) -> int:
-    if args.images < 1:
-        raise UserError(f"--images must be at least 1, not {args.images}")
-    run, model = load_chosen(args.runs_dir, args.run, args.checkpoint, args.device)
-    evalset = scored_set(args.data, args.split, model)
-    with_road = not args.no_road
-    file = None
-    if run is not None:
-        report, computed = checked(run, evalset, args.method, args.images, with_road, model)
-        file = report_file(run, evalset.key, args.method, args.images)
-    else:
-        report, computed = check_set(model, evalset, args.method, args.images, with_road), True
-    if args.json:
-        out = {
-            "checkpoint": str(model.source),
-            "split": args.split,
-            "fingerprint": evalset.key,
-            "computed": computed,
-            "file": str(file) if file else None,
-            **report.to_json(),
-        }
-        print(json.dumps(out, indent=1))
-        return 0
-    print("\n".join(summary_lines(report)))
-    if file is None:
-        print(f"computed in {report.seconds:.0f} s; not kept (give --run ID to keep it)")
-    elif computed:
-        print(f"computed in {report.seconds:.0f} s, kept in {file}")
-    else:
-        print(f"read back from {file} (computed in {report.seconds:.0f} s)")
-    return 0
-
-
-def add_cam_check_parser(
-    subparsers: argparse._SubParsersAction,
-    add_scoring_options: Callable[[argparse.ArgumentParser], None],
-    scored_set: Callable,
-) -> None:
-    """Register ``cam-check``; cli.py hands over its scoring options and the function that
-    scores a model on a folder, so the set is the very one ``evaluate`` sees."""
-    p = subparsers.add_parser(
-        "cam-check",
-        help="where a run's CAMs look and whether they are faithful, on a sample of a set",
-        description="On a sample of the set (half of each class), the mean share of CAM "
-        "energy in the image border, outside the lung fields and below the diaphragm, ROAD "
-        "faithfulness against a random map, shortcut flags, and on synthetic sets the "
-        "overlap with the known opacities. With --run the result is kept beside the run "
-        "and read back next time.",
-    )
-    p.add_argument("--run")
-    p.add_argument("--checkpoint")
-    add_scoring_options(p)
-    p.add_argument("--method", default="gradcam", choices=list(CAM_METHODS))
-    p.add_argument("--images", type=int, default=SAMPLE, help="sample size (default 16)")
-    p.add_argument(
-        "--no-road", action="store_true", help="skip ROAD (about 4 s per image at 224 px)"
-    )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lambda args: cmd_cam_check(args, scored_set))

@@ -1,5 +1,5 @@
-"""The images a run gets wrong on an evaluation set, most confident first, and the
-``errors`` CLI verb that lists them.
+"""The images a run gets wrong on an evaluation set, most confident first, as the
+``errors`` verb (:mod:`cxr_core.cli.evaluate`) lists them.
 
 Decisions are the metrics' own (PNEUMONIA when the probability is at or above the run's
 threshold), so the number of mistakes is always the off-diagonal of the confusion matrix
@@ -8,9 +8,6 @@ threshold), so the number of mistakes is always the off-diagonal of the confusio
 
 from __future__ import annotations
 
-import argparse
-import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -116,58 +113,3 @@ def mistake_records(evalset: EvalSet) -> list[dict]:
         }
         for i in misclassified(evalset)
     ]
-
-
-def cmd_errors(args: argparse.Namespace, scored_set: Callable) -> int:
-    from cxr_core.predict.ensembles import load_chosen
-    from cxr_core.scoring.metrics import confusion
-
-    _, model = load_chosen(args.runs_dir, args.run, args.checkpoint, args.device)
-    evalset = scored_set(args.data, args.split, model)
-    records = mistake_records(evalset)
-    if args.json:
-        out = {
-            "checkpoint": str(model.source),
-            "split": args.split,
-            "set": evalset.name,
-            "fingerprint": evalset.key,
-            "threshold": evalset.threshold,
-            "n": evalset.n,
-            "confusion_matrix": confusion(evalset.labels, evalset.probs, evalset.threshold),
-            "count": len(records),
-            "errors": records,
-        }
-        print(json.dumps(out, indent=1))
-        return 0
-    print(
-        f"{len(records)} of {evalset.n} images misclassified in {evalset.name} at threshold "
-        f"{evalset.threshold:.4f}" + (", most confident first" if records else "")
-    )
-    if records:
-        print(f"  {'p(pneumonia)':>12s}  {'label':9s}  {'called':9s}  image")
-    for r in records:
-        print(f"  {r['probability']:12.4f}  {r['label']:9s}  {r['predicted']:9s}  {r['image']}")
-    if evalset.skipped:
-        print(f"skipped {len(evalset.skipped)} unreadable image(s)")
-    return 0
-
-
-def add_errors_parser(
-    subparsers: argparse._SubParsersAction,
-    add_scoring_options: Callable[[argparse.ArgumentParser], None],
-    scored_set: Callable,
-) -> None:
-    """Register ``errors``. cli.py hands over its scoring options and the function that
-    scores a model on a folder, so ``errors`` and ``evaluate`` see the very same set."""
-    p = subparsers.add_parser(
-        "errors",
-        help="the misclassified images of a run on a labelled folder, most confident first",
-        description="Lists every image whose decision at the run's threshold differs from "
-        "its label: as many as the off-diagonal of evaluate's confusion matrix on the same "
-        "set. Confidence is the distance from the threshold in log-odds.",
-    )
-    p.add_argument("--run")
-    p.add_argument("--checkpoint")
-    add_scoring_options(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lambda args: cmd_errors(args, scored_set))

@@ -18,13 +18,9 @@ CAM per member) treat an ensemble like any run: :func:`load_any` loads either ki
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
-import shlex
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,10 +42,10 @@ from cxr_core.predict.inference import (
     overlay,
     predict,
 )
-from cxr_core.scoring.metrics import CATALOGUE, choose_threshold, decided_class, full_report
+from cxr_core.scoring.metrics import choose_threshold, decided_class, full_report
 from cxr_core.settings import CLASSES
 from cxr_core.store.runs import Run, RunStore
-from cxr_core.training.config import TrainConfig, options
+from cxr_core.training.config import TrainConfig
 
 ARCH = "ensemble"
 SUMMED = ("params", "trainable_params", "size_mb", "file_mb", "train_time_s", "latency_ms")
@@ -370,67 +366,3 @@ def overlays(
         )
         for key, member, seen in parts
     }
-
-
-def cmd_ensemble(args: argparse.Namespace) -> int:
-    from cxr_core.scoring.stats import format_ci
-
-    command = "python -m cxr_core " + shlex.join(sys.argv[1:])
-    store = RunStore(args.runs_dir)
-    rule = {k: getattr(args, k) for k in THRESHOLD_OPTIONS}
-    run = create(store, args.runs, args.weights, args.name, args.run_id, command, threshold=rule)
-    evaluation = run.evaluation()
-    by_split = {s.split: s for s in run_sets(run).values() if s.split in evaluation["splits"]}
-    shown = ("accuracy", "sensitivity", "specificity", "roc_auc")
-    if args.json:
-        out = {k: evaluation[k] for k in ("members", "weights", "threshold", "test_split")}
-        out["splits"] = {
-            split: {
-                "n": s.n,
-                **{k: s.metrics()[k] for k in shown},
-                "ci95": {k: list(s.ci95()[k]) for k in shown},
-            }
-            for split, s in by_split.items()
-        }
-        print(json.dumps({"run": run.id, **out}, indent=1))
-        return 0
-    weights = ", ".join(
-        f"{m} x{w:.3g}" for m, w in zip(evaluation["members"], evaluation["weights"])
-    )
-    print(f"ensemble {run.id}: {weights}")
-    print(
-        f"threshold {evaluation['threshold']:.4f} ({evaluation['threshold_method']} rule on "
-        "the shared validation split)"
-    )
-    for split, s in by_split.items():
-        values, ci = s.metrics(), s.ci95()
-        figures = "  ".join(
-            f"{CATALOGUE[k].label} {format_ci(values[k], ci[k], CATALOGUE[k].percent)}"
-            for k in shown
-        )
-        print(f"  {split:14s} n={s.n:5d}  {figures}")
-    print("95% CIs by patient")
-    return 0
-
-
-def add_ensemble_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``ensemble``."""
-    p = subparsers.add_parser(
-        "ensemble",
-        help="combine completed runs into an ensemble run (weighted mean probability)",
-        description="The ensemble is a run of its own: it predicts the weighted mean "
-        "probability of its members, with a threshold chosen on the validation split they "
-        "share, and is evaluated, compared and explained like any run. Members are "
-        "referenced by id, never copied.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more completed runs")
-    p.add_argument(
-        "--weights", nargs="+", type=float, metavar="W", help="one per run (default: equal)"
-    )
-    p.add_argument("--name", help="a readable name for the ensemble")
-    p.add_argument("--run-id", help="name of its run folder (default: time-ensemble-random)")
-    for opt in options():
-        if opt.name in THRESHOLD_OPTIONS:
-            opt.add_flag(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_ensemble)

@@ -15,12 +15,9 @@ is whole: MLflow params cannot be overwritten in place.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
-import logging
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,36 +287,3 @@ def export_runs(
             yield export_run(client, experiment_id, run)
     except MlflowException as exc:
         raise UserError(f"MLflow at {tracking_uri}: {_first_line(exc)}") from None
-
-
-def cmd_export_mlflow(args: argparse.Namespace) -> int:
-    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    _require_mlflow(tracking_uri)
-    runs = runs_to_export(RunStore(args.runs_dir), args.runs)
-    if not runs:
-        print("no completed runs to export")
-        return 0
-    import mlflow  # sets its logger up on import: quiet its database set-up chatter after
-
-    logging.getLogger(mlflow.__name__).setLevel(logging.WARNING)
-    for done in export_runs(runs, tracking_uri, args.experiment, args.artifact_location):
-        print(f"{done.run_id}: {done.action} (MLflow run {done.mlflow_run_id})", flush=True)
-    print(f"MLflow experiment {args.experiment!r} at {tracking_uri}")
-    return 0
-
-
-def add_export_mlflow_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``export-mlflow`` on the CLI's subparsers."""
-    p = subparsers.add_parser("export-mlflow", help="log runs into an MLflow tracking store")
-    p.add_argument(
-        "runs", nargs="*", metavar="RUN", help="default: every completed run, bundled included"
-    )
-    p.add_argument(
-        "--tracking-uri",
-        help=f"default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI}",
-    )
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="created when missing")
-    p.add_argument(
-        "--artifact-location", help="where a new experiment keeps its artifacts (path or URI)"
-    )
-    p.set_defaults(func=cmd_export_mlflow)
