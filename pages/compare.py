@@ -10,7 +10,7 @@ import uuid
 import pandas as pd
 import streamlit as st
 
-from cxr_core.analysis import plots, report
+from cxr_core.analysis import html_report, plots
 from cxr_core.analysis.comparison import compare_table
 from cxr_core.errors import UserError
 from cxr_core.execution import scoring_jobs
@@ -48,12 +48,12 @@ def _target(folder: str, split: str) -> scoring_jobs.Target:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _paired(ident: tuple, _sets: dict[str, EvalSet]) -> list[dict]:
-    return report.paired(_sets)
+    return html_report.paired(_sets)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _curves(ident: tuple, _evalset: EvalSet) -> dict:
-    return report.curve_report(_evalset)
+    return html_report.curve_report(_evalset)
 
 
 def _ident(sets: dict[str, EvalSet]) -> tuple:
@@ -226,7 +226,7 @@ def _score_offer(chosen: list[Run], evalset: EvalSet | None) -> None:
         if folder.strip():
             with user_errors():
                 found = _target(folder.strip(), split)
-                todo = [r for r in chosen if found.key not in report.scored_sets(r)]
+                todo = [r for r in chosen if found.key not in html_report.scored_sets(r)]
                 if not todo:
                     st.success(f"Every chosen run is scored on {found.name}.")
                 else:
@@ -296,7 +296,7 @@ def _metrics_and_tests(table: pd.DataFrame, sets: dict[str, EvalSet]) -> None:
         "Metrics",
         list(CATALOGUE),
         format_func=lambda k: CATALOGUE[k].label,
-        key=kept("compare_forest", list(report.HEADLINE)),
+        key=kept("compare_forest", list(html_report.HEADLINE)),
     )
     if keys:
         st.plotly_chart(plots.forest(table, keys), key="forest")
@@ -313,7 +313,7 @@ def _metrics_and_tests(table: pd.DataFrame, sets: dict[str, EvalSet]) -> None:
         "the decisions at each run's threshold, DeLong's test on the AUCs"
         + (f"; p-values adjusted by Holm over the {len(pairs)} pairs." if len(pairs) > 1 else ".")
     )
-    st.dataframe(report.pairs_table(pairs), hide_index=True, width="stretch")
+    st.dataframe(html_report.pairs_table(pairs), hide_index=True, width="stretch")
 
 
 def _focus(sets: dict[str, EvalSet]) -> str:
@@ -348,7 +348,7 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
     run, evalset = by_id[run_id], sets[run_id]
     key = f"compare_thr_{run_id}_{evalset.key}"
     st.session_state.setdefault(key, round(evalset.threshold, 3))
-    chosen = report.val_thresholds(run)
+    chosen = html_report.val_thresholds(run)
     buttons = st.columns(len(chosen) + 1)
     buttons[0].button(
         f"Run's threshold ({evalset.threshold:.3f})",
@@ -371,7 +371,7 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
         key=key,
         help="Explore only: the saved run keeps its own threshold.",
     )
-    point = report.operating_point(evalset, threshold)
+    point = html_report.operating_point(evalset, threshold)
     cols = st.columns(5)
     for col, name in zip(cols, ("sensitivity", "specificity", "PPV", "NPV", "accuracy")):
         col.metric(name, f"{100 * point[name]:.1f}%")
@@ -387,15 +387,15 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
         figure = plots.score_distributions(evalset.labels, evalset.probs, marks)
         st.plotly_chart(figure, key="op_scores")
     st.markdown("**Where each threshold lands on this set**")
-    st.dataframe(report.operating_points(run, evalset), hide_index=True, width="stretch")
+    st.dataframe(html_report.operating_points(run, evalset), hide_index=True, width="stretch")
     st.caption("The slider never changes the saved run; its threshold stays as trained.")
 
 
 def _calibration(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
     rows = []
     for run_id, evalset in sets.items():
-        saved = report.saved_temperature(by_id[run_id])
-        summary = report.calibration_summary(evalset, saved and saved["temperature"])
+        saved = html_report.saved_temperature(by_id[run_id])
+        summary = html_report.calibration_summary(evalset, saved and saved["temperature"])
         row = {"run": run_id, "ECE": summary["before"]["ece"], "Brier": summary["before"]["brier"]}
         if "after" in summary:
             row |= {
@@ -411,16 +411,16 @@ def _calibration(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
     )
     run_id = _focus(sets)
     run = by_id[run_id]
-    saved = report.saved_temperature(run)
+    saved = html_report.saved_temperature(run)
     if st.button(
         "Fit a temperature on validation" if saved is None else "Fit the temperature again",
         help="Temperature scaling, fitted on this run's validation split only (never on "
         "test) and kept beside the run; the weights and the threshold are unchanged.",
     ):
         with user_errors():
-            report.fit_temperature(run)
+            html_report.fit_temperature(run)
             st.rerun()
-    summary = report.calibration_summary(sets[run_id], saved and saved["temperature"])
+    summary = html_report.calibration_summary(sets[run_id], saved and saved["temperature"])
     curves = {"as trained": summary["before"]["bins"]}
     if "after" in summary:
         curves[f"temperature {summary['temperature']:.2f} (fitted on val)"] = summary["after"][
@@ -435,7 +435,7 @@ def _calibration(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
 
 
 def _shift(chosen: list[Run], evalset: EvalSet) -> None:
-    frames = report.shifts(chosen, evalset)
+    frames = html_report.shifts(chosen, evalset)
     if not frames:
         st.info(
             "None of these runs has both an internal test split and an outside set: score "
@@ -451,7 +451,7 @@ def _shift(chosen: list[Run], evalset: EvalSet) -> None:
     with st.expander("Each run's numbers, with intervals", expanded=len(frames) <= 3):
         for run_id, frame in frames.items():
             st.markdown(f"**{run_id}**")
-            st.dataframe(report.shift_table(frame), hide_index=True, width="stretch")
+            st.dataframe(html_report.shift_table(frame), hide_index=True, width="stretch")
 
 
 def _confusion_matrices(sets: dict[str, EvalSet]) -> None:
@@ -461,7 +461,7 @@ def _confusion_matrices(sets: dict[str, EvalSet]) -> None:
         for col, (run_id, evalset) in zip(cols, items[start : start + 3]):
             with col:
                 st.markdown(f"**{run_id}** (threshold {evalset.threshold:.3f})")
-                cm = report.operating_point(evalset, evalset.threshold)["confusion"]
+                cm = html_report.operating_point(evalset, evalset.threshold)["confusion"]
                 st.plotly_chart(plots.confusion_matrix(cm, False, "counts"), key=f"cm_{run_id}")
                 st.plotly_chart(
                     plots.confusion_matrix(cm, True, "normalised per true class"),
@@ -477,7 +477,7 @@ def _learning_curves(chosen: list[Run]) -> None:
 
 
 def _cost(table: pd.DataFrame) -> None:
-    facts = table[list(report.FACT_LABELS)].rename(columns=report.FACT_LABELS)
+    facts = table[list(html_report.FACT_LABELS)].rename(columns=html_report.FACT_LABELS)
     st.dataframe(facts, hide_index=True, width="stretch")
     st.plotly_chart(plots.tradeoff(table, "roc_auc", "AUC on this set (95% CI)"), key="tradeoff")
     st.caption("Marker size grows with the weights file size.")
@@ -529,12 +529,12 @@ with user_errors():
             "Their scores say nothing about real radiographs.",
             icon=":material/science:",
         )
-    sets = report.sets_on(chosen, evalset.key)
+    sets = html_report.sets_on(chosen, evalset.key)
     table = compare_table(chosen, sets)
 
     st.subheader("Summary")
     st.dataframe(
-        report.readable_table(table),
+        html_report.readable_table(table),
         hide_index=True,
         width="stretch",
         column_config={
@@ -559,7 +559,7 @@ with user_errors():
     )
     right.download_button(
         "Download report",
-        lambda: report.html_report(chosen, sets).encode(),
+        lambda: html_report.html_report(chosen, sets).encode(),
         file_name="cxr-lab-report.html",
         mime="text/html",
         icon=":material/description:",

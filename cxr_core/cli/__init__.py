@@ -389,7 +389,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def _compared_sets(args: argparse.Namespace, runs: list) -> dict:
     """Each run's scores on one image set: all scored now on ``--data`` (``--split``), or
     the first set they share (an outside test set first)."""
-    from cxr_core.analysis.report import sets_on
+    from cxr_core.analysis.html_report import sets_on
     from cxr_core.predict import evalsets
     from cxr_core.predict.ensembles import load_any
 
@@ -411,7 +411,7 @@ def _compared_sets(args: argparse.Namespace, runs: list) -> dict:
 
 
 def _html_report(args: argparse.Namespace) -> int:
-    from cxr_core.analysis.report import write_report
+    from cxr_core.analysis.html_report import write_report
 
     if not args.out:
         raise UserError("report --runs needs --out FILE.html")
