@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxr_core.analysis import html_report, plots
+from cxr_core.analysis import comparison, plots
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.scoring.metrics import choose_threshold, full_report
 from cxr_core.store.runs import Run
@@ -20,13 +20,13 @@ ensure_app_shell()
 
 def internal_set(run: Run) -> EvalSet | None:
     """The run's own held-out split: internal_test, else val (which chose the threshold)."""
-    return html_report.split_set(run, "internal_test") or html_report.split_set(run, "val")
+    return comparison.split_set(run, "internal_test") or comparison.split_set(run, "val")
 
 
 def outside_sets(run: Run) -> list[EvalSet]:
     """Sets from outside the training folder's split: a test/ folder or any labelled
     folder. The 16 films of the official val/ are too few to show anything."""
-    sets = html_report.scored_sets(run).values()
+    sets = comparison.scored_sets(run).values()
     return [s for s in sets if not s.internal and s.split != "official_val"]
 
 
@@ -100,7 +100,7 @@ def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
         f"{b['sensitivity']:.0%}."
     )
     st.dataframe(
-        html_report.shift_table(html_report.shift_frame(inside, outside)),
+        comparison.shift_table(comparison.shift_frame(inside, outside)),
         hide_index=True,
         width="stretch",
     )

@@ -389,7 +389,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def _compared_sets(args: argparse.Namespace, runs: list) -> dict:
     """Each run's scores on one image set: all scored now on ``--data`` (``--split``), or
     the first set they share (an outside test set first)."""
-    from cxr_core.analysis.html_report import sets_on
+    from cxr_core.analysis.comparison import sets_on
     from cxr_core.predict import evalsets
     from cxr_core.predict.ensembles import load_any
 
