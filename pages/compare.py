@@ -401,7 +401,7 @@ def _calibration(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
     )
     run_id = _focus(sets)
     run = by_id[run_id]
-    saved = comparison.saved_temperature(run)
+    saved = run.calibration()
     if st.button(
         "Fit a temperature on validation" if saved is None else "Fit the temperature again",
         help="Temperature scaling, fitted on this run's validation split only (never on "
@@ -410,7 +410,7 @@ def _calibration(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
         with user_errors():
             comparison.fit_temperature(run)
             st.rerun()
-    summary = comparison.calibration_summary(sets[run_id], saved and saved["temperature"])
+    summary = summaries[run_id]
     curves = {"as trained": summary["before"]["bins"]}
     if "after" in summary:
         curves[f"temperature {summary['temperature']:.2f} (fitted on val)"] = summary["after"][

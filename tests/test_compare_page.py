@@ -193,9 +193,9 @@ def test_temperature_is_fitted_on_val_and_kept_beside_a_bundled_run(five, tmp_pa
     assert "ECE after" not in at.dataframe[1].value.columns
     next(b for b in at.button if b.label == "Fit a temperature on validation").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    saved = comparison.saved_temperature(run)
+    saved = run.calibration()
     assert saved["fitted_on"] == comparison.split_set(run, "val").key
-    assert comparison.calibration_file(run).is_relative_to(RunStore().root)  # not checkpoints/
+    assert run.calibration_file.is_relative_to(RunStore().root)  # not checkpoints/
     assert not list((tmp_path / "bundled").rglob("calibration.json"))
     table = at.dataframe[1].value
     assert table.loc[table["run"] == run.id, "temperature"].item() == pytest.approx(

@@ -135,7 +135,7 @@ def test_operating_points_and_calibration_come_from_validation(three):
 
     saved = comparison.fit_temperature(run)
     assert saved["fitted_on"] == comparison.split_set(run, "val").key
-    assert comparison.calibration_file(run).is_relative_to(RunStore().root)
+    assert run.calibration_file.is_relative_to(RunStore().root)
     assert not (CHECKPOINTS / run.id / "calibration.json").exists()
     summary = comparison.calibration_summary(compared, saved["temperature"])
     assert summary["after"]["brier"] != summary["before"]["brier"]

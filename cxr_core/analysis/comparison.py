@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.errors import UserError
-from cxr_core.fileio import atomic_write_json, read_json
 from cxr_core.predict.evalsets import EvalSet, run_sets
 from cxr_core.scoring import calibration, stats
 from cxr_core.scoring.metrics import CATALOGUE, choose_threshold, confusion, full_report
+from cxr_core.store.records import Calibration
 from cxr_core.store.runs import Run
 
 VAL_THRESHOLDS = {
@@ -88,9 +88,7 @@ def scored_sets(run: Run) -> dict[str, EvalSet]:
     """:func:`run_sets`, read again only when one of the run's records changed: a page
     asks for them many times per rerun, and each read parses every record (evaluation.json
     alone is 140 KB). The sets are shared: read them, never change them."""
-    files = [run.path / "evaluation.json", run.path / "split.json"]
-    if run.evaluations_dir.is_dir():
-        files += sorted(run.evaluations_dir.glob("*.json"))
+    files = run.record_files()
     stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists())
     cached = _SETS.get(run.path)
     if cached is None or cached[0] != stamp:
@@ -292,33 +290,20 @@ def _pct(value: float) -> str:
 # --------------------------------------------------------------------------- calibration
 
 
-def calibration_file(run: Run) -> Path:
-    """Beside the run's added evaluation sets (a bundled run's in the writable store, so
-    checkpoints/ is never written)."""
-    return run.evaluations_dir.parent / "calibration.json"
-
-
-def saved_temperature(run: Run) -> dict | None:
-    """The temperature fitted on the run's validation scores, if one was: ``temperature``,
-    ``fitted_on`` (the validation set's fingerprint), ``n``."""
-    file = calibration_file(run)
-    return read_json(file) if file.is_file() else None
-
-
-def fit_temperature(run: Run) -> dict:
+def fit_temperature(run: Run) -> Calibration:
     """Fit a temperature on the run's VALIDATION scores (never a test set) and keep it
     beside the run; the saved run, its weights and threshold are unchanged."""
     val = split_set(run, "val")
     if val is None:
         raise UserError(f"run {run.id} kept no validation scores to fit a temperature on")
-    record = {
+    record: Calibration = {
         "temperature": calibration.fit_temperature(val.labels, val.probs),
         "fitted_on": val.key,
         "split": val.split,
         "n": val.n,
         "created": time.time(),
     }
-    atomic_write_json(calibration_file(run), record)
+    run.save_calibration(record)
     return record
 
 
@@ -345,7 +330,7 @@ def calibration_summaries(runs: list[Run], sets: dict[str, EvalSet]) -> dict[str
     its saved temperature when it has one."""
     out = {}
     for run in runs:
-        saved = saved_temperature(run)
+        saved = run.calibration()
         out[run.id] = calibration_summary(sets[run.id], saved and saved["temperature"])
     return out
 

@@ -87,10 +87,8 @@ def _versions() -> dict[str, str]:
 
 def _training_data(run: Run) -> str:
     """The run's training data and the fingerprint of its train split's images."""
-    split = run.split() or {}
-    train = [
-        s["path"] if isinstance(s, dict) else s[0] for s in split.get("splits", {}).get("train", [])
-    ]
+    manifest = run.manifest()
+    train = [s.path for s in manifest.splits.get("train", [])] if manifest else []
     data = run.config().get("data") or "?"
     return f"{data} (train images {fingerprint(train)})" if train else str(data)
 
