@@ -16,6 +16,7 @@ from cxr_core.execution import scoring_jobs
 from cxr_core.predict import ensembles, evalsets
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.scoring.metrics import CATALOGUE
+from cxr_core.scoring.stats import PairedResult
 from cxr_core.store.runs import Run
 from pages import (
     data_spec,
@@ -47,7 +48,7 @@ def _target(folder: str, split: str) -> scoring_jobs.Target:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _paired(ident: tuple, _sets: dict[str, EvalSet]) -> list[dict]:
+def _paired(ident: tuple, _sets: dict[str, EvalSet]) -> list[PairedResult]:
     return comparison.paired(_sets)
 
 
@@ -538,7 +539,7 @@ with user_errors():
     )
     if len(sets) == 2:
         (pair,) = _paired(_ident(sets), sets)
-        st.info(f"**Paired test.** {pair['verdict']}", icon=":material/balance:")
+        st.info(f"**Paired test.** {pair.verdict}", icon=":material/balance:")
     left, right, _ = st.columns([1, 1, 3])
     left.download_button(
         "Table as CSV",

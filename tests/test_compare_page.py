@@ -105,7 +105,7 @@ def test_two_runs_every_metric_with_its_interval_and_a_paired_verdict(five):
     assert summary["accuracy"][0].endswith(f"({100 * lo:.1f}-{100 * hi:.1f})")
 
     (verdict,) = [i.value for i in at.info if "Paired test" in i.value]
-    expected = comparison.paired(sets)[0]["verdict"]
+    expected = comparison.paired(sets)[0].verdict
     assert expected in verdict and "McNemar" in verdict
     assert len(at.get("download_button")) == 2  # the CSV table and the HTML report
 

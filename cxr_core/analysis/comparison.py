@@ -143,7 +143,7 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def paired(sets: dict[str, EvalSet]) -> list[dict]:
+def paired(sets: dict[str, EvalSet]) -> list[stats.PairedResult]:
     """Every pair of runs on the same images: McNemar, DeLong and a verdict (Holm-adjusted
     over the pairs when there are more than one)."""
     first = next(iter(sets.values()))
@@ -155,22 +155,22 @@ def paired(sets: dict[str, EvalSet]) -> list[dict]:
     )
 
 
-def pairs_table(pairs: list[dict]) -> pd.DataFrame:
+def pairs_table(pairs: list[stats.PairedResult]) -> pd.DataFrame:
     """The pairwise comparisons as a readable table (differences are a - b)."""
     holm = len(pairs) > 1
-    adjusted, suffix = ("_holm", " (Holm)") if holm else ("", "")
+    suffix = " (Holm)" if holm else ""
     rows = []
     for p in pairs:
-        lo, hi = p["roc_auc_diff_ci95"]
+        mcnemar_p, delong_p = p.p_values(adjusted=holm)
         rows.append(
             {
-                "a": p["a"],
-                "b": p["b"],
-                "accuracy a - b": f"{100 * p['accuracy_diff']:+.1f} points",
-                f"McNemar p{suffix}": stats.format_p(p[f"mcnemar_p{adjusted}"]),
-                "AUC a - b": stats.format_ci(p["roc_auc_diff"], (lo, hi), percent=False),
-                f"DeLong p{suffix}": stats.format_p(p[f"delong_p{adjusted}"]),
-                "verdict": p["verdict"],
+                "a": p.a,
+                "b": p.b,
+                "accuracy a - b": f"{100 * p.accuracy_diff:+.1f} points",
+                f"McNemar p{suffix}": stats.format_p(mcnemar_p),
+                "AUC a - b": stats.format_ci(p.roc_auc_diff, p.roc_auc_diff_ci95, percent=False),
+                f"DeLong p{suffix}": stats.format_p(delong_p),
+                "verdict": p.verdict,
             }
         )
     return pd.DataFrame(rows)

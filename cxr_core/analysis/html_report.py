@@ -194,9 +194,7 @@ def _paired_section(sets: dict[str, EvalSet]) -> list[str]:
         + ".</p>",
         _table(pairs_table(pairs).drop(columns="verdict")),
         "<ul>"
-        + "".join(
-            f"<li><b>{esc(p['a'])} vs {esc(p['b'])}</b>: {esc(p['verdict'])}</li>" for p in pairs
-        )
+        + "".join(f"<li><b>{esc(p.a)} vs {esc(p.b)}</b>: {esc(p.verdict)}</li>" for p in pairs)
         + "</ul>",
     ]
 

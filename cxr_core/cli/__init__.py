@@ -348,14 +348,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 "set": first.name,
                 "fingerprint": first.key,
                 "runs": [{**run_facts(r), **_metrics_json(sets[r.id])} for r in runs],
-                "paired": paired,
+                "paired": [row.to_dict() for row in paired],
             }
         )
         return 0
     print(f"scored on {first.name}; 95% CIs by patient")
     print(_text_table(table).to_string(index=False))
     for row in paired:
-        print(f"{row['a']} vs {row['b']}: {row['verdict']}")
+        print(f"{row.a} vs {row.b}: {row.verdict}")
     return 0
 
 
