@@ -54,7 +54,8 @@ checks, a fitted temperature): stale once the weights change."""
 
 
 class Config(TypedDict, total=False):
-    """config.json of a trained run (TrainConfig's fields, and how it was launched)."""
+    """config.json of a trained run: TrainConfig's fields (the most read ones here;
+    ``TrainConfig.from_dict`` reads them all) and how it was launched."""
 
     arch: str
     data: str
@@ -92,10 +93,14 @@ class Status(TypedDict, total=False):
     epoch: int
     step: int
     steps: int
+    eta_s: float
+    images_per_s: float
+    progress: float
 
 
 class HistoryRecord(TypedDict, total=False):
-    """One line of history.jsonl: a training ``step`` or an ``epoch`` summary."""
+    """One line of history.jsonl: a training ``step`` or an ``epoch`` summary (which adds
+    ``train_<metric>`` and ``val_<metric>`` for each metric)."""
 
     type: str
     epoch: int
@@ -119,10 +124,17 @@ class SplitReport(TypedDict, total=False):
     n: int
     threshold: float
     accuracy: float
+    precision: float
     sensitivity: float
     specificity: float
+    npv: float
+    f1: float
     roc_auc: float
+    pr_auc: float
     confusion_matrix: list[list[int]]
+    classification_report: dict
+    roc: dict[str, list[float]]
+    pr: dict[str, list[float]]
     labels: list[int]
     probs: list[float]
     paths: list[str]
@@ -140,11 +152,32 @@ class Evaluation(TypedDict, total=False):
     synthetic: bool
     latency_ms: float
     params: int
+    trainable_params: int
     file_mb: float
+    size_mb: float
     weights_precision: str
     members: list[str]
     weights: list[float]
+    target_sensitivity: float
+    target_specificity: float
     splits: dict[str, SplitReport]
+
+
+class SplitRecord(TypedDict, total=False):
+    """split.json: a :class:`SplitManifest`'s record (:func:`split_manifest` reads it)
+    with the files skipped as unreadable, notes, the data's root and whether it was
+    synthetic."""
+
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    derived: dict[str, str]
+    counts: dict[str, dict[str, int]]
+    splits: dict[str, list[dict]]
+    skipped: dict[str, str]
+    notes: list[str]
+    synthetic: bool
+    root: str
 
 
 class Calibration(TypedDict):
@@ -179,9 +212,8 @@ def member_weights(config: EnsembleConfig) -> list[float]:
     return [float(w) for w in config.get("weights") or []]
 
 
-def split_manifest(record: dict) -> SplitManifest:
-    """The :class:`SplitManifest` of a split.json (which adds the skipped files, notes,
-    the data's root and whether it was synthetic)."""
+def split_manifest(record: SplitRecord) -> SplitManifest:
+    """The :class:`SplitManifest` of a split.json."""
     return SplitManifest.from_dict(record)
 
 

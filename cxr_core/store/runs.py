@@ -27,7 +27,15 @@ from cxr_core.data.folders import SplitManifest
 from cxr_core.errors import UserError
 from cxr_core.settings import bundled_runs_dir, default_runs_dir
 from cxr_core.store import records
-from cxr_core.store.records import Calibration, Config, Evaluation, HistoryRecord, Meta, Status
+from cxr_core.store.records import (
+    Calibration,
+    Config,
+    Evaluation,
+    HistoryRecord,
+    Meta,
+    SplitRecord,
+    Status,
+)
 
 ACTIVE = ("queued", "running")
 HEARTBEAT_TIMEOUT_S = 90.0
@@ -169,9 +177,7 @@ class Run:
     def save_config(self, config: Config) -> None:
         records.write(self.path, records.CONFIG, config)
 
-    def split(self) -> dict | None:
-        """split.json: the :class:`SplitManifest`'s record (:meth:`manifest`) with the
-        skipped files, notes, the data's root and whether it was synthetic."""
+    def split(self) -> SplitRecord | None:
         return records.read(self.path, records.SPLIT)
 
     def manifest(self) -> SplitManifest | None:
@@ -179,7 +185,7 @@ class Run:
         split = self.split()
         return records.split_manifest(split) if split else None
 
-    def save_split(self, split: dict) -> None:
+    def save_split(self, split: SplitRecord) -> None:
         records.write(self.path, records.SPLIT, split)
 
     def environment(self) -> dict:
