@@ -15,6 +15,8 @@ made by older releases, ensembles and runs cut short each lack some.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, TypedDict
@@ -254,6 +256,23 @@ def append_history(folder: Path, record: HistoryRecord) -> None:
 
 def write_history(folder: Path, records: list[HistoryRecord]) -> None:
     (folder / HISTORY).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def record_version(folder: Path) -> str:
+    """A short digest of a bundled run's evaluation.json (its config.json for a record
+    without one): what its added records were computed against. A bundle update that
+    replaces a run under the same id gets a fresh overlay instead of the old model's scores."""
+    record = folder / EVALUATION
+    if not record.is_file():
+        record = folder / CONFIG
+    stat = record.stat()
+    return _digest(record, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(file: Path, mtime_ns: int, size: int) -> str:
+    """Read once per version of the file: listings run on every page rerun."""
+    return hashlib.sha1(file.read_bytes()).hexdigest()[:12]
 
 
 def is_run(folder: Path) -> bool:

@@ -8,8 +8,6 @@ the training process itself, with a heartbeat, so a process that died without a 
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import shutil
 import socket
@@ -26,7 +24,7 @@ from typing import Any
 from cxr_core.data.folders import SplitManifest
 from cxr_core.errors import UserError
 from cxr_core.settings import bundled_runs_dir, default_runs_dir
-from cxr_core.store import records
+from cxr_core.store import processes, records
 from cxr_core.store.records import (
     Calibration,
     Config,
@@ -44,52 +42,6 @@ HEARTBEAT_TIMEOUT_S = 90.0
 def new_run_id(arch: str) -> str:
     """``<date>-<time>-<arch>-<4 hex>``: sortable, readable, unique enough per second."""
     return f"{datetime.now():%Y%m%d-%H%M%S}-{arch}-{uuid.uuid4().hex[:4]}"
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs. A zombie does not: a process killed with -9 stays one until
-    its parent (the app that launched it) reaps it, which may be never."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (macOS): kill(0) is all we know
-        return True
-
-
-def _process_start_time(pid: int) -> float | None:
-    """When ``pid`` started (Unix time), to tell a reused pid from the run's own process;
-    None where /proc is missing."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-    except (OSError, IndexError, ValueError, StopIteration):
-        return None
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def record_version(folder: Path) -> str:
-    """A short digest of a bundled run's evaluation.json (its config.json for a record
-    without one): what its added records were computed against. A bundle update that
-    replaces a run under the same id gets a fresh overlay instead of the old model's scores."""
-    record = folder / records.EVALUATION
-    if not record.is_file():
-        record = folder / records.CONFIG
-    stat = record.stat()
-    return _digest(record, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=256)
-def _digest(file: Path, mtime_ns: int, size: int) -> str:
-    """Read once per version of the file: listings run on every page rerun."""
-    return hashlib.sha1(file.read_bytes()).hexdigest()[:12]
 
 
 def normalise_tags(tags: Any) -> list[str]:
@@ -263,9 +215,9 @@ class Run:
         only a stale heartbeat tells."""
         pid, host = status.get("pid"), status.get("host")
         if pid and host == socket.gethostname():
-            started = _process_start_time(pid)
+            started = processes.process_start_time(pid)
             reused = started is not None and started > status.get("heartbeat", 0) + 5
-            return not _pid_alive(pid) or reused
+            return not processes.pid_alive(pid) or reused
         return time.time() - status.get("heartbeat", 0) > HEARTBEAT_TIMEOUT_S
 
     def set_status(self, status: str, **fields: Any) -> None:
@@ -399,7 +351,8 @@ class RunStore:
                 if records.is_run(child):
                     overlay = None
                     if bundled:
-                        overlay = self.root / ".bundled" / f"{child.name}-{record_version(child)}"
+                        version = records.record_version(child)
+                        overlay = self.root / ".bundled" / f"{child.name}-{version}"
                     yield Run(child, bundled, overlay)
 
     def get(self, run_id: str) -> Run:
