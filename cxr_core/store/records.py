@@ -219,15 +219,16 @@ def split_manifest(record: SplitRecord) -> SplitManifest:
     return SplitManifest.from_dict(record)
 
 
-def read(folder: Path, name: str, default: Any = None) -> Any:
-    """The JSON record ``name`` of the run folder ``folder``, or ``default`` when absent;
-    a UserError names a corrupt one."""
+def read(folder: Path, name: str, default: Any = None, run_id: str | None = None) -> Any:
+    """The JSON record ``name`` in ``folder`` (a run folder, or where a bundled run's
+    added records live: then ``run_id`` names the run), or ``default`` when absent; a
+    UserError names a corrupt one."""
     try:
         return read_json(folder / name)
     except FileNotFoundError:
         return default
     except json.JSONDecodeError:
-        raise UserError(f"run {folder.name}: {name} is corrupt") from None
+        raise UserError(f"run {run_id or folder.name}: {name} is corrupt") from None
 
 
 def write(folder: Path, name: str, record: Any) -> None:

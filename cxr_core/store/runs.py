@@ -158,7 +158,7 @@ class Run:
 
     def calibration(self) -> Calibration | None:
         """The temperature fitted on the run's validation scores, if one was."""
-        return records.read(self.added, records.CALIBRATION)
+        return records.read(self.added, records.CALIBRATION, run_id=self.id)
 
     def save_calibration(self, calibration: Calibration) -> None:
         records.write(self.added, records.CALIBRATION, calibration)
@@ -186,7 +186,7 @@ class Run:
     def meta(self) -> Meta:
         """What a user says about the run: ``name``, ``tags``, ``note``, and ``owner`` (the
         app session that launched it). A bundled run's lives in the writable store."""
-        return records.read(self.added, records.META, {})
+        return records.read(self.added, records.META, {}, self.id)
 
     def set_meta(self, **fields: Any) -> Meta:
         """Update name, tags, note or owner (None leaves a field as it is)."""
