@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from cxr_core.analysis import plots, report
+from cxr_core.analysis import comparison, plots
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.scoring.metrics import choose_threshold, full_report
 from cxr_core.store.runs import Run
@@ -19,13 +19,13 @@ ensure_app_shell()
 
 def internal_set(run: Run) -> EvalSet | None:
     """The run's own held-out split: internal_test, else val (which chose the threshold)."""
-    return report.split_set(run, "internal_test") or report.split_set(run, "val")
+    return comparison.split_set(run, "internal_test") or comparison.split_set(run, "val")
 
 
 def outside_sets(run: Run) -> list[EvalSet]:
     """Sets from outside the training folder's split: a test/ folder or any labelled
     folder. The 16 films of the official val/ are too few to show anything."""
-    sets = report.scored_sets(run).values()
+    sets = comparison.scored_sets(run).values()
     return [s for s in sets if not s.internal and s.split != "official_val"]
 
 
@@ -58,7 +58,9 @@ def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
         f"{b['sensitivity']:.0%}."
     )
     st.dataframe(
-        report.shift_table(report.shift_frame(inside, outside)), hide_index=True, width="stretch"
+        comparison.shift_table(comparison.shift_frame(inside, outside)),
+        hide_index=True,
+        width="stretch",
     )
     st.caption("95% intervals from 1000 bootstrap resamples of patients.")
 

@@ -205,7 +205,7 @@ def check_set(
 def report_file(run: Run, set_key: str, method: str, n: int) -> Path:
     """Beside the run's added evaluation sets (a bundled run's in the writable store, so
     checkpoints/ is never written), one file per set, method and sample size."""
-    return run.evaluations_dir.parent / "cam_checks" / f"{set_key}-{method}-{n}.json"
+    return run.cam_check_file(set_key, method, n)
 
 
 def saved(

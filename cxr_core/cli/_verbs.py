@@ -123,15 +123,16 @@ def scored_set(data: str, split: str, model: LoadedModel | Ensemble) -> EvalSet:
     """``model`` scored on a folder's split (any labelled layout), or on one of its run's
     carved splits (val, internal_test) of the Kaggle-layout folder ``data``: the one set
     that evaluate, compare, errors and cam-check all see."""
-    from cxr_core.data.folders import SplitManifest, scan
+    from cxr_core.data.folders import scan
     from cxr_core.data.sources import resolve_data
     from cxr_core.predict import evalsets
+    from cxr_core.store import records
 
     if split in evalsets.INTERNAL:
-        manifest_file = model.source.parent / "split.json"
-        if not manifest_file.exists():
-            raise UserError(f"--split {split} needs the run's split.json beside the weights")
-        manifest = SplitManifest.from_dict(json.loads(manifest_file.read_text()))
+        record = records.read(model.source.parent, records.SPLIT)
+        if record is None:
+            raise UserError(f"--split {split} needs the run's {records.SPLIT} beside the weights")
+        manifest = records.split_manifest(record)
         if split not in manifest.splits:
             raise UserError(f"the run has no {split} split")
         root = scan(resolve_data(data)).root

@@ -19,7 +19,7 @@ from cxr_core.errors import UserError
 def _compared_sets(args: argparse.Namespace, runs: list) -> dict:
     """Each run's scores on one image set: all scored now on ``--data`` (``--split``), or
     the first set they share (an outside test set first)."""
-    from cxr_core.analysis.report import sets_on
+    from cxr_core.analysis.comparison import sets_on
     from cxr_core.predict import evalsets
     from cxr_core.predict.ensembles import load_any
 
@@ -90,19 +90,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 "set": first.name,
                 "fingerprint": first.key,
                 "runs": [{**run_facts(r), **metrics_json(sets[r.id])} for r in runs],
-                "paired": paired,
+                "paired": [row.to_dict() for row in paired],
             }
         )
         return 0
     print(f"scored on {first.name}; 95% CIs by patient")
     print(_text_table(table).to_string(index=False))
     for row in paired:
-        print(f"{row['a']} vs {row['b']}: {row['verdict']}")
+        print(f"{row.a} vs {row.b}: {row.verdict}")
     return 0
 
 
 def _html_report(args: argparse.Namespace) -> int:
-    from cxr_core.analysis.report import write_report
+    from cxr_core.analysis.html_report import write_report
 
     if not args.out:
         raise UserError("report --runs needs --out FILE.html")

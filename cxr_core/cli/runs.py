@@ -109,7 +109,6 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     arguments=_quantize_arguments,
 )
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from cxr_core.fileio import atomic_write_json
     from cxr_core.training.engine import store_weights_as
 
     run = run_store(args).get(args.run)
@@ -117,7 +116,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     evaluation = store_weights_as(run, args.precision)
     record = run.config()
     record["command"] = f"{record.get('command')} && python -m cxr_core " + shlex.join(sys.argv[1:])
-    atomic_write_json(run.path / "config.json", record)
+    run.save_config(record)
     val, before = evaluation["splits"]["val"], was.get("splits", {}).get("val", {})
     print(
         f"{run.id}: {args.precision} weights, {evaluation['file_mb']:.1f} MB "

@@ -108,7 +108,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     store = run_store(args)
     run = resumable(store, args.run)
-    (run.path / "cancel").unlink(missing_ok=True)
+    run.clear_cancel()
     if args.executor:
         status = get_executor(args.executor).resume(run.id, store.root).wait(store)[run.id]
         print(f"run {run.id}: {status.get('status')}")

@@ -36,6 +36,7 @@ from typing import Protocol, TypeVar
 from cxr_core.errors import UserError
 from cxr_core.execution.jobs import Job, launch_local, logs_dir, spawn, tail
 from cxr_core.fileio import atomic_write_json
+from cxr_core.store import records
 from cxr_core.store.runs import ACTIVE, Run, RunStore
 
 RAY_INSTALL = "pip install -r requirements-ray.txt"
@@ -70,7 +71,7 @@ class Launched:
             statuses = {}
             for run_id in self.run_ids:
                 status = {}
-                if (store.root / run_id / "config.json").is_file():
+                if records.is_run(store.root / run_id):
                     status = Run(store.root / run_id).status()
                 if status.get("heartbeat", 0) >= self.since or (status and finished):
                     statuses[run_id] = status
@@ -131,7 +132,7 @@ def resumable(store: RunStore, run_id: str) -> Run:
     status = run.status().get("status")
     if status in ACTIVE:
         raise UserError(f"run {run.id} is still {status}")
-    if not (run.path / "last.json").is_file():
+    if not run.has_checkpoint():
         raise UserError(f"run {run.id} has no checkpoint to resume from (no epoch finished)")
     return run
 

@@ -19,6 +19,7 @@ from datetime import datetime
 
 from cxr_core.errors import UserError
 from cxr_core.execution.jobs import Job
+from cxr_core.store import records
 from cxr_core.store.runs import Run, RunStore
 from cxr_core.training.config import Option, TrainConfig, options
 
@@ -163,7 +164,7 @@ def sweep_runs(store: RunStore, sweep_id: str) -> list[Run]:
 
 def val_metrics(run: Run) -> dict[str, float]:
     """The run's validation metrics (empty until it has an evaluation)."""
-    report = ((run.evaluation() or {}).get("splits") or {}).get("val") or {}
+    report = records.split_report(run.evaluation(), "val")
     return {k: report[k] for k in VAL_METRICS if k in report}
 
 

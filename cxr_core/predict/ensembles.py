@@ -31,7 +31,6 @@ import numpy as np
 from cxr_core.data.folders import Sample
 from cxr_core.data.imaging import ImageSource
 from cxr_core.errors import UserError
-from cxr_core.fileio import atomic_write_json
 from cxr_core.predict import evalsets
 from cxr_core.predict.evalsets import EvalSet, fingerprint, run_sets
 from cxr_core.predict.inference import (
@@ -44,6 +43,7 @@ from cxr_core.predict.inference import (
 )
 from cxr_core.scoring.metrics import choose_threshold, decided_class, full_report
 from cxr_core.settings import CLASSES
+from cxr_core.store import records
 from cxr_core.store.runs import Run, RunStore
 from cxr_core.training.config import TrainConfig
 
@@ -152,10 +152,12 @@ def _members(store: RunStore, member_ids: Sequence[str]) -> list[Run]:
         status = run.status().get("status")
         if status != "completed":
             raise UserError(f"{run.id} is {status}: only completed runs can be members")
-        val = ((run.evaluation() or {}).get("splits") or {}).get("val") or {}
+        val = records.split_report(run.evaluation(), "val")
         if "paths" not in val or "probs" not in val:
             raise UserError(f"{run.id} has no stored validation probabilities")
-    keys = {r.id: fingerprint(r.evaluation()["splits"]["val"]["paths"]) for r in members}
+    keys = {
+        r.id: fingerprint(records.split_report(r.evaluation(), "val")["paths"]) for r in members
+    }
     if len(set(keys.values())) > 1:
         shown = ", ".join(f"{i} {k}" for i, k in keys.items())
         raise UserError(
@@ -204,7 +206,7 @@ def _evaluation(members: list[Run], weights: list[float], rule: dict) -> tuple[d
     shared = set(per_run[0]).intersection(*per_run[1:])
     recorded = members[0].evaluation()
     by_key = {fingerprint(r["paths"]): s for s, r in recorded["splits"].items() if "paths" in r}
-    val = fingerprint(recorded["splits"]["val"]["paths"])
+    val = fingerprint(records.split_report(recorded, "val")["paths"])
     val_set = combine([sets[val] for sets in per_run], weights, 0.5)
     threshold = choose_threshold(
         val_set.labels,
@@ -269,8 +271,8 @@ def create(
     run = store.create(config, run_id)
     try:
         if split is not None:
-            atomic_write_json(run.path / "split.json", split)
-        atomic_write_json(run.path / "evaluation.json", evaluation)
+            run.save_split(split)
+        run.save_evaluation(evaluation)
         for evalset in extra_sets:
             evalsets.save(run, evalset)
         run.set_status("completed", phase="done", started=time.time(), message=None)
@@ -284,7 +286,7 @@ def members(run: Run) -> list[Run]:
     """An ensemble's member runs, found by id beside it or among the bundled runs."""
     store = RunStore(run.path.parent)
     try:
-        return [store.get(member_id) for member_id in run.config()["members"]]
+        return [store.get(member_id) for member_id in records.members(run.config())]
     except UserError as exc:
         raise UserError(f"ensemble {run.id}: a member is gone ({exc})") from None
 
@@ -318,7 +320,8 @@ def load(
         except UserError as exc:
             raise UserError(f"ensemble {run.id}: member {member.id}: {exc}") from None
     threshold = float(evaluation["threshold"])
-    return Ensemble(run.id, folder / "config.json", models, list(config["weights"]), threshold)
+    weights = records.member_weights(config)
+    return Ensemble(run.id, folder / records.CONFIG, models, weights, threshold)
 
 
 def load_any(path: str | Path, device: str = "cpu") -> LoadedModel | Ensemble:

@@ -141,8 +141,7 @@ def run_sets(run: Run) -> dict[str, EvalSet]:
             list(report["paths"]),
             root,
         )
-    folder = run.evaluations_dir
-    for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for file in run.evaluation_set_files():
         evalset = EvalSet.from_json(read_json(file))
         out[evalset.key] = evalset
     return out
@@ -195,6 +194,6 @@ def score_folder(model: LoadedModel, data: str | Path, split: str = "test") -> E
 
 def save(run: Run, evalset: EvalSet) -> Path:
     """Keep ``evalset`` in ``run``'s record (a bundled run's in the writable store)."""
-    file = run.evaluations_dir / f"{evalset.key}.json"
+    file = run.evaluation_set_file(evalset.key)
     atomic_write_json(file, evalset.to_json())
     return file

@@ -30,6 +30,7 @@ from cxr_core.errors import UserError
 from cxr_core.models import weights_file
 from cxr_core.scoring.metrics import decide, decided_class
 from cxr_core.settings import CLASSES
+from cxr_core.store import records
 from cxr_core.training.config import TrainConfig
 from cxr_core.training.runtime import build_network, predict_pixels, select_device, to_input
 
@@ -137,9 +138,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder or a ``.safetensors`` file -> the weights file."""
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = path / records.WEIGHTS
     if not path.exists():
-        raise UserError(f"{path}: no such checkpoint (a run folder or its model.safetensors)")
+        raise UserError(f"{path}: no such checkpoint (a run folder or its {records.WEIGHTS})")
     return path
 
 

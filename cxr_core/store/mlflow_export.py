@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_core.errors import UserError
-from cxr_core.fileio import read_json
+from cxr_core.store import records
 from cxr_core.store.runs import ACTIVE, Run, RunStore
 
 if TYPE_CHECKING:
@@ -33,15 +33,8 @@ if TYPE_CHECKING:
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "CXR Lab"
 INSTALL_HINT = "pip install -r requirements-mlflow.txt"
-ARTIFACTS = (
-    "config.json",
-    "env.json",
-    "split.json",
-    "history.jsonl",
-    "evaluation.json",
-    "model.safetensors",
-)
-META_FILE = "meta.json"  # a run's user-editable name, tags and note
+ARTIFACTS = tuple(name for name in records.SHARED if name != records.STATUS)
+"""The status goes into MLflow's own run status and tags instead."""
 RUN_ID_TAG = "cxr.run_id"
 EXPORTED_TAG = "cxr.exported"  # "<status>@<end time>", written last: marks a whole export
 MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED"}  # cancelled, interrupted: KILLED
@@ -158,12 +151,7 @@ def _user_labels(run: Run) -> dict:
     """Name, tags and note: from the run's meta file, else its config; absent is fine."""
     config = run.config()
     labels = {key: config[key] for key in ("name", "tags", "note") if config.get(key)}
-    try:
-        labels.update({k: v for k, v in read_json(run.path / META_FILE).items() if v})
-    except FileNotFoundError:
-        pass
-    except json.JSONDecodeError:
-        raise UserError(f"run {run.id}: {META_FILE} is corrupt") from None
+    labels.update({k: v for k, v in records.read(run.path, records.META, {}).items() if v})
     return labels
 
 

@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cxr_core.data.folders import SplitManifest
 from cxr_core.errors import UserError
-from cxr_core.fileio import atomic_write_bytes, atomic_write_files, atomic_write_json, read_json
+from cxr_core.fileio import atomic_write_bytes, atomic_write_files, read_json
 from cxr_core.models import weights_file
 from cxr_core.models.zoo import Network, count_parameters
 from cxr_core.scoring import metrics
@@ -237,20 +236,21 @@ def _save_resume_state(run: Run, network, optimizer, scheduler, scaler, state: d
         "scaler": scaler.state_dict(),
     }
     # Both files or neither: a full disk or a kill never pairs weights with another epoch.
+    weights_path, state_path = run.checkpoint
     atomic_write_files(
         {
-            run.path / "last.safetensors": blob,
-            run.path / "last.json": json.dumps(resume, indent=1, allow_nan=True).encode(),
+            weights_path: blob,
+            state_path: json.dumps(resume, indent=1, allow_nan=True).encode(),
         }
     )
 
 
 def _load_resume_state(run: Run, network, optimizer, scheduler, scaler) -> dict:
-    path = run.path / "last.safetensors"
-    if not path.exists() or not (run.path / "last.json").exists():
+    path, state_path = run.checkpoint
+    if not run.has_checkpoint():
         raise UserError(f"run {run.id} has no checkpoint to resume from (no epoch finished)")
     tensors, _ = weights_file.read_safetensors(path)
-    state = read_json(run.path / "last.json")
+    state = read_json(state_path)
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     weights_file.load_state_into(network.model, model_state, run.config().get("arch", "?"), path)
     slots: dict[int, dict] = {}
@@ -397,14 +397,12 @@ def prepare(run: Run, cfg: TrainConfig, resume: bool, reporter: Reporter) -> Tra
     for a frozen backbone without augmentation, the backbone's features computed once."""
     device = select_device(cfg.device)
     reporter.status(force=True, phase="preparing data", message=None)
-    saved_split = run.split() if resume else None
-    manifest = SplitManifest.from_dict(saved_split) if saved_split else None
+    manifest = run.manifest() if resume else None
     images = load_data(
         cfg, manifest, progress=lambda d, t: reporter.progress("decoding images", d, t)
     )
     if not resume:
-        atomic_write_json(
-            run.path / "split.json",
+        run.save_split(
             {
                 **images.manifest.to_dict(),
                 "skipped": images.skipped,
@@ -413,7 +411,7 @@ def prepare(run: Run, cfg: TrainConfig, resume: bool, reporter: Reporter) -> Tra
                 "root": str(images.root),
             },
         )
-        atomic_write_json(run.path / "env.json", environment(device))
+        run.save_environment(environment(device))
     for note in images.notes:
         print(f"note: {note}", file=sys.stderr)
 
@@ -563,11 +561,14 @@ def store_weights_as(run: Run, precision: str) -> dict:
         raise UserError(f"run {run.id} is not completed; quantize completed runs")
     cfg = TrainConfig.from_dict(run.config())
     device = select_device(cfg.device)
-    before = run.weights.read_bytes(), (run.path / "evaluation.json").read_bytes()
+    before = run.weights.read_bytes(), run.evaluation_file.read_bytes()
     state_dict, meta = weights_file.load_weights(run.weights)
     network = build_network(cfg, device)
     weights_file.load_state_into(network.model, state_dict, cfg.arch, run.weights)
-    data = load_data(cfg, SplitManifest.from_dict(run.split()))
+    manifest = run.manifest()
+    if manifest is None:
+        raise UserError(f"run {run.id} kept no split; it cannot be evaluated again")
+    data = load_data(cfg, manifest)
     state = {"epoch": evaluation["epochs_run"], "train_time_s": evaluation["train_time_s"]}
     try:
         weights_file.save_weights(run.weights, network.model, meta, precision)
@@ -576,7 +577,7 @@ def store_weights_as(run: Run, precision: str) -> dict:
         )
     except BaseException:
         atomic_write_bytes(run.weights, before[0])
-        atomic_write_bytes(run.path / "evaluation.json", before[1])
+        atomic_write_bytes(run.evaluation_file, before[1])
         raise
     run.forget_derived()  # scores and CAM checks of the weights it had
     return evaluation
@@ -621,7 +622,7 @@ def final_evaluation(
         "weights_precision": precision,
         "splits": splits,
     }
-    atomic_write_json(run.path / "evaluation.json", evaluation)
+    run.save_evaluation(evaluation)
     weights_file.save_weights(
         run.weights, network.model, {**meta, "threshold": threshold, "run_id": run.id}, precision
     )
