@@ -22,6 +22,7 @@ from cxr_core.predict.inference import (
     resolve_checkpoint,
 )
 from cxr_core.settings import CLASSES
+from cxr_core.store import records
 from cxr_core.store.runs import Run
 from pages import (
     ensure_app_shell,
@@ -141,7 +142,7 @@ def _prediction(
         return pred, {None: (run, pred)}
     members = ensembles.members(run)
     version = (
-        (run.path / "config.json").stat().st_mtime,
+        (run.path / records.CONFIG).stat().st_mtime,
         *(_weights_version(m.weights) for m in members),
     )
     pred = _predict_ensemble(str(run.path), version, digest, name, data)

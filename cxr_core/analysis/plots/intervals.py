@@ -188,7 +188,7 @@ def shift(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
     """Each run on its internal test split (grey circles) and on an outside set (red
     diamonds), joined by a line, with 95% intervals; one panel per metric, the runs down a
     shared axis, each x axis fitted to the intervals. ``frames`` maps a run to its
-    :func:`cxr_core.analysis.report.shift_frame`."""
+    :func:`cxr_core.analysis.comparison.shift_frame`."""
     keys = list(dict.fromkeys(k for f in frames.values() for k in f["metric"]))
     fig = _panels(keys)
     runs = list(frames)
