@@ -109,7 +109,7 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     arguments=_quantize_arguments,
 )
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from cxr_core.training.engine import store_weights_as
+    from cxr_core.training.quantize import store_weights_as
 
     run = run_store(args).get(args.run)
     was = run.evaluation() or {}
