@@ -31,10 +31,10 @@ def _export_mlflow_arguments(p: argparse.ArgumentParser) -> None:
     arguments=_export_mlflow_arguments,
 )
 def cmd_export_mlflow(args: argparse.Namespace) -> int:
-    from cxr_core.store.mlflow_export import _require_mlflow, export_runs, runs_to_export
+    from cxr_core.store.mlflow_export import export_runs, require_mlflow, runs_to_export
 
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    _require_mlflow(tracking_uri)
+    require_mlflow(tracking_uri)
     runs = runs_to_export(run_store(args), args.runs)
     if not runs:
         print("no completed runs to export")

@@ -50,7 +50,7 @@ class Exported:
     action: str
 
 
-def _require_mlflow(tracking_uri: str) -> None:
+def require_mlflow(tracking_uri: str) -> None:
     """Fail in one line, before anything is written, on what is missing or mistyped."""
     try:
         import mlflow  # noqa: F401
@@ -66,7 +66,7 @@ def _require_mlflow(tracking_uri: str) -> None:
 
 
 def _mlflow_client(tracking_uri: str) -> MlflowClient:
-    _require_mlflow(tracking_uri)
+    require_mlflow(tracking_uri)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
