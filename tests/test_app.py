@@ -500,3 +500,26 @@ def test_build_configs_checks_before_launching():
         forms.build_configs([], options)
     with pytest.raises(UserError, match="needs image size 224"):
         forms.build_configs(["vit_b_16"], {**options, "pretrained": True, "img_size": 128})
+
+
+def test_the_app_opens_on_home_with_three_first_steps_and_the_bundled_runs(bundled):
+    """A newcomer lands on Home (the default page, first in the sidebar): what CXR Lab is,
+    the bundled runs, and links to compare them, upload a film and train a quick model."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "CXR Lab"
+    links = {link.proto.label: link.proto for link in at.get("page_link")}
+    assert set(links) == {"Compare the bundled runs", "Upload a film", "Train a quick model"}
+    assert links["Compare the bundled runs"].page.endswith("compare")
+    assert "runs=bundled-tiny" in links["Compare the bundled runs"].query_string
+    assert not links["Compare the bundled runs"].disabled
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["bundled-tiny"] and table["val AUC"].notna().all()
+
+
+def test_home_on_a_fresh_machine_says_what_to_do(no_bundled):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("No bundled runs" in i.value for i in at.info)
+    links = {link.proto.label: link.proto for link in at.get("page_link")}
+    assert links["Compare the bundled runs"].disabled
