@@ -22,7 +22,8 @@ from cxr_core.errors import UserError
 from cxr_core.scoring import metrics
 from cxr_core.scoring.metrics import MetricInfo
 from cxr_core.store.runs import ACTIVE, RunStore
-from cxr_core.training.config import options
+from cxr_core.training.config import TrainConfig, options
+from cxr_core.training.presets import PRESETS
 from pages.common import forms, runview, uploads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -304,6 +305,52 @@ def test_preset_fills_the_form(no_bundled):
     assert at.multiselect(key="opt_archs").value == ["small_cnn"]
     assert at.number_input(key="opt_epochs").value == 4
     assert at.session_state["data_spec"] == "synthetic:100"
+
+
+def _form(at: AppTest) -> dict:
+    """The Train page's options as the form holds them, by option name."""
+    return {
+        o.name: at.session_state[
+            f"aug_{o.name[8:]}" if o.name.startswith("augment.") else f"opt_{o.name}"
+        ]
+        for o in options()
+        if o.name not in ("arch", "data")
+    }
+
+
+@pytest.mark.parametrize("first", list(PRESETS))
+def test_every_preset_after_every_other_sets_the_whole_form_and_says_so(no_bundled, first):
+    """A preset is a whole starting point: after any other one, the form holds exactly what
+    it names and the defaults for the rest ("tiny demo" after "quick on CPU" kept
+    pretrained and frozen stages, and the launch failed); it says what it changed, the data
+    included, offers the data it replaced, and the form it leaves can be launched."""
+    at = open_app("train")
+    for second in [p for p in PRESETS if p != first]:
+        at.selectbox(key="opt_preset").set_value(first).run()
+        at.selectbox(key="opt_preset").set_value(second).run()
+        assert not at.exception, (first, second)
+        want = {o.name: o.default for o in options() if o.name not in ("arch", "data")}
+        want |= {k: v for k, v in PRESETS[second].items() if k not in ("arch", "data")}
+        assert _form(at) == want, (first, second)
+        if "arch" in PRESETS[second]:
+            assert at.multiselect(key="opt_archs").value == [PRESETS[second]["arch"]]
+        said = next(i.value for i in at.info if i.value.startswith(f"Preset *{second}*"))
+        if "data" in PRESETS[second] and PRESETS[first].get("data") != PRESETS[second]["data"]:
+            assert f"Data `{PRESETS[second]['data']}`" in said
+        for arch in at.multiselect(key="opt_archs").value:
+            values = {**want, "arch": arch, "data": at.session_state["data_spec"]}
+            TrainConfig.from_options(values).check_launch()
+
+
+def test_a_preset_that_changes_the_data_offers_the_folder_back(no_bundled, tmp_path):
+    at = open_app("train")
+    at.session_state["data_spec"] = str(tmp_path)
+    at.selectbox(key="opt_preset").set_value("tiny demo (synthetic)").run()
+    assert at.session_state["data_spec"] == "synthetic:100"
+    keep = next(b for b in at.button if b.label == f"Keep my data ({tmp_path})")
+    keep.click().run()
+    assert at.session_state["data_spec"] == str(tmp_path)
+    assert not at.exception
 
 
 def test_every_training_option_has_a_widget_on_the_train_page(no_bundled):

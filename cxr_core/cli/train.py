@@ -61,6 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cxr_core.execution.jobs import train_in_store
 
     cfg = config_from_args(args)
+    cfg.check_launch()
     command = "python -m cxr_core " + shlex.join(sys.argv[1:])
     meta = {"name": args.name, "tags": args.tags, "note": args.note}
     record = {**cfg.to_dict(), "command": command, "half_weights": args.half_weights}

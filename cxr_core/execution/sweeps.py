@@ -118,7 +118,7 @@ def expand(
     points = [dict(zip(full, values)) for values in itertools.product(*full.values())]
     for point in points:
         try:
-            TrainConfig.from_dict(_with(bases[point["arch"]], point, seeds[0]))
+            TrainConfig.from_dict(_with(bases[point["arch"]], point, seeds[0])).check_launch()
         except (UserError, TypeError, ValueError) as exc:
             shown = ", ".join(f"{k}={v}" for k, v in point.items())
             raise UserError(f"grid point {shown}: {exc}") from None

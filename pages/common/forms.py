@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cxr_core.data.sources import DataSpec
 from cxr_core.errors import UserError
-from cxr_core.models.zoo import check_build, get_architecture
+from cxr_core.models.zoo import get_architecture
 from cxr_core.training.config import TrainConfig
 
 
@@ -20,7 +20,7 @@ def build_configs(archs: list[str], options: dict) -> list[TrainConfig]:
     for arch in archs:
         size = options.get("img_size") or None  # 0: the architecture's default
         config = TrainConfig(**{**options, "arch": arch, "img_size": size})
-        check_build(arch, config.pretrained, config.img_size)
+        config.check_launch()
         configs.append(config)
     return configs
 
