@@ -125,9 +125,23 @@ def test_scorecam_maps_the_bundled_efficientnet_in_few_forward_passes():
         heat = explain(model, pixels, "scorecam")
         hook.remove()
         assert heat.max() - heat.min() > 0.5
-        # One forward to predict, one for the activations, one for the blank input, and
-        # one per chosen channel in batches.
-        assert sum(calls) == 1 + 1 + 1 + channels
+        # One forward to predict, one for the activations, and one per chosen channel in
+        # batches.
+        assert sum(calls) == 1 + 1 + channels
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="needs ../shared/data/chest_xray")
+@pytest.mark.parametrize("run", ["small_cnn-scratch-128", "efficientnet_lite0-frozen-224"])
+def test_scorecam_maps_the_predicted_class_of_every_official_val_film(run):
+    """On Predict, ScoreCAM drew flat maps ("nan%") for these bundled runs: its weights were
+    gains over a blank input, which small_cnn calls PNEUMONIA, so every pneumonia map was
+    zero. Each of the 16 official val films now gets a map of its predicted class."""
+    model = load_model(ROOT / "checkpoints" / run)
+    films = sorted((SHARED_DATA / "val").glob("*/*.jpeg"))
+    assert len(films) == 16
+    for prediction in predict(model, films):
+        heat = explain(model, prediction.pixels.copy(), "scorecam", prediction.predicted)
+        assert not cam_checks.is_flat(heat)
 
 
 # --------------------------------------------------------------------------- shortcut measures

@@ -40,7 +40,8 @@ class TopChannelScoreCAM(BaseCAM):
 
     Each channel's activation map, upsampled and scaled to 0..1, masks the input; the
     channel's weight is how much that masked input raises the explained class's logit
-    over a blank (mean-gray) input; the map is ReLU(sum of weight x mask).
+    above the mean over the chosen channels' masked inputs; the map is
+    ReLU(sum of weight x mask).
 
     pytorch-grad-cam's ScoreCAM gave an all-zero map in ~37 s per image on the bundled
     EfficientNet-Lite0 at 224 px (2 cores). Its CAM layer is the last BatchNorm, before
@@ -51,9 +52,13 @@ class TopChannelScoreCAM(BaseCAM):
 
     - the map sums the masks the network was shown (0..1), not raw activations, so it is
       defined at any layer, before or after a non-linearity, and for ViT tokens;
-    - weights are gains over the blank input (signed: a mask that lowers the score counts
-      against its region), not a softmax, whose weights are all positive and, on logits
-      several units apart, go to one channel;
+    - weights are signed gains (a mask that lowers the score counts against its region),
+      not a softmax, whose weights are all positive and, on logits several units apart, go
+      to one channel. They are taken against the mean masked score, which, like the
+      softmax, does not depend on a baseline image: a blank (mean-gray) input was no
+      neutral reference, since the bundled small_cnn calls it PNEUMONIA with 88%, so every
+      masked film scored below it and the pneumonia map was flat on every film (a single
+      channel, as the MLP's input layer, is its own map);
     - only the ``channels`` channels whose masks vary most over space are used (a flat
       mask says nothing about where): 32 forward passes instead of 1280.
     """
@@ -76,14 +81,16 @@ class TopChannelScoreCAM(BaseCAM):
             for x, target, image_masks in zip(input_tensor, targets, masks):
                 spread = image_masks.flatten(1).std(dim=1)
                 chosen = image_masks[spread.topk(min(self.channels, len(spread))).indices]
-                blank = target(self.model(torch.zeros_like(x[None]))).flatten()
                 scores = torch.cat(
                     [
                         target(self.model(x[None] * batch[:, None])).flatten()
                         for batch in chosen.split(self.batch_size)
                     ]
                 )
-                cams.append(torch.einsum("k,khw->hw", scores - blank, chosen))
+                # One channel (the MLP's CAM layer is its input) has nothing to be weighed
+                # against: its mask is the map, as Score-CAM's softmax would make it.
+                gains = scores - scores.mean() if len(scores) > 1 else torch.ones_like(scores)
+                cams.append(torch.einsum("k,khw->hw", gains, chosen))
         return torch.stack(cams).cpu().numpy()
 
 
