@@ -97,13 +97,14 @@ class CamReport:
             RunCheck(
                 check["method"],
                 int(check["images"]),
-                ShortcutShares(**check["shares"]),
+                _shares(check["shares"]),
                 _road(check["road"]),
                 _road(check["road_random"]),
                 list(check["flags"]),
                 [_image_check(c) for c in check["per_image"]],
+                int(check.get("flat_maps", 0)),
             ),
-            OpacityCheck(**data["opacity"]) if data.get("opacity") else None,
+            _opacity(data.get("opacity")),
             float(data["seconds"]),
             float(data["created"]),
         )
@@ -113,15 +114,33 @@ def _road(data: dict | None) -> RoadScores | None:
     return RoadScores(**data) if data else None
 
 
+def _defined(value: float | None) -> float | None:
+    """A share as records now keep it: None where it is not defined (records written
+    before flat maps were told apart hold NaN there)."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _shares(data: dict) -> ShortcutShares:
+    return ShortcutShares(**{k: _defined(v) for k, v in data.items()})
+
+
+def _opacity(data: dict | None) -> OpacityCheck | None:
+    return (
+        OpacityCheck(**{**data, "opacity_share": _defined(data["opacity_share"])}) if data else None
+    )
+
+
 def _image_check(data: dict) -> ImageCheck:
+    shares = _shares(data["shares"])
     return ImageCheck(
         data["method"],
         int(data["target"]),
-        ShortcutShares(**data["shares"]),
+        shares,
         _road(data["road"]),
         _road(data["road_random"]),
-        data["opacity_share"],
+        _defined(data["opacity_share"]),
         data["hit"],
+        data.get("flat", shares.border is None),
     )
 
 
@@ -252,8 +271,8 @@ def expected_seconds(n: int, img_size: int, with_road: bool = True) -> float:
 # --------------------------------------------------------------------------- CLI
 
 
-def _percent(value: float) -> str:
-    return f"{value:.0%}" if math.isfinite(value) else "n/a"
+def _percent(value: float | None) -> str:
+    return "not defined" if value is None or not math.isfinite(value) else f"{value:.0%}"
 
 
 def summary_lines(report: CamReport) -> list[str]:
@@ -264,7 +283,7 @@ def summary_lines(report: CamReport) -> list[str]:
         f"{report.method} at {report.img_size} px on {check.images} images "
         f"({counts[0]} {CLASSES[0]}, {counts[1]} {CLASSES[1]}) sampled from {report.set_name}; "
         "the predicted class explained",
-        f"  {'mean share of CAM energy':28s} {'run':>5s} {'flat map':>9s}",
+        f"  {'mean share of CAM energy':28s} {'run':>11s} {'flat map':>9s}",
     ]
     for label, field in (
         ("border (outer 10%)", "border"),
@@ -272,7 +291,7 @@ def summary_lines(report: CamReport) -> list[str]:
         ("below the diaphragm", "below_diaphragm"),
     ):
         lines.append(
-            f"  {label:28s} {_percent(getattr(check.shares, field)):>5s} "
+            f"  {label:28s} {_percent(getattr(check.shares, field)):>11s} "
             f"{_percent(getattr(flat, field)):>9s}"
         )
     if check.road is not None and check.road_random is not None:
@@ -289,6 +308,11 @@ def summary_lines(report: CamReport) -> list[str]:
             f"  synthetic opacities: {_percent(o.opacity_share)} of the CAM energy inside the "
             f"true opacity (it covers {_percent(o.opacity_area)}), the peak on it in "
             f"{round(o.hit_rate * o.images)} of {o.images} pneumonia films"
+        )
+    if check.flat_maps:
+        lines.append(
+            f"  {check.flat_maps} of {check.images} maps were empty: {report.method} found no "
+            "evidence for the explained class there (left out of the means; try another method)"
         )
     lines += [f"  flag: {flag}" for flag in check.flags] or ["  no shortcut flag"]
     lines.append(
