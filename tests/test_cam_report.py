@@ -21,6 +21,8 @@ from cxr_core.predict import cam_checks
 from cxr_core.predict.evalsets import EvalSet, run_sets
 from cxr_core.store.runs import RunStore
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2/fp32 path by .ci/run
+
 TIMEOUT = 300
 
 

@@ -28,6 +28,8 @@ from cxr_core.predict.inference import (
 from cxr_core.training.config import TrainConfig
 from cxr_core.training.runtime import build_network
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2/fp32 path by .ci/run
+
 CPU = torch.device("cpu")
 SIZE = 64
 """Every architecture's smallest size that keeps a CAM layer of 2x2 or finer."""
