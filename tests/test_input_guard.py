@@ -15,10 +15,12 @@ from PIL import Image
 
 from cxr_core.data.decode_cache import decode_images
 from cxr_core.data.folders import SplitManifest
+from cxr_core.data.imaging import colour_saturation, load_gray
 from cxr_core.models import weights_file
 from cxr_core.predict import input_guard
 from cxr_core.predict.ensembles import load_any
 from cxr_core.predict.inference import load_model
+from cxr_core.store.bundle import SHARED_FILES
 from cxr_core.store.runs import Run
 
 BUNDLED = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if (p / "config.json").is_file())
@@ -30,18 +32,23 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _colour_scene() -> bytes:
+    """A photo-like scene in saturated colours."""
+    y, x = np.mgrid[0:300, 0:400]
+    scene = np.zeros((300, 400, 3), np.uint8)
+    scene[..., 0] = 40 + 200 * (y < 150)  # a red sky,
+    scene[..., 1] = 60 + 180 * ((x - 200) ** 2 + (y - 200) ** 2 < 60**2)  # a green disc,
+    scene[..., 2] = (255 * x / 400).astype(np.uint8)  # a blue gradient
+    return _png(scene)
+
+
 def _probes(film: Path) -> dict[str, bytes]:
     """A uniform image, noise, a saturated colour scene and ``film`` turned 90 degrees."""
     rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:300, 0:400]
-    scene = np.zeros((300, 400, 3), np.uint8)
-    scene[..., 0] = 40 + 200 * (y < 150)  # red sky over ...
-    scene[..., 1] = 60 + 180 * ((x - 200) ** 2 + (y - 200) ** 2 < 60**2)  # a green disc
-    scene[..., 2] = (255 * x / 400).astype(np.uint8)  # ... a blue gradient
     return {
         "uniform": _png(np.full((900, 700), 128, np.uint8)),
         "noise": _png(rng.integers(0, 256, (300, 300), dtype=np.uint8)),
-        "colour": _png(scene),
+        "colour": _colour_scene(),
         "rotated": _png(np.rot90(np.asarray(Image.open(film).convert("L"))).copy()),
     }
 
@@ -133,3 +140,15 @@ def test_bundled_runs_flag_the_probes_and_pass_real_films(run_id):
         verdicts = input_guard.guard_pixels(member, images.pixels)
         flagged = sum(not v.in_distribution for v in verdicts)
         assert flagged <= 0.01 * len(verdicts), flagged
+
+
+def test_the_reference_travels_with_an_exported_run():
+    assert input_guard.GUARD_FILE in SHARED_FILES
+
+
+def test_colour_is_measured_before_the_image_is_made_grey():
+    grey = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    as_rgb = _png(np.repeat(grey[..., None], 3, axis=2))  # a film saved in RGB mode
+    assert colour_saturation(as_rgb) == 0 and colour_saturation(_png(grey)) == 0
+    assert np.array_equal(load_gray(as_rgb), grey)
+    assert colour_saturation(_colour_scene()) > input_guard.MAX_SATURATION

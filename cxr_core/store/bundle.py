@@ -18,8 +18,11 @@ SHARED_FILES = (
     "history.jsonl",
     "evaluation.json",
     "model.safetensors",
+    "input_guard.safetensors",
 )
-"""What a run needs to be listed, compared, evaluated and used for prediction.
+"""What a run needs to be listed, compared, evaluated and used for prediction (the last:
+the input guard's reference, :data:`cxr_core.predict.input_guard.GUARD_FILE`, for these
+weights; a run without one computes it from its validation films when they are present).
 ``last.*`` (optimizer state for resuming) stays behind: it is 2-3x the model's size."""
 
 
