@@ -21,7 +21,7 @@ from cxr_core.predict import input_guard
 from cxr_core.predict.ensembles import load_any
 from cxr_core.predict.inference import load_model
 from cxr_core.store.bundle import SHARED_FILES
-from cxr_core.store.runs import Run
+from cxr_core.store.runs import Run, RunStore
 
 BUNDLED = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if (p / "config.json").is_file())
 
@@ -152,3 +152,14 @@ def test_colour_is_measured_before_the_image_is_made_grey():
     assert colour_saturation(as_rgb) == 0 and colour_saturation(_png(grey)) == 0
     assert np.array_equal(load_gray(as_rgb), grey)
     assert colour_saturation(_colour_scene()) > input_guard.MAX_SATURATION
+
+
+def test_a_bundled_run_keeps_its_computed_reference_in_its_overlay(
+    tmp_path, tiny_run_dir, monkeypatch
+):
+    shutil.copytree(tiny_run_dir, tmp_path / "bundled" / "tiny")
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "bundled"))
+    run = RunStore().get("tiny")
+    assert run.bundled and input_guard.guard(run, _val_film(run).read_bytes()).in_distribution
+    assert not (run.path / input_guard.GUARD_FILE).exists()  # checkpoints/ is never written
+    assert (run.overlay / input_guard.GUARD_FILE).is_file()
