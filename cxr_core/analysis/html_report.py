@@ -146,6 +146,15 @@ def _images_section(first: EvalSet) -> list[str]:
     return parts
 
 
+def _made_by(run: Run) -> str:
+    """The command that made the run, or how it was made without one (an ensemble made on
+    the Compare page, a run launched from the Train page records none)."""
+    command = run.config().get("command")
+    if command:
+        return f"<code>{html.escape(str(command))}</code>"
+    return "Made in the app (no command line)."
+
+
 def _runs_section(runs: list[Run]) -> list[str]:
     """What each run is, its configuration, and the software it and the report ran on."""
     esc = html.escape
@@ -155,7 +164,7 @@ def _runs_section(runs: list[Run]) -> list[str]:
     for run in runs:
         config = {k: v for k, v in run.config().items() if k != "command"}
         parts.append(
-            f"<h3>{esc(run.id)}</h3><p><code>{esc(run.config().get('command', ''))}</code></p>"
+            f"<h3>{esc(run.id)}</h3><p>{_made_by(run)}</p>"
             f"<pre>{esc(json.dumps(config, indent=1))}</pre>"
         )
     parts.append("</details>")
