@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from cxr_core.analysis import comparison, html_report
 from cxr_core.errors import UserError
 from cxr_core.execution.scoring_jobs import target
 from cxr_core.predict import ensembles, evalsets
-from cxr_core.store.runs import RunStore
+from cxr_core.store.runs import Run, RunStore
 
 CHECKPOINTS = ROOT / "checkpoints"
 THREE = ["efficientnet_lite0-frozen-224", "mlp-scratch-64", "small_cnn-scratch-128"]
@@ -175,3 +176,16 @@ def test_the_report_builds_for_every_kind_of_run(tmp_path, monkeypatch, tiny_run
     assert all(f"<h3>{run.id}</h3>" in text for run in runs)
     assert text.count("Made in the app (no command line).") == 2  # the ensemble, the point
     assert "quantize quantized" in text
+
+
+def test_the_published_reference_is_drawn_on_real_films_only(three, tiny_run_dir):
+    """Kermany et al.'s point belongs beside runs scored on real chest films (a bundled run's
+    internal split, whose folder need not be on this machine), never on the synthetic set."""
+    real = RunStore().get(three[0])
+    internal = next(s for s in evalsets.run_sets(real).values() if s.split == "internal_test")
+    assert comparison.shows_reference(internal)
+    synthetic = next(iter(evalsets.run_sets(Run(tiny_run_dir)).values()))
+    assert not comparison.shows_reference(synthetic)
+    assert not comparison.shows_reference(replace(synthetic, root=None))  # by its files' names
+    text = html_report.html_report([real], {real.id: internal})
+    assert "Kermany et al. 2018" in text

@@ -29,6 +29,7 @@ from cxr_core.analysis.comparison import (
     run_facts,
     shift_table,
     shifts,
+    shows_reference,
 )
 from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_bytes
@@ -215,7 +216,7 @@ def _curves_section(runs: list[Run], sets: dict[str, EvalSet], figure: _Figures)
     reports = {run_id: curve_report(s) for run_id, s in sets.items()}
     parts = [
         "<h2>ROC and precision-recall</h2>",
-        figure(plots.roc_pr(reports)),
+        figure(plots.roc_pr(reports, reference=shows_reference(first))),
         "<h2>Confusion matrices</h2><div class='grid'>",
     ]
     for run_id, report in reports.items():
