@@ -24,8 +24,9 @@ if st.secrets.load_if_toml_exists():
 st.session_state[APP_SHELL] = True
 page = st.navigation(
     {
+        "Start": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)],
         "Work": [
-            st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True),
+            st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
             st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
             st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
             st.Page("pages/sweeps.py", title="Sweeps", icon=":material/grid_on:"),

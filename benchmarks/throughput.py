@@ -31,8 +31,9 @@ from cxr_core.data.imaging import load_and_preprocess
 from cxr_core.execution.allocator import keep_freed_memory
 from cxr_core.models.zoo import create_network
 from cxr_core.training.config import Augmentation, TrainConfig
-from cxr_core.training.engine import make_optimizer, train_one_epoch
+from cxr_core.training.engine import train_one_epoch
 from cxr_core.training.inputs import Data, load_data
+from cxr_core.training.optim import make_optimizer
 from cxr_core.training.runtime import autocast, build_network, select_device
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

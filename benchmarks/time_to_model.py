@@ -30,8 +30,9 @@ from benchmarks.common import DATA, ROOT, interleaved, timed
 from benchmarks.throughput import subset
 from cxr_core.training import features
 from cxr_core.training.config import TrainConfig
-from cxr_core.training.engine import make_optimizer, train_one_epoch
+from cxr_core.training.engine import train_one_epoch
 from cxr_core.training.inputs import load_data
+from cxr_core.training.optim import make_optimizer
 from cxr_core.training.presets import PRESETS, apply_preset
 from cxr_core.training.runtime import build_network, select_device
 

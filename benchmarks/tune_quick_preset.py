@@ -29,13 +29,9 @@ from cxr_core.scoring import metrics  # noqa: E402
 from cxr_core.settings import cache_dir  # noqa: E402
 from cxr_core.training import features  # noqa: E402
 from cxr_core.training.config import TrainConfig  # noqa: E402
-from cxr_core.training.engine import (  # noqa: E402
-    evaluate,
-    make_optimizer,
-    make_scheduler,
-    train_one_epoch,
-)
+from cxr_core.training.engine import evaluate, train_one_epoch  # noqa: E402
 from cxr_core.training.inputs import load_data  # noqa: E402
+from cxr_core.training.optim import make_optimizer, make_scheduler  # noqa: E402
 from cxr_core.training.presets import PRESETS  # noqa: E402
 from cxr_core.training.runtime import build_network, select_device  # noqa: E402
 

@@ -29,8 +29,11 @@ SETTINGS = (
     "RAY_ADDRESS",
     "CXR_RAY_NUM_CPUS",
     "CXR_RAY_NUM_GPUS",
+    "CXR_KEEP_FREED_MEMORY",
+    "CXR_CPU_BF16",
 )
-"""Every deployment setting, read from the environment."""
+"""Every deployment setting, read from the environment: declared here once, so the app
+copies each from ``st.secrets`` and a test finds any other name used."""
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = "synthetic:60"
@@ -63,3 +66,39 @@ def queue_limit() -> int:
     if not value.isdigit() or int(value) < 1:
         raise UserError(f"CXR_QUEUE must be a whole number >= 1, not {value!r}")
     return int(value)
+
+
+def _switch(name: str) -> bool | None:
+    """A 0/1 setting: False for ``0``, True for ``1``, None (the machine decides) else."""
+    return {"0": False, "1": True}.get(os.environ.get(name, ""))
+
+
+def keep_freed_memory_setting() -> bool | None:
+    """``$CXR_KEEP_FREED_MEMORY``: 0 never keeps freed memory for reuse, 1 always does;
+    unset, it is kept with 8 GiB of memory or more (``execution.allocator``)."""
+    return _switch("CXR_KEEP_FREED_MEMORY")
+
+
+def cpu_bf16_setting() -> bool | None:
+    """``$CXR_CPU_BF16``: 0 keeps CPUs in fp32; else bf16 where the CPU has native units
+    (``training.runtime``)."""
+    return _switch("CXR_CPU_BF16")
+
+
+def shared_setting() -> bool | None:
+    """``$CXR_SHARED``: 1 says the app is served to others, 0 that it runs for its one
+    user; unset, the app tells by where the browser connects from."""
+    return _switch("CXR_SHARED")
+
+
+def operators() -> list[str]:
+    """``$CXR_OPERATORS``: the signed-in e-mails that may change any run (comma-separated;
+    empty: any signed-in user)."""
+    return [e.strip() for e in os.environ.get("CXR_OPERATORS", "").split(",") if e.strip()]
+
+
+def allowed_data_roots_setting() -> list[str] | None:
+    """``$CXR_ALLOWED_DATA_ROOTS``: the folders a deployed app may read data from
+    (separated by ``os.pathsep``); None when unset (local use: any folder)."""
+    raw = os.environ.get("CXR_ALLOWED_DATA_ROOTS")
+    return None if raw is None else [p.strip() for p in raw.split(os.pathsep) if p.strip()]

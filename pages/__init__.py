@@ -5,7 +5,6 @@ They live in ``pages/__init__.py`` because Streamlit never lists that file as a 
 
 from __future__ import annotations
 
-import os
 import runpy
 import uuid
 from collections.abc import Iterator
@@ -92,11 +91,11 @@ def is_operator() -> bool:
     if st.secrets.load_if_toml_exists() and "auth" in st.secrets:
         if not st.user.is_logged_in:
             return False
-        allowed = [e.strip() for e in os.environ.get("CXR_OPERATORS", "").split(",") if e.strip()]
+        allowed = settings.operators()
         return not allowed or st.user.get("email") in allowed
-    shared = os.environ.get("CXR_SHARED")
-    if shared in ("0", "1"):
-        return shared == "0"
+    shared = settings.shared_setting()
+    if shared is not None:
+        return not shared
     return st.context.ip_address is None
 
 
@@ -228,21 +227,20 @@ def trainable(folder: Path) -> None:
 
 
 def download_picker() -> None:
-    from cxr_core.data.downloads import download_kaggle, download_pneumoniamnist
+    from cxr_core.data.downloads import DEFAULT_SIZE, SOURCES
     from cxr_core.settings import cache_dir
 
+    packages = " / ".join(source.package for source in SOURCES.values())
     st.caption(
-        "Needs a network connection and the optional packages (kagglehub / medmnist). "
+        f"Needs a network connection and the optional packages ({packages}). "
         "Offline, download the Kaggle zip elsewhere and use 'Local folder'."
     )
-    left, right = st.columns(2)
     with user_errors():
-        if left.button("Kaggle: chest-xray-pneumonia (about 1.2 GB)"):
-            with st.spinner("Downloading from Kaggle ..."):
-                set_data_spec(str(download_kaggle()))
-        if right.button("PneumoniaMNIST 224 px (MedMNIST)"):
-            with st.spinner("Downloading PneumoniaMNIST ..."):
-                set_data_spec(str(download_pneumoniamnist(cache_dir() / "pneumoniamnist-224")))
+        for column, source in zip(st.columns(len(SOURCES)), SOURCES.values()):
+            if column.button(source.description):
+                with st.spinner(f"Downloading {source.description} ..."):
+                    out = cache_dir() / f"{source.name}-{DEFAULT_SIZE}"
+                    set_data_spec(str(source.download(out, DEFAULT_SIZE)))
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

@@ -10,13 +10,13 @@ import uuid
 import pandas as pd
 import streamlit as st
 
-from cxr_core.analysis import plots, report
-from cxr_core.analysis.comparison import compare_table
+from cxr_core.analysis import comparison, html_report, plots
 from cxr_core.errors import UserError
 from cxr_core.execution import scoring_jobs
 from cxr_core.predict import ensembles, evalsets
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.scoring.metrics import CATALOGUE
+from cxr_core.scoring.stats import PairedResult
 from cxr_core.store.runs import Run
 from pages import (
     data_spec,
@@ -27,7 +27,8 @@ from pages import (
     store,
     user_errors,
 )
-from pages.common import comparison, runview, texts
+from pages.common import comparison as page_words
+from pages.common import runview, texts
 from pages.views import cam_report as cam_views
 from pages.views import errors as error_views
 
@@ -38,7 +39,7 @@ POLL_S = 2  # seconds between two looks at a background scoring job
 
 @st.cache_data(ttl=60, show_spinner=False)
 def _default_target(spec: str) -> scoring_jobs.Target | None:
-    return comparison.default_target(spec)
+    return page_words.default_target(spec)
 
 
 @st.cache_data(ttl=60, show_spinner="Listing the folder ...")
@@ -47,13 +48,13 @@ def _target(folder: str, split: str) -> scoring_jobs.Target:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _paired(ident: tuple, _sets: dict[str, EvalSet]) -> list[dict]:
-    return report.paired(_sets)
+def _paired(ident: tuple, _sets: dict[str, EvalSet]) -> list[PairedResult]:
+    return comparison.paired(_sets)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _curves(ident: tuple, _evalset: EvalSet) -> dict:
-    return report.curve_report(_evalset)
+    return comparison.curve_report(_evalset)
 
 
 def _ident(sets: dict[str, EvalSet]) -> tuple:
@@ -139,7 +140,7 @@ def _pick_set(chosen: list[Run]) -> EvalSet | None:
     choice = st.selectbox(
         "Evaluated on",
         list(by_key),
-        format_func=lambda k: comparison.set_label(by_key[k]),
+        format_func=lambda k: page_words.set_label(by_key[k]),
         key=key,
         help="The image sets every chosen run was scored on: numbers are comparable only "
         "on the same images. Outside test sets come first; internal splits were carved "
@@ -226,7 +227,7 @@ def _score_offer(chosen: list[Run], evalset: EvalSet | None) -> None:
         if folder.strip():
             with user_errors():
                 found = _target(folder.strip(), split)
-                todo = [r for r in chosen if found.key not in report.scored_sets(r)]
+                todo = [r for r in chosen if found.key not in comparison.scored_sets(r)]
                 if not todo:
                     st.success(f"Every chosen run is scored on {found.name}.")
                 else:
@@ -278,15 +279,22 @@ def _roc_and_pr(sets: dict[str, EvalSet]) -> None:
         key=kept("compare_zoom", False),
         help="Show the best 30% of each axis, where good runs' curves part.",
     )
-    st.plotly_chart(plots.roc_pr(reports, corner=0.3 if corner else None), key="roc_pr")
+    reference = comparison.shows_reference(next(iter(sets.values())))
+    st.plotly_chart(
+        plots.roc_pr(reports, reference=reference, corner=0.3 if corner else None), key="roc_pr"
+    )
     ref = plots.KERMANY_2018
     st.caption(
         "Circles mark each run's threshold; dotted lines on the right, the share of "
         "pneumonia images (a random model's AP). A click on a run in the legend hides it. "
-        f"★ Published reference: {ref['label']}; accuracy {ref['accuracy']:.1%}, "
-        f"sensitivity {ref['sensitivity']:.1%}, specificity {ref['specificity']:.1%}, "
-        f"AUC {ref['auc']}. A different model, split and protocol: for orientation, not a "
-        "like-for-like comparison.",
+        + (
+            f"★ Published reference: {ref['label']}; accuracy {ref['accuracy']:.1%}, "
+            f"sensitivity {ref['sensitivity']:.1%}, specificity {ref['specificity']:.1%}, "
+            f"AUC {ref['auc']}. A different model, split and protocol: for orientation, not "
+            "a like-for-like comparison."
+            if reference
+            else "No published reference point: these images are not real chest films."
+        ),
         help=texts.help_text("AUC"),
     )
 
@@ -296,7 +304,7 @@ def _metrics_and_tests(table: pd.DataFrame, sets: dict[str, EvalSet]) -> None:
         "Metrics",
         list(CATALOGUE),
         format_func=lambda k: CATALOGUE[k].label,
-        key=kept("compare_forest", list(report.HEADLINE)),
+        key=kept("compare_forest", list(comparison.HEADLINE)),
     )
     if keys:
         st.plotly_chart(plots.forest(table, keys), key="forest")
@@ -313,7 +321,7 @@ def _metrics_and_tests(table: pd.DataFrame, sets: dict[str, EvalSet]) -> None:
         "the decisions at each run's threshold, DeLong's test on the AUCs"
         + (f"; p-values adjusted by Holm over the {len(pairs)} pairs." if len(pairs) > 1 else ".")
     )
-    st.dataframe(report.pairs_table(pairs), hide_index=True, width="stretch")
+    st.dataframe(comparison.pairs_table(pairs), hide_index=True, width="stretch")
 
 
 def _focus(sets: dict[str, EvalSet]) -> str:
@@ -348,7 +356,7 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
     run, evalset = by_id[run_id], sets[run_id]
     key = f"compare_thr_{run_id}_{evalset.key}"
     st.session_state.setdefault(key, round(evalset.threshold, 3))
-    chosen = report.val_thresholds(run)
+    chosen = comparison.val_thresholds(run)
     buttons = st.columns(len(chosen) + 1)
     buttons[0].button(
         f"Run's threshold ({evalset.threshold:.3f})",
@@ -371,11 +379,11 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
         key=key,
         help="Explore only: the saved run keeps its own threshold.",
     )
-    point = report.operating_point(evalset, threshold)
+    point = comparison.operating_point(evalset, threshold)
     cols = st.columns(5)
     for col, name in zip(cols, ("sensitivity", "specificity", "PPV", "NPV", "accuracy")):
         col.metric(name, f"{100 * point[name]:.1f}%")
-    st.markdown(comparison.per_1000(point))
+    st.markdown(page_words.per_1000(point))
     left, right = st.columns([2, 3])
     with left:
         title = f"{run_id} at {threshold:.3f}"
@@ -387,40 +395,30 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
         figure = plots.score_distributions(evalset.labels, evalset.probs, marks)
         st.plotly_chart(figure, key="op_scores")
     st.markdown("**Where each threshold lands on this set**")
-    st.dataframe(report.operating_points(run, evalset), hide_index=True, width="stretch")
+    st.dataframe(comparison.operating_points(run, evalset), hide_index=True, width="stretch")
     st.caption("The slider never changes the saved run; its threshold stays as trained.")
 
 
 def _calibration(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
-    rows = []
-    for run_id, evalset in sets.items():
-        saved = report.saved_temperature(by_id[run_id])
-        summary = report.calibration_summary(evalset, saved and saved["temperature"])
-        row = {"run": run_id, "ECE": summary["before"]["ece"], "Brier": summary["before"]["brier"]}
-        if "after" in summary:
-            row |= {
-                "temperature": summary["temperature"],
-                "ECE after": summary["after"]["ece"],
-                "Brier after": summary["after"]["brier"],
-            }
-        rows.append(row)
-    st.dataframe(pd.DataFrame(rows).round(4), hide_index=True, width="stretch")
+    summaries = comparison.calibration_summaries([by_id[i] for i in sets], sets)
+    table = comparison.calibration_table(summaries).round(4)
+    st.dataframe(table, hide_index=True, width="stretch")
     st.caption(
         "ECE: the mean gap between predicted probability and observed share of pneumonia "
         "over 10 bins; Brier: the mean squared error of the probabilities (lower is better)."
     )
     run_id = _focus(sets)
     run = by_id[run_id]
-    saved = report.saved_temperature(run)
+    saved = run.calibration()
     if st.button(
         "Fit a temperature on validation" if saved is None else "Fit the temperature again",
         help="Temperature scaling, fitted on this run's validation split only (never on "
         "test) and kept beside the run; the weights and the threshold are unchanged.",
     ):
         with user_errors():
-            report.fit_temperature(run)
+            comparison.fit_temperature(run)
             st.rerun()
-    summary = report.calibration_summary(sets[run_id], saved and saved["temperature"])
+    summary = summaries[run_id]
     curves = {"as trained": summary["before"]["bins"]}
     if "after" in summary:
         curves[f"temperature {summary['temperature']:.2f} (fitted on val)"] = summary["after"][
@@ -435,7 +433,7 @@ def _calibration(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
 
 
 def _shift(chosen: list[Run], evalset: EvalSet) -> None:
-    frames = report.shifts(chosen, evalset)
+    frames = comparison.shifts(chosen, evalset)
     if not frames:
         st.info(
             "None of these runs has both an internal test split and an outside set: score "
@@ -451,7 +449,7 @@ def _shift(chosen: list[Run], evalset: EvalSet) -> None:
     with st.expander("Each run's numbers, with intervals", expanded=len(frames) <= 3):
         for run_id, frame in frames.items():
             st.markdown(f"**{run_id}**")
-            st.dataframe(report.shift_table(frame), hide_index=True, width="stretch")
+            st.dataframe(comparison.shift_table(frame), hide_index=True, width="stretch")
 
 
 def _confusion_matrices(sets: dict[str, EvalSet]) -> None:
@@ -461,7 +459,7 @@ def _confusion_matrices(sets: dict[str, EvalSet]) -> None:
         for col, (run_id, evalset) in zip(cols, items[start : start + 3]):
             with col:
                 st.markdown(f"**{run_id}** (threshold {evalset.threshold:.3f})")
-                cm = report.operating_point(evalset, evalset.threshold)["confusion"]
+                cm = comparison.operating_point(evalset, evalset.threshold)["confusion"]
                 st.plotly_chart(plots.confusion_matrix(cm, False, "counts"), key=f"cm_{run_id}")
                 st.plotly_chart(
                     plots.confusion_matrix(cm, True, "normalised per true class"),
@@ -477,7 +475,7 @@ def _learning_curves(chosen: list[Run]) -> None:
 
 
 def _cost(table: pd.DataFrame) -> None:
-    facts = table[list(report.FACT_LABELS)].rename(columns=report.FACT_LABELS)
+    facts = table[list(comparison.FACT_LABELS)].rename(columns=comparison.FACT_LABELS)
     st.dataframe(facts, hide_index=True, width="stretch")
     st.plotly_chart(plots.tradeoff(table, "roc_auc", "AUC on this set (95% CI)"), key="tradeoff")
     st.caption("Marker size grows with the weights file size.")
@@ -529,12 +527,12 @@ with user_errors():
             "Their scores say nothing about real radiographs.",
             icon=":material/science:",
         )
-    sets = report.sets_on(chosen, evalset.key)
-    table = compare_table(chosen, sets)
+    sets = comparison.sets_on(chosen, evalset.key)
+    table = comparison.compare_table(chosen, sets)
 
     st.subheader("Summary")
     st.dataframe(
-        report.readable_table(table),
+        comparison.readable_table(table),
         hide_index=True,
         width="stretch",
         column_config={
@@ -548,7 +546,7 @@ with user_errors():
     )
     if len(sets) == 2:
         (pair,) = _paired(_ident(sets), sets)
-        st.info(f"**Paired test.** {pair['verdict']}", icon=":material/balance:")
+        st.info(f"**Paired test.** {pair.verdict}", icon=":material/balance:")
     left, right, _ = st.columns([1, 1, 3])
     left.download_button(
         "Table as CSV",
@@ -559,7 +557,7 @@ with user_errors():
     )
     right.download_button(
         "Download report",
-        lambda: report.html_report(chosen, sets).encode(),
+        lambda: html_report.html_report(chosen, sets).encode(),
         file_name="cxr-lab-report.html",
         mime="text/html",
         icon=":material/description:",

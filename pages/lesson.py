@@ -4,10 +4,9 @@ folder and on films from elsewhere, with the user's own runs and the app's own c
 from __future__ import annotations
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
-from cxr_core.analysis import plots, report
+from cxr_core.analysis import comparison, plots
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.scoring.metrics import choose_threshold, full_report
 from cxr_core.store.runs import Run
@@ -20,59 +19,18 @@ ensure_app_shell()
 
 def internal_set(run: Run) -> EvalSet | None:
     """The run's own held-out split: internal_test, else val (which chose the threshold)."""
-    return report.split_set(run, "internal_test") or report.split_set(run, "val")
+    return comparison.split_set(run, "internal_test") or comparison.split_set(run, "val")
 
 
 def outside_sets(run: Run) -> list[EvalSet]:
     """Sets from outside the training folder's split: a test/ folder or any labelled
     folder. The 16 films of the official val/ are too few to show anything."""
-    sets = report.scored_sets(run).values()
+    sets = comparison.scored_sets(run).values()
     return [s for s in sets if not s.internal and s.split != "official_val"]
 
 
 def _both_classes(evalset: EvalSet) -> bool:
     return len(np.unique(evalset.labels)) == 2
-
-
-def _logit(p: np.ndarray | float) -> np.ndarray:
-    p = np.clip(p, 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
-
-
-def _normal_scores(inside: EvalSet, outside: EvalSet, threshold: float) -> go.Figure:
-    """P(pneumonia) of the normal films of both sets, with the run's threshold, on a
-    log-odds axis: most normal films score near 0, where a linear axis squashes them."""
-    fig = go.Figure()
-    for i, (name, s) in enumerate((("internal", inside), ("outside", outside))):
-        fig.add_histogram(
-            x=_logit(s.probs[s.labels == 0]),
-            name=f"{name} ({int(np.sum(s.labels == 0))} normal films)",
-            histnorm="percent",
-            xbins={"start": -9.25, "end": 9.25, "size": 0.5},
-            marker_color=plots.color(i),
-            opacity=0.6,
-        )
-    fig.add_vline(
-        x=float(_logit(threshold)),
-        line={"color": "black", "dash": "dash"},
-        annotation_text=f"threshold {threshold:.3f} (chosen on val)",
-        annotation_position="top right",
-    )
-    ticks = [0.0001, 0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999]
-    fig.update_layout(
-        barmode="overlay",
-        height=360,
-        margin={"t": 30, "b": 10, "l": 10, "r": 10},
-        xaxis={
-            "title": "P(pneumonia) of the NORMAL films (log-odds scale)",
-            "tickvals": _logit(np.array(ticks)).tolist(),
-            "ticktext": [f"{t:g}" for t in ticks],
-            "range": [-9.5, 9.5],
-        },
-        yaxis={"title": "% of the set's normal films"},
-        legend={"orientation": "h", "y": -0.25},
-    )
-    return fig
 
 
 def _no_outside_set(run: Run) -> None:
@@ -100,7 +58,9 @@ def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
         f"{b['sensitivity']:.0%}."
     )
     st.dataframe(
-        report.shift_table(report.shift_frame(inside, outside)), hide_index=True, width="stretch"
+        comparison.shift_table(comparison.shift_frame(inside, outside)),
+        hide_index=True,
+        width="stretch",
     )
     st.caption("95% intervals from 1000 bootstrap resamples of patients.")
 
@@ -115,9 +75,10 @@ def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
         left.caption("Circles: the run's threshold on each set.")
     else:
         right = st.container()
-    right.plotly_chart(
-        _normal_scores(inside, outside, outside.threshold), key="lesson_normal_scores"
-    )
+    normals = {
+        name: (s.labels, s.probs) for name, s in (("internal", inside), ("outside", outside))
+    }
+    right.plotly_chart(plots.normal_scores(normals, outside.threshold), key="lesson_normal_scores")
     medians = [float(np.median(s.probs[s.labels == 0])) for s in (inside, outside)]
     text = (
         f"AUC goes from {a['roc_auc']:.3f} to {b['roc_auc']:.3f}: the model still ranks most "

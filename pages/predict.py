@@ -22,6 +22,7 @@ from cxr_core.predict.inference import (
     resolve_checkpoint,
 )
 from cxr_core.settings import CLASSES
+from cxr_core.store import records
 from cxr_core.store.runs import Run
 from pages import (
     ensure_app_shell,
@@ -141,7 +142,7 @@ def _prediction(
         return pred, {None: (run, pred)}
     members = ensembles.members(run)
     version = (
-        (run.path / "config.json").stat().st_mtime,
+        (run.path / records.CONFIG).stat().st_mtime,
         *(_weights_version(m.weights) for m in members),
     )
     pred = _predict_ensemble(str(run.path), version, digest, name, data)
@@ -203,6 +204,15 @@ def _cam(run: Run, pred: Prediction, name: str, digest: str, controls: dict, tar
         # A writable copy: the cached pixels are read-only, torch wants to own its input.
         pixels = pred.pixels.copy()
         heat = _heat(weights, mtime, digest, controls["method"], target, pixels)
+    if cam_checks.is_flat(heat):  # no map to draw: say so rather than paint it blue
+        others = ", ".join(m for m in CAM_METHODS if m != controls["method"])
+        st.info(
+            f"{controls['method']} found no evidence for {controls['target_name']} on this "
+            f"image: its map is empty, so there is nothing to overlay. Try another method "
+            f"({others}) or explain the other class.",
+            icon=":material/visibility_off:",
+        )
+        return
     image = overlay(pred.pixels, heat, controls["opacity"])
     st.image(
         image,

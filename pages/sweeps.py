@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
+from cxr_core.analysis import plots
 from cxr_core.execution.sweeps import (
     SWEEP_KEY,
     VAL_METRICS,
@@ -21,6 +21,8 @@ from cxr_core.execution.sweeps import (
     run_rows,
     summarize,
     sweep_runs,
+    sweeps_in,
+    varying,
 )
 from cxr_core.scoring.metrics import CATALOGUE
 from cxr_core.store.runs import ACTIVE, Run
@@ -32,42 +34,12 @@ REFRESH_S = 5
 COMPARE_RUNS = "compare_runs"  # the Compare page's run picker (its URL parameter: runs)
 
 
-def _sweeps(runs: list[Run]) -> dict[str, dict]:
-    """The store's sweeps, newest first (an id begins with its launch time): each one's
-    tag (grid and seeds) and run count."""
-    found: dict[str, dict] = {}
-    for run in runs:
-        tag = run.config().get(SWEEP_KEY) or {}
-        if tag.get("id"):
-            found.setdefault(tag["id"], {**tag, "n": 0})["n"] += 1
-    return dict(sorted(found.items(), reverse=True))
-
-
-def _dims(grid: dict) -> list[str]:
-    """The grid's dimensions that vary (an architecture picked alone does not)."""
-    return [k for k, values in grid.items() if len(values) > 1]
-
-
 def _name(key: str) -> str:
     return key.removeprefix("augment.")
 
 
-def _show(value: object) -> str:
-    return "default" if value is None else str(value)
-
-
-def _mean_sd(point: dict, percent: bool) -> str:
-    if point["mean"] is None:
-        return "-"
-    scale, unit, digits = (100, "%", 1) if percent else (1, "", 3)
-    text = f"{point['mean'] * scale:.{digits}f}{unit}"
-    if point["sd"] is None:
-        return f"{text} (1 seed)"
-    return f"{text} ± {point['sd'] * scale:.{digits}f}"
-
-
 def _label(sweep_id: str, tag: dict) -> str:
-    dims = " × ".join(_name(k) for k in _dims(tag["grid"])) or "one point"
+    dims = " × ".join(_name(k) for k in varying(tag["grid"])) or "one point"
     return f"{sweep_id} · {dims} · {len(tag['seeds'])} seed(s) · {tag['n']} runs"
 
 
@@ -81,54 +53,22 @@ def points_table(summary: list[dict], grid: dict, runs: list[Run], metric: str) 
         states = Counter(status[i] for i in point["runs"])
         rows.append(
             {
-                **{_name(k): _show(point["point"][k]) for k in grid},
-                f"val {info.label} (mean ± sd)": _mean_sd(point, info.percent),
+                **{_name(k): plots.grid_value(point["point"][k]) for k in grid},
+                f"val {info.label} (mean ± sd)": plots.mean_sd(point, info.percent),
                 "seeds done": f"{point['n']}/{len(point['runs'])}",
                 "runs": ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
                 "best on validation": point["best"],
+                "no better than chance": point["chance"],
             }
         )
     return pd.DataFrame(rows)
-
-
-def heatmap(summary: list[dict], grid: dict, dims: list[str], metric: str) -> go.Figure:
-    """The metric's mean over seeds across a two-dimensional grid, mean +- sd written in
-    each cell and the best point starred."""
-    info = CATALOGUE[metric]
-    rows, cols = grid[dims[0]], grid[dims[1]]
-    z = [[None] * len(cols) for _ in rows]
-    text = [[""] * len(cols) for _ in rows]
-    for point in summary:
-        i, j = rows.index(point["point"][dims[0]]), cols.index(point["point"][dims[1]])
-        z[i][j] = point["mean"]
-        text[i][j] = _mean_sd(point, info.percent) + (" ★" if point["best"] else "")
-    figure = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=[_show(v) for v in cols],
-            y=[_show(v) for v in rows],
-            text=text,
-            texttemplate="%{text}",
-            colorscale="Viridis",
-            colorbar={"title": {"text": f"val {info.label}"}},
-            hovertemplate=f"{_name(dims[0])} %{{y}}<br>{_name(dims[1])} %{{x}}"
-            "<br>%{text}<extra></extra>",
-        )
-    )
-    figure.update_layout(
-        xaxis={"title": {"text": _name(dims[1])}, "type": "category"},
-        yaxis={"title": {"text": _name(dims[0])}, "type": "category", "autorange": "reversed"},
-        height=max(260, 90 * len(rows) + 120),
-        margin={"t": 30, "b": 10, "l": 10, "r": 10},
-    )
-    return figure
 
 
 def _results(sweep_id: str, metric: str) -> None:
     """Points, heat map, best point and runs of one sweep (redrawn while it trains)."""
     runs = sweep_runs(store(), sweep_id)
     tag = runs[0].config()[SWEEP_KEY]
-    grid, dims = tag["grid"], _dims(tag["grid"])
+    grid, dims = tag["grid"], varying(tag["grid"])
     states = Counter(r.status().get("status") for r in runs)
     st.caption(
         f"{len(runs)} runs: "
@@ -140,10 +80,19 @@ def _results(sweep_id: str, metric: str) -> None:
     best = next((p for p in summary if p["best"]), None)
     if best is None:
         st.info("No run of this sweep has completed yet.", icon=":material/hourglass_top:")
+    elif best["chance"]:
+        st.warning(
+            f"**No better than chance.** The best point on validation, "
+            f"{describe(best['point'])} ({info.label} {plots.mean_sd(best, info.percent)} over "
+            f"{best['n']} seed(s)), has a validation AUC interval that includes 0.5 for every "
+            "seed: none of these runs learned what the validation split can see. Train "
+            "longer, on more images, or check the data before choosing among them.",
+            icon=":material/casino:",
+        )
     else:
         st.success(
             f"**Best on validation: {describe(best['point'])}**, validation {info.label} "
-            f"{_mean_sd(best, info.percent)} over {best['n']} seed(s).",
+            f"{plots.mean_sd(best, info.percent)} over {best['n']} seed(s).",
             icon=":material/star:",
         )
     st.caption(
@@ -152,7 +101,7 @@ def _results(sweep_id: str, metric: str) -> None:
     )
     st.dataframe(points_table(summary, grid, runs, metric), hide_index=True, width="stretch")
     if len(dims) == 2 and best is not None:
-        st.plotly_chart(heatmap(summary, grid, dims, metric), key="sweep_heatmap")
+        st.plotly_chart(plots.sweep_heatmap(summary, grid, dims, metric), key="sweep_heatmap")
     with st.expander("Every run of the sweep"):
         table = pd.DataFrame(
             {
@@ -200,7 +149,7 @@ st.caption(
 )
 
 with user_errors():
-    sweeps = _sweeps(store().list())
+    sweeps = sweeps_in(store().list())
     if not sweeps:
         st.info("No sweep yet: launch one on the Train page.", icon=":material/info:")
         st.stop()

@@ -26,7 +26,7 @@ from cxr_core.models.zoo import REGISTRY
 from cxr_core.store.runs import ACTIVE, normalise_tags
 from cxr_core.training import estimates
 from cxr_core.training.config import TrainConfig, options
-from cxr_core.training.presets import PRESETS, apply_preset
+from cxr_core.training.presets import PRESETS, preset_changes
 from pages import (
     augmentation_controls,
     data_root,
@@ -52,20 +52,60 @@ PAGE_SET = {"arch", "data"}  # set elsewhere: the architecture picker, the Data 
 GRIDDABLE = {o.name: o for o in options() if o.name not in {*NOT_GRIDDED, *PAGE_SET, "device"}}
 
 
+def _widget_key(name: str) -> str:
+    """The session key of an option's widget (augmentation's are shared with the Data page)."""
+    if name.startswith("augment."):
+        return f"aug_{name.split('.', 1)[1]}"
+    return f"opt_{name}"
+
+
 def _apply_preset() -> None:
-    """Fill the form from the chosen preset (the user can still change anything)."""
+    """Set the whole form from the chosen preset: what it names, and every other option
+    back to its default, so nothing carries over from the last preset; remember what
+    changed to say so (the user can still change anything)."""
     name = st.session_state["opt_preset"]
+    st.session_state.pop("launched", None)  # a launch message belongs to the old form
+    st.session_state.pop("launched_sweep", None)
     if name == CUSTOM:
+        st.session_state.pop("preset_changes", None)
         return
-    for key, value in apply_preset(name, {}).items():
+    archs = st.session_state.get("opt_archs") or []
+    current = {o.name: st.session_state.get(_widget_key(o.name), o.default) for o in options()}
+    current |= {"arch": archs[0] if len(archs) == 1 else archs, "data": data_spec()}
+    changes = preset_changes(name, current)
+    for key, (_, value) in changes.items():
         if key == "arch":
             st.session_state["opt_archs"] = [value]
         elif key == "data":
             set_data_spec(value)
-        elif key.startswith("augment."):
-            st.session_state[f"aug_{key.split('.', 1)[1]}"] = value
         else:
-            st.session_state[f"opt_{key}"] = value
+            st.session_state[_widget_key(key)] = value
+    st.session_state["preset_changes"] = (name, changes)
+
+
+def _show_preset_changes() -> None:
+    """What the last preset changed, in words, with a way back to the data it replaced."""
+    if "preset_changes" not in st.session_state:
+        return
+    name, changes = st.session_state["preset_changes"]
+    if not changes:
+        st.caption(f"Preset *{name}*: the form already held it.")
+        return
+    labels = {o.name: o.label for o in options()} | {"arch": "Architecture", "data": "Data"}
+    shown = ", ".join(
+        f"{labels[k]} {_plain(new)} (was {_plain(old)})" for k, (old, new) in changes.items()
+    )
+    st.info(f"Preset *{name}* set: {shown}.", icon=":material/tune:")
+    if "data" in changes and changes["data"][0]:
+        before = changes["data"][0]
+        if st.button(f"Keep my data ({before})", key="preset_keep_data"):
+            set_data_spec(before)
+            changes.pop("data")
+            st.rerun()
+
+
+def _plain(value) -> str:
+    return "default" if value is None else f"`{value}`"
 
 
 def _inputs(group: str, columns: int, **disabled: bool) -> dict:
@@ -170,9 +210,9 @@ def _executor() -> tuple[str, str | None]:
     default = (os.environ.get("CXR_EXECUTOR") or "local").strip().lower()
     executor = st.radio(
         "Where",
-        EXECUTORS,
+        list(EXECUTORS),
         key=kept("sweep_executor", default if default in EXECUTORS else "local"),
-        format_func={"local": "this machine", "ray": "Ray cluster"}.get,
+        format_func=lambda name: EXECUTORS[name].label,
         horizontal=True,
     )
     if executor == "local":
@@ -268,8 +308,10 @@ st.selectbox(
     [CUSTOM, *PRESETS],
     key=kept("opt_preset", CUSTOM),
     on_change=_apply_preset,
-    help="A starting point that fills the options below; anything you change afterwards wins.",
+    help="A whole starting point: the options it names, every other one at its default. "
+    "Anything you change afterwards wins.",
 )
+_show_preset_changes()
 
 archs = st.multiselect(
     "Architectures",

@@ -22,7 +22,8 @@ from cxr_core.errors import UserError
 from cxr_core.scoring import metrics
 from cxr_core.scoring.metrics import MetricInfo
 from cxr_core.store.runs import ACTIVE, RunStore
-from cxr_core.training.config import options
+from cxr_core.training.config import TrainConfig, options
+from cxr_core.training.presets import PRESETS
 from pages.common import forms, runview, uploads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -306,6 +307,52 @@ def test_preset_fills_the_form(no_bundled):
     assert at.session_state["data_spec"] == "synthetic:100"
 
 
+def _form(at: AppTest) -> dict:
+    """The Train page's options as the form holds them, by option name."""
+    return {
+        o.name: at.session_state[
+            f"aug_{o.name[8:]}" if o.name.startswith("augment.") else f"opt_{o.name}"
+        ]
+        for o in options()
+        if o.name not in ("arch", "data")
+    }
+
+
+@pytest.mark.parametrize("first", list(PRESETS))
+def test_every_preset_after_every_other_sets_the_whole_form_and_says_so(no_bundled, first):
+    """A preset is a whole starting point: after any other one, the form holds exactly what
+    it names and the defaults for the rest ("tiny demo" after "quick on CPU" kept
+    pretrained and frozen stages, and the launch failed); it says what it changed, the data
+    included, offers the data it replaced, and the form it leaves can be launched."""
+    at = open_app("train")
+    for second in [p for p in PRESETS if p != first]:
+        at.selectbox(key="opt_preset").set_value(first).run()
+        at.selectbox(key="opt_preset").set_value(second).run()
+        assert not at.exception, (first, second)
+        want = {o.name: o.default for o in options() if o.name not in ("arch", "data")}
+        want |= {k: v for k, v in PRESETS[second].items() if k not in ("arch", "data")}
+        assert _form(at) == want, (first, second)
+        if "arch" in PRESETS[second]:
+            assert at.multiselect(key="opt_archs").value == [PRESETS[second]["arch"]]
+        said = next(i.value for i in at.info if i.value.startswith(f"Preset *{second}*"))
+        if "data" in PRESETS[second] and PRESETS[first].get("data") != PRESETS[second]["data"]:
+            assert f"Data `{PRESETS[second]['data']}`" in said
+        for arch in at.multiselect(key="opt_archs").value:
+            values = {**want, "arch": arch, "data": at.session_state["data_spec"]}
+            TrainConfig.from_options(values).check_launch()
+
+
+def test_a_preset_that_changes_the_data_offers_the_folder_back(no_bundled, tmp_path):
+    at = open_app("train")
+    at.session_state["data_spec"] = str(tmp_path)
+    at.selectbox(key="opt_preset").set_value("tiny demo (synthetic)").run()
+    assert at.session_state["data_spec"] == "synthetic:100"
+    keep = next(b for b in at.button if b.label == f"Keep my data ({tmp_path})")
+    keep.click().run()
+    assert at.session_state["data_spec"] == str(tmp_path)
+    assert not at.exception
+
+
 def test_every_training_option_has_a_widget_on_the_train_page(no_bundled):
     """The Train page's widgets come from TrainConfig's fields: an option added there
     shows up here with its default, with no edit to the page."""
@@ -391,8 +438,8 @@ def test_a_metric_added_to_the_catalogue_shows_on_compare_for_the_bundled_runs(m
 
 def test_compare_two_runs(bundled, tiny_run_dir):
     """Two runs whose internal test splits differ are compared on a set they share, with
-    the synthetic and internal-split warnings, the published reference on the ROC chart,
-    and both downloads."""
+    the synthetic and internal-split warnings, no published reference on the ROC chart
+    (it was drawn on synthetic films), and both downloads."""
     other = RunStore().root / "tiny-b"
     shutil.copytree(tiny_run_dir, other)
     evaluation = json.loads((other / "evaluation.json").read_text())
@@ -409,7 +456,8 @@ def test_compare_two_runs(bundled, tiny_run_dir):
     assert any("synthetic" in w.value for w in at.warning)
     assert any("carved from the training folder" in w.value for w in at.warning)
     names = [t.get("name", "") for spec in chart_specs(at) for t in spec["data"]]
-    assert any(n.startswith("Kermany et al. 2018") for n in names)
+    assert not any(n.startswith("Kermany et al. 2018") for n in names)
+    assert any("not real chest films" in c.value for c in at.caption)
     assert any(n.startswith("tiny-b") for n in names)
     assert any(n.startswith("bundled-tiny") for n in names)
     assert len(at.get("download_button")) == 2  # the table and the HTML report
@@ -448,6 +496,28 @@ def test_smoothing_is_a_debiased_moving_average():
     assert smoothed[0] == 0.0 and 0.0 < smoothed[1] < 10.0
 
 
+def test_sweep_points_read_as_mean_and_sd_in_the_table_and_the_heat_map():
+    point = {"point": {"lr": 0.001, "augment.crop": None}, "mean": 0.9123, "sd": 0.0131}
+    assert plots.mean_sd(point, percent=True) == "91.2% ± 1.3"
+    assert plots.mean_sd({**point, "sd": None}, percent=False) == "0.912 (1 seed)"
+    assert plots.mean_sd({**point, "mean": None}, percent=False) == "-"
+    assert (plots.grid_value(None), plots.grid_value(0.001)) == ("default", "0.001")
+    summary = [{**point, "best": True}]
+    grid = {"lr": [0.001, 0.01], "augment.crop": [None]}
+    heat = plots.sweep_heatmap(summary, grid, ["lr", "augment.crop"], "roc_auc").data[0]
+    assert [list(row) for row in heat.text] == [["0.912 ± 0.013 ★"], [""]]
+    assert [list(row) for row in heat.z] == [[0.9123], [None]] and list(heat.x) == ["default"]
+
+
+def test_the_normal_films_scores_are_on_a_log_odds_axis():
+    sets = {"internal": ([0, 0, 1], [0.5, 0.01, 0.9]), "outside": ([0, 1], [0.9, 0.99])}
+    fig = plots.normal_scores(sets, threshold=0.5)
+    internal, outside = fig.data
+    assert internal.name == "internal (2 normal films)" and outside.name.startswith("outside (1 ")
+    assert np.allclose(internal.x, [0.0, np.log(0.01 / 0.99)])
+    assert fig.layout.shapes[0].x0 == 0.0  # the threshold 0.5, at log-odds 0
+
+
 def test_run_progress_while_computing_features_has_a_bar_and_an_eta():
     status = {"status": "running", "phase": "computing features 300/1200", "progress": 0.25}
     assert runview.run_progress({**status, "eta_s": 95}, epochs=10) == (
@@ -478,3 +548,26 @@ def test_build_configs_checks_before_launching():
         forms.build_configs([], options)
     with pytest.raises(UserError, match="needs image size 224"):
         forms.build_configs(["vit_b_16"], {**options, "pretrained": True, "img_size": 128})
+
+
+def test_the_app_opens_on_home_with_three_first_steps_and_the_bundled_runs(bundled):
+    """A newcomer lands on Home (the default page, first in the sidebar): what CXR Lab is,
+    the bundled runs, and links to compare them, upload a film and train a quick model."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "CXR Lab"
+    links = {link.proto.label: link.proto for link in at.get("page_link")}
+    assert set(links) == {"Compare the bundled runs", "Upload a film", "Train a quick model"}
+    assert links["Compare the bundled runs"].page.endswith("compare")
+    assert "runs=bundled-tiny" in links["Compare the bundled runs"].query_string
+    assert not links["Compare the bundled runs"].disabled
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["bundled-tiny"] and table["val AUC"].notna().all()
+
+
+def test_home_on_a_fresh_machine_says_what_to_do(no_bundled):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("No bundled runs" in i.value for i in at.info)
+    links = {link.proto.label: link.proto for link in at.get("page_link")}
+    assert links["Compare the bundled runs"].disabled

@@ -27,7 +27,7 @@ from cxr_core.store.runs import ACTIVE, RunStore
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ARTIFACTS = ROOT / "test-artifacts"
-PAGES = {"runs": "Runs", "": "Data", "train": "Train", "compare": "Compare"}
+PAGES = {"runs": "Runs", "": "CXR Lab", "data": "Data", "train": "Train", "compare": "Compare"}
 PAGES |= {"predict": "Predict & explain", "about": "About CXR Lab", "sweeps": "Sweeps"}
 PAGES |= {"lesson": "A lesson on distribution shift"}
 WAIT_MS = 180_000  # generous: the CI machine may be busy training
@@ -94,7 +94,7 @@ def test_every_page_opens(browser, server):
         page = open_page(browser, server, path, title)
         nav = page.locator("[data-testid=stSidebarNav]")
         assert nav.get_by_text("Predict & explain").count() == 1  # st.navigation, not pages/
-        shot(page, f"page-{path or 'data'}")
+        shot(page, f"page-{path or 'home'}")
         page.close()
 
 

@@ -11,6 +11,8 @@ from conftest import ROOT, run_cli
 from cxr_core.store.bundle import SHARED_FILES, results_markdown
 from cxr_core.store.runs import Run, RunStore
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2/fp32 path by .ci/run
+
 BUNDLED = sorted(p for p in (ROOT / "checkpoints").iterdir() if (p / "config.json").exists())
 
 

@@ -28,6 +28,8 @@ from cxr_core.predict.inference import (
 from cxr_core.training.config import TrainConfig
 from cxr_core.training.runtime import build_network
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2/fp32 path by .ci/run
+
 CPU = torch.device("cpu")
 SIZE = 64
 """Every architecture's smallest size that keeps a CAM layer of 2x2 or finer."""
@@ -125,9 +127,23 @@ def test_scorecam_maps_the_bundled_efficientnet_in_few_forward_passes():
         heat = explain(model, pixels, "scorecam")
         hook.remove()
         assert heat.max() - heat.min() > 0.5
-        # One forward to predict, one for the activations, one for the blank input, and
-        # one per chosen channel in batches.
-        assert sum(calls) == 1 + 1 + 1 + channels
+        # One forward to predict, one for the activations, and one per chosen channel in
+        # batches.
+        assert sum(calls) == 1 + 1 + channels
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="needs ../shared/data/chest_xray")
+@pytest.mark.parametrize("run", ["small_cnn-scratch-128", "efficientnet_lite0-frozen-224"])
+def test_scorecam_maps_the_predicted_class_of_every_official_val_film(run):
+    """On Predict, ScoreCAM drew flat maps ("nan%") for these bundled runs: its weights were
+    gains over a blank input, which small_cnn calls PNEUMONIA, so every pneumonia map was
+    zero. Each of the 16 official val films now gets a map of its predicted class."""
+    model = load_model(ROOT / "checkpoints" / run)
+    films = sorted((SHARED_DATA / "val").glob("*/*.jpeg"))
+    assert len(films) == 16
+    for prediction in predict(model, films):
+        heat = explain(model, prediction.pixels.copy(), "scorecam", prediction.predicted)
+        assert not cam_checks.is_flat(heat)
 
 
 # --------------------------------------------------------------------------- shortcut measures
@@ -164,7 +180,18 @@ def test_maps_on_the_border_or_below_the_diaphragm_are_flagged_and_lung_maps_are
     assert shares.border == 0
     assert [f for f in cam_checks.shortcut_flags(shares) if "diaphragm" in f]
 
-    assert math.isnan(cam_checks.energy_share(np.zeros((size, size)), on_lungs > 0))
+
+def test_a_flat_map_has_no_shares_no_peak_and_no_flag():
+    """A constant map (the method found no evidence for the class) is not defined: its
+    shares and pointing game are None, never NaN (Predict showed "nan%")."""
+    zero = np.zeros((64, 64), np.float32)
+    assert cam_checks.is_flat(zero) and cam_checks.is_flat(np.full((8, 8), 0.5))
+    assert not cam_checks.is_flat(cam_checks.random_map(64, seed=0))
+    assert cam_checks.energy_share(zero, cam_checks.lung_fields(64)) is None
+    shares = cam_checks.shortcut_shares(zero)
+    assert shares == cam_checks.ShortcutShares(None, None, None)
+    assert cam_checks.shortcut_flags(shares) == []
+    assert cam_checks.pointing_hit(zero, np.ones((64, 64), bool)) is None
 
 
 def test_the_lung_prior_holds_the_synthetic_opacities():
@@ -217,7 +244,7 @@ def test_road_and_shares_for_a_tiny_run(tiny_run_dir):
     images = _split_files(tiny_run_dir, "val")[:4]
     check = cam_checks.check_run(model, images, "gradcam")
     assert check.images == 4 and len(check.per_image) == 4
-    for shares in [check.shares, *(c.shares for c in check.per_image)]:
+    for shares in [check.shares, *(c.shares for c in check.per_image if not c.flat)]:
         for value in vars(shares).values():
             assert 0 <= value <= 1
     for image in check.per_image:
@@ -228,10 +255,31 @@ def test_road_and_shares_for_a_tiny_run(tiny_run_dir):
             )
     assert check.road != check.road_random
     assert check.road.combined == pytest.approx(np.mean([c.road.combined for c in check.per_image]))
+
     assert json.loads(json.dumps(check.to_dict()))["images"] == 4
 
     quick = cam_checks.check_run(model, images[:2], "eigencam", with_road=False)
     assert quick.road is None and quick.per_image[0].road is None
+
+
+def test_a_network_with_no_evidence_gives_flat_maps_and_no_nan(tiny_run_dir):
+    """A real network whose head is zeroed finds no evidence for any class: every Grad-CAM
+    is flat, the run's shares and the opacity overlap are "not defined" (None) and counted
+    as flat maps, and the record holds no NaN (on an AVX2-only CPU a tiny fp32 run's maps
+    were flat, and its CAM check read nan)."""
+    model = load_model(tiny_run_dir)
+    with torch.no_grad():
+        for p in model.network.head.parameters():
+            p.zero_()
+    images = _split_files(tiny_run_dir, "val", label=1)[:2]
+    check = cam_checks.check_run(model, images, "gradcam", with_road=False)
+    assert check.flat_maps == 2 and all(c.flat for c in check.per_image)
+    assert check.shares == cam_checks.ShortcutShares(None, None, None)
+    json.dumps(check.to_dict(), allow_nan=False)
+    opacity = cam_checks.check_opacities(model, images)
+    assert opacity.opacity_share is None and opacity.flat_maps == opacity.images
+    assert opacity.hit_rate == 0
+    json.dumps(vars(opacity), allow_nan=False)
 
 
 def test_opacity_masks_of_synthetic_files(tiny_run_dir):

@@ -23,6 +23,7 @@ from conftest import cli_main, run_cli
 from PIL import Image
 
 from cxr_core import cli
+from cxr_core.cli.train import config_from_args
 from cxr_core.data.folders import scan
 from cxr_core.data.synthetic import MARKER
 from cxr_core.models.zoo import REGISTRY
@@ -102,7 +103,7 @@ def test_every_training_option_is_a_train_flag(opt):
     base = ["train", "--arch", "mlp", "--data", "synthetic:4"]
     flag = [f"--no-{opt.flag}"] if opt.type is bool else [f"--{opt.flag}", value]
     args = parser.parse_args(base + ([] if opt.name in ("arch", "data") else flag))
-    cfg = cli._config_from_args(args)
+    cfg = config_from_args(args)
     if opt.name not in ("arch", "data"):
         expected = False if opt.type is bool else opt.type(value)
         assert opt.get(cfg) == expected

@@ -17,7 +17,7 @@ from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 from test_browser import browser, open_page, shot  # noqa: F401 (a fixture)
 
-from cxr_core.analysis import report
+from cxr_core.analysis import comparison
 from cxr_core.errors import UserError
 from cxr_core.execution import scoring_jobs
 from cxr_core.predict import evalsets
@@ -100,12 +100,12 @@ def test_two_runs_every_metric_with_its_interval_and_a_paired_verdict(five):
     assert list(summary.columns) == ["run", *headline, *others, "threshold"]
     assert all(CI.match(v) for v in summary["accuracy"]), summary["accuracy"].tolist()
     assert all(re.match(r"^0\.\d{3} \(0\.\d{3}-[01]\.\d{3}\)$", v) for v in summary["AUC"])
-    sets = report.sets_on(runs, shared[0].key)
+    sets = comparison.sets_on(runs, shared[0].key)
     lo, hi = sets[chosen[0]].ci95()["accuracy"]
     assert summary["accuracy"][0].endswith(f"({100 * lo:.1f}-{100 * hi:.1f})")
 
     (verdict,) = [i.value for i in at.info if "Paired test" in i.value]
-    expected = report.paired(sets)[0]["verdict"]
+    expected = comparison.paired(sets)[0].verdict
     assert expected in verdict and "McNemar" in verdict
     assert len(at.get("download_button")) == 2  # the CSV table and the HTML report
 
@@ -172,7 +172,7 @@ def test_the_slider_moves_the_operating_point_and_never_the_run(five):
     assert sum(map(sum, after)) == sum(map(sum, before))
     assert any("Per 1000 children" in m.value and "missed" in m.value for m in at.markdown)
 
-    val = report.split_set(run, "val")
+    val = comparison.split_set(run, "val")
     wanted = choose_threshold(val.labels, val.probs, "sensitivity", target_sensitivity=0.95)
     (button,) = [b for b in at.button if b.label.startswith("95% sensitivity on val")]
     button.click().run()
@@ -193,9 +193,9 @@ def test_temperature_is_fitted_on_val_and_kept_beside_a_bundled_run(five, tmp_pa
     assert "ECE after" not in at.dataframe[1].value.columns
     next(b for b in at.button if b.label == "Fit a temperature on validation").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    saved = report.saved_temperature(run)
-    assert saved["fitted_on"] == report.split_set(run, "val").key
-    assert report.calibration_file(run).is_relative_to(RunStore().root)  # not checkpoints/
+    saved = run.calibration()
+    assert saved["fitted_on"] == comparison.split_set(run, "val").key
+    assert run.calibration_file.is_relative_to(RunStore().root)  # not checkpoints/
     assert not list((tmp_path / "bundled").rglob("calibration.json"))
     table = at.dataframe[1].value
     assert table.loc[table["run"] == run.id, "temperature"].item() == pytest.approx(

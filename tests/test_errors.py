@@ -162,8 +162,8 @@ def test_discordant_pairs_match_mcnemar_in_any_order():
     order = [5, 3, 1, 0, 4, 2]  # b scored the same images in another order
     b = _set(a.labels[order], probs_b[order], 0.5, [a.paths[i] for i in order])
     # a right, b wrong: 3, 4, 5 (b surest on 3; 4 and 5 tie); b right, a wrong: 0, 2
-    pairs = gallery.discordant(a, b)
-    test = stats.mcnemar_exact(*gallery.paired_correct(a, b))
+    pairs = mistakes.discordant(a, b)
+    test = stats.mcnemar_exact(*mistakes.paired_correct(a, b))
     assert (test["n10"], test["n01"]) == (3, 2)
     assert list(pairs.loc[pairs["right"] == "A", "file"]) == [a.paths[i] for i in (3, 4, 5)]
     assert list(pairs.loc[pairs["right"] == "B", "file"]) == [a.paths[i] for i in (0, 2)]
@@ -172,4 +172,4 @@ def test_discordant_pairs_match_mcnemar_in_any_order():
     assert (row["decision_a"], row["decision_b"]) == ("NORMAL", "PNEUMONIA")
     other = EvalSet("other", "x", "test", np.array([0]), np.array([0.1]), 0.5, ["a.jpeg"])
     with pytest.raises(UserError, match="different images"):
-        gallery.discordant(a, other)
+        mistakes.discordant(a, other)

@@ -110,7 +110,7 @@ def test_quick_preset_trains_on_cached_features():
 def test_resumed_optimizer_moments_keep_the_parameters_memory_format():
     """The fused optimizers pair a parameter and its moments by memory position: moments
     restored contiguous next to channels_last weights would update the wrong elements."""
-    from cxr_core.training import engine
+    from cxr_core.training import engine, optim, resume_state
 
     cfg = _config(arch="small_cnn", unfreeze_last=-1, epochs=2)
     data = load_data(cfg)
@@ -118,8 +118,8 @@ def test_resumed_optimizer_moments_keep_the_parameters_memory_format():
 
     def setup():
         network = runtime.build_network(cfg, device)
-        optimizer = engine.make_optimizer(cfg, network.model)
-        scheduler, unit = engine.make_scheduler(cfg, optimizer, len(data.rows["train"]) // 8)
+        optimizer = optim.make_optimizer(cfg, network.model)
+        scheduler, unit = optim.make_scheduler(cfg, optimizer, len(data.rows["train"]) // 8)
         return network, optimizer, scheduler, unit, torch.amp.GradScaler("cpu", enabled=False)
 
     straight = setup()
@@ -129,10 +129,10 @@ def test_resumed_optimizer_moments_keep_the_parameters_memory_format():
     engine.train_one_epoch(*first, data, cfg, device, 1)
     run = RunStore().create(cfg.to_dict(), "resume-layout")
     network, optimizer, scheduler, _, scaler = first
-    engine._save_resume_state(run, network, optimizer, scheduler, scaler, {"epoch": 1})
+    resume_state.save_resume_state(run, network, optimizer, scheduler, scaler, {"epoch": 1})
     resumed = setup()
     network, optimizer, scheduler, _, scaler = resumed
-    engine._load_resume_state(run, network, optimizer, scheduler, scaler)
+    resume_state.load_resume_state(run, network, optimizer, scheduler, scaler)
     for param in network.model.parameters():
         for moment in optimizer.state[param].values():
             if moment.shape == param.shape:

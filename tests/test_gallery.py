@@ -16,6 +16,7 @@ from appserver import settle, streamlit_app
 from streamlit.testing.v1 import AppTest
 from test_browser import browser, open_page, shot  # noqa: F401 (browser is a fixture)
 
+from cxr_core.analysis import mistakes
 from cxr_core.data.synthetic import make_synthetic_dataset
 from cxr_core.predict import evalsets
 from cxr_core.predict.inference import load_model
@@ -147,7 +148,7 @@ def test_disagreements_show_both_cams_and_mcnemar_counts(runs):
     # The same images at another threshold: the films between the two are discordant.
     threshold = float(np.median(evalset.probs))
     other = dataclasses.replace(evalset, threshold=threshold)
-    test = stats.mcnemar_exact(*gallery.paired_correct(evalset, other))
+    test = stats.mcnemar_exact(*mistakes.paired_correct(evalset, other))
     assert test["n01"] + test["n10"] > 0
     at = _app("disagreements", "tiny", "internal_test", "tiny2", threshold)
     summary = next(m.value for m in at.markdown if "McNemar" in m.value)

@@ -20,7 +20,8 @@ from cxr_core.models import weights_file
 from cxr_core.predict import input_guard
 from cxr_core.predict.ensembles import load_any
 from cxr_core.predict.inference import load_model
-from cxr_core.store.bundle import SHARED_FILES
+from cxr_core.store import records
+from cxr_core.store.bundle import export_run
 from cxr_core.store.runs import Run, RunStore
 
 BUNDLED = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if (p / "config.json").is_file())
@@ -71,7 +72,7 @@ def test_the_tiny_run_flags_each_probe_and_passes_its_own_films(tiny):
         assert not verdict.in_distribution, name
         assert verdict.message.startswith(input_guard.MESSAGE) and verdict.reasons, name
     # computed on first use from the run's validation films and kept beside its weights
-    assert (tiny.path / input_guard.GUARD_FILE).is_file()
+    assert (tiny.path / records.GUARD).is_file()
     assert input_guard.guard(tiny, _val_film(tiny).read_bytes()).in_distribution
 
 
@@ -84,7 +85,7 @@ def test_an_upload_stream_is_left_where_it_was(tiny):
 def test_a_stale_reference_is_not_used(tiny):
     model = load_model(tiny.path)
     input_guard.guard(model, _val_film(tiny).read_bytes())
-    file = tiny.path / input_guard.GUARD_FILE
+    file = tiny.path / records.GUARD
     old = input_guard.weights_digest(tiny.weights)
     assert input_guard.Reference.from_file(file, old) is not None
     state, meta = weights_file.load_weights(tiny.weights)
@@ -124,7 +125,7 @@ def test_bundled_runs_flag_the_probes_and_pass_real_films(run_id):
     model = load_any(run.path)
     members = getattr(model, "members", {run_id: model})
     for member in members.values():  # the shipped reference fits the shipped weights
-        file = member.source.parent / input_guard.GUARD_FILE
+        file = member.source.parent / records.GUARD
         assert file.stat().st_size < 2 * 2**20
         assert input_guard.Reference.from_file(file, input_guard.weights_digest(member.source))
     film = sorted((SHARED_DATA / "val" / "NORMAL").glob("*.jpeg"))[0]
@@ -142,8 +143,10 @@ def test_bundled_runs_flag_the_probes_and_pass_real_films(run_id):
         assert flagged <= 0.01 * len(verdicts), flagged
 
 
-def test_the_reference_travels_with_an_exported_run():
-    assert input_guard.GUARD_FILE in SHARED_FILES
+def test_the_reference_travels_with_an_exported_run(tiny, tmp_path):
+    input_guard.guard(tiny, _val_film(tiny).read_bytes())  # computed and kept
+    exported = export_run(tiny, tmp_path / "export")
+    assert (exported / records.GUARD).read_bytes() == (tiny.path / records.GUARD).read_bytes()
 
 
 def test_colour_is_measured_before_the_image_is_made_grey():
@@ -161,5 +164,5 @@ def test_a_bundled_run_keeps_its_computed_reference_in_its_overlay(
     monkeypatch.setenv("CXR_BUNDLED_DIR", str(tmp_path / "bundled"))
     run = RunStore().get("tiny")
     assert run.bundled and input_guard.guard(run, _val_film(run).read_bytes()).in_distribution
-    assert not (run.path / input_guard.GUARD_FILE).exists()  # checkpoints/ is never written
-    assert (run.overlay / input_guard.GUARD_FILE).is_file()
+    assert not (run.path / records.GUARD).exists()  # checkpoints/ is never written
+    assert (run.overlay / records.GUARD).is_file()

@@ -34,6 +34,8 @@ from cxr_core.data.synthetic import radiograph
 from cxr_core.predict.inference import explain, load_model, overlay, predict
 from pages.common.uploads import display_name
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2/fp32 path by .ci/run
+
 SESSIONS = 8
 PER_SESSION = 25  # 200 requests in all
 WARMUP = 5  # requests per session before the first memory reading

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import (
@@ -17,6 +20,8 @@ from cxr_core.scoring.metrics import (
     CATALOGUE,
     MetricInfo,
     choose_threshold,
+    decide,
+    decided_class,
     full_report,
     register_metric,
 )
@@ -132,3 +137,28 @@ def test_catalogue_metrics_are_nan_where_undefined_not_zero():
 def test_a_metric_is_registered_once():
     with pytest.raises(ValueError, match="twice"):
         register_metric(MetricInfo("accuracy", "again", CATALOGUE["accuracy"].compute, ""))
+
+
+def test_decide_is_at_or_above_the_threshold_for_arrays_and_scalars():
+    probs = np.array([0.1, 0.3, 0.30001, 0.9])
+    assert decide(probs, 0.3).tolist() == [0, 1, 1, 1]
+    assert decide(probs, 0.3).dtype.kind == "i"
+    assert int(decide(0.3, 0.3)) == 1 and int(decide(0.29, 0.3)) == 0
+    assert (decided_class(0.3, 0.3), decided_class(0.29, 0.3)) == ("PNEUMONIA", "NORMAL")
+    # float32 scores are compared in float32: 0.3 as float32 is the threshold 0.3 there
+    assert int(decide(np.float32(0.3), 0.3)) == 1
+    assert decide(np.array([0.3], dtype=np.float32), 0.3).tolist() == [1]
+
+
+def test_the_decision_rule_is_written_once():
+    """Counts, labels, galleries and badges all decide through :func:`decide`."""
+    root = Path(__file__).resolve().parents[1]
+    rule = re.compile(r"(>=|<)\s*[\w.]*(threshold|thr_\w)\b")
+    found = [
+        f"{path.relative_to(root)}:{n}"
+        for folder in ("cxr_core", "pages")
+        for path in sorted((root / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if rule.search(line)
+    ]
+    assert [f.split(":")[0] for f in found] == ["cxr_core/scoring/metrics.py"], found

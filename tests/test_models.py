@@ -172,7 +172,7 @@ def test_unknown_arch_and_impossible_options_are_user_errors():
         create_network("resnet9")
     with pytest.raises(UserError, match="no pretrained weights"):
         create_network("small_cnn", pretrained=True)
-    with pytest.raises(UserError, match="needs --img-size 224"):
+    with pytest.raises(UserError, match="needs image size 224"):
         create_network("vit_b_16", pretrained=True, img_size=128)
     with pytest.raises(UserError, match=r"outside 32\.\.512"):
         create_network("small_cnn", img_size=16)

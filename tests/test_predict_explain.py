@@ -18,6 +18,8 @@ from cxr_core.predict import cam_checks
 from cxr_core.predict.inference import explain, load_model, predict
 from pages.views import cam
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2/fp32 path by .ci/run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

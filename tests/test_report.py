@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_cli
 from test_browser import ARTIFACTS, browser  # noqa: F401 (a fixture)
 
-from cxr_core.analysis import report
+from cxr_core.analysis import comparison, html_report
 from cxr_core.errors import UserError
 from cxr_core.execution.scoring_jobs import target
-from cxr_core.predict import evalsets
-from cxr_core.store.runs import RunStore
+from cxr_core.predict import ensembles, evalsets
+from cxr_core.store.runs import Run, RunStore
 
 CHECKPOINTS = ROOT / "checkpoints"
 THREE = ["efficientnet_lite0-frozen-224", "mlp-scratch-64", "small_cnn-scratch-128"]
@@ -65,8 +66,8 @@ def test_the_cli_report_says_it_all_in_one_file(three, tmp_path):
 def test_the_report_opens_offline_with_every_chart_drawn(three, tmp_path, browser):  # noqa: F811
     out = tmp_path / "report.html"
     runs = [RunStore().get(i) for i in three]
-    sets = report.sets_on(runs, evalsets.shared_sets(runs)[0].key)
-    text = report.write_report(runs, sets, out).read_text()
+    sets = comparison.sets_on(runs, evalsets.shared_sets(runs)[0].key)
+    text = html_report.write_report(runs, sets, out).read_text()
     context = browser.new_context(offline=True, viewport={"width": 1300, "height": 1000})
     page = context.new_page()
     requests: list[str] = []
@@ -113,31 +114,31 @@ def test_report_mistakes_are_one_line_and_write_nothing(three, tmp_path):
     shared = evalsets.shared_sets(runs)
     mixed = {
         runs[0].id: shared[0],
-        runs[1].id: report.sets_on(runs[1:2], shared[1].key)[runs[1].id],
+        runs[1].id: comparison.sets_on(runs[1:2], shared[1].key)[runs[1].id],
     }
     with pytest.raises(UserError, match="same images"):
-        report.html_report(runs[:2], mixed)
+        html_report.html_report(runs[:2], mixed)
     with pytest.raises(UserError, match="is a folder"):
-        report.write_report(runs, report.sets_on(runs, shared[0].key), tmp_path)
+        html_report.write_report(runs, comparison.sets_on(runs, shared[0].key), tmp_path)
 
 
 def test_operating_points_and_calibration_come_from_validation(three):
     run = RunStore().get(three[0])
-    compared = report.split_set(run, "internal_test")
-    points = report.operating_points(run, compared)
+    compared = comparison.split_set(run, "internal_test")
+    points = comparison.operating_points(run, compared)
     assert points["threshold"].iloc[0] == "run's threshold"
     assert points["value"].iloc[0] == pytest.approx(run.evaluation()["threshold"], abs=1e-4)
-    point = report.operating_point(compared, 0.5)
+    point = comparison.operating_point(compared, 0.5)
     (_, fp), (fn, tp) = point["confusion"]
     assert point["missed_per_1000"] == pytest.approx(1000 * fn / compared.n)
     assert point["false_alarms_per_1000"] == pytest.approx(1000 * fp / compared.n)
     assert point["sensitivity"] == pytest.approx(tp / (tp + fn))
 
-    saved = report.fit_temperature(run)
-    assert saved["fitted_on"] == report.split_set(run, "val").key
-    assert report.calibration_file(run).is_relative_to(RunStore().root)
+    saved = comparison.fit_temperature(run)
+    assert saved["fitted_on"] == comparison.split_set(run, "val").key
+    assert run.calibration_file.is_relative_to(RunStore().root)
     assert not (CHECKPOINTS / run.id / "calibration.json").exists()
-    summary = report.calibration_summary(compared, saved["temperature"])
+    summary = comparison.calibration_summary(compared, saved["temperature"])
     assert summary["after"]["brier"] != summary["before"]["brier"]
     assert sum(b["count"] for b in summary["before"]["bins"]) == compared.n
 
@@ -149,5 +150,42 @@ def test_a_run_without_validation_scores_gets_no_temperature(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     with pytest.raises(UserError, match="no validation scores"):
-        report.fit_temperature(Run(folder))
+        comparison.fit_temperature(Run(folder))
     assert not Path(folder / "calibration.json").exists()
+
+
+def test_the_report_builds_for_every_kind_of_run(tmp_path, monkeypatch, tiny_run_dir):
+    """A trained run, a bundled one, an ensemble made in the app (no command: the Download
+    report button did nothing for it), a sweep point and a quantized run, in one report."""
+    bundled = tmp_path / "bundled"
+    shutil.copytree(tiny_run_dir, bundled / "bundled-tiny")
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(bundled))
+    store = RunStore(tmp_path / "runs")
+    for name in ("trained", "point", "quantized"):
+        shutil.copytree(tiny_run_dir, store.root / name)
+    point = store.get("point")
+    point.save_config({**point.config(), "command": None, "sweep": {"id": "s", "seed": 0}})
+    result = run_cli("--runs-dir", str(store.root), "quantize", "quantized", "--precision", "fp16")
+    assert result.returncode == 0, result.stderr
+    made = ensembles.create(store, ["trained", "bundled-tiny"], owner="someone")
+    assert made.config().get("command") is None
+    runs = [store.get(r) for r in ("trained", "bundled-tiny", made.id, "point", "quantized")]
+    shared = evalsets.shared_sets(runs)
+    assert shared, "copies of one run share its validation split"
+    text = html_report.html_report(runs, comparison.sets_on(runs, shared[0].key))
+    assert all(f"<h3>{run.id}</h3>" in text for run in runs)
+    assert text.count("Made in the app (no command line).") == 2  # the ensemble, the point
+    assert "quantize quantized" in text
+
+
+def test_the_published_reference_is_drawn_on_real_films_only(three, tiny_run_dir):
+    """Kermany et al.'s point belongs beside runs scored on real chest films (a bundled run's
+    internal split, whose folder need not be on this machine), never on the synthetic set."""
+    real = RunStore().get(three[0])
+    internal = next(s for s in evalsets.run_sets(real).values() if s.split == "internal_test")
+    assert comparison.shows_reference(internal)
+    synthetic = next(iter(evalsets.run_sets(Run(tiny_run_dir)).values()))
+    assert not comparison.shows_reference(synthetic)
+    assert not comparison.shows_reference(replace(synthetic, root=None))  # by its files' names
+    text = html_report.html_report([real], {real.id: internal})
+    assert "Kermany et al. 2018" in text

@@ -360,19 +360,19 @@ def test_paired_comparison_reports_both_tests_and_names_the_better_run():
         "roc_auc_diff",
         "roc_auc_diff_ci95",
         "delong_p",
-    } <= result.keys()
+    } <= result.to_dict().keys()
     delong = stats.delong_test(labels, worse, better)
-    assert result["roc_auc_diff"] == delong["diff"] < 0
-    assert result["roc_auc_diff_ci95"] == delong["diff_ci95"]
-    assert result["delong_p"] == delong["p"] < 0.05
+    assert result.roc_auc_diff == delong["diff"] < 0
+    assert result.roc_auc_diff_ci95 == delong["diff_ci95"]
+    assert result.delong_p == delong["p"] < 0.05
     correct_a, correct_b = (worse >= 0.5) == labels, (better >= 0.5) == labels
-    assert result["mcnemar_p"] == stats.mcnemar_exact(correct_a, correct_b)["p"]
-    assert result["accuracy_diff"] == pytest.approx(correct_a.mean() - correct_b.mean())
-    assert result["n"] == 400
+    assert result.mcnemar_p == stats.mcnemar_exact(correct_a, correct_b)["p"]
+    assert result.accuracy_diff == pytest.approx(correct_a.mean() - correct_b.mean())
+    assert result.n == 400
     # B is better: the verdict names it and turns the CI round to a positive gain.
     lo, hi = delong["diff_ci95"]
     gain = stats.format_ci(-delong["diff"], (-hi, -lo), percent=False)
-    assert result["verdict"].startswith(f"big: AUC higher by {gain}, p ")
+    assert result.verdict.startswith(f"big: AUC higher by {gain}, p ")
 
 
 def test_paired_comparison_of_near_identical_runs_finds_no_evidence():
@@ -380,9 +380,9 @@ def test_paired_comparison_of_near_identical_runs_finds_no_evidence():
     rng = np.random.default_rng(1)
     jittered = np.clip(better + rng.normal(0, 0.01, len(better)), 0, 1)
     result = stats.paired_comparison(labels, better, 0.5, jittered, 0.5)
-    assert result["delong_p"] > 0.05 and result["mcnemar_p"] > 0.05
-    assert "AUC: no evidence of a difference (p = " in result["verdict"]
-    assert "accuracy: no evidence of a difference (McNemar p = " in result["verdict"]
+    assert result.delong_p > 0.05 and result.mcnemar_p > 0.05
+    assert "AUC: no evidence of a difference (p = " in result.verdict
+    assert "accuracy: no evidence of a difference (McNemar p = " in result.verdict
 
 
 def test_pairwise_table_holm_corrects_across_all_pairs():
@@ -391,17 +391,36 @@ def test_pairwise_table_holm_corrects_across_all_pairs():
     probs = {"a": better, "b": middle, "c": worse}
     thresholds = {"a": 0.5, "b": 0.45, "c": 0.55}
     rows = stats.pairwise_table(["a", "b", "c"], labels, probs, thresholds)
-    assert [(r["a"], r["b"]) for r in rows] == list(combinations("abc", 2))
+    assert [(r.a, r.b) for r in rows] == list(combinations("abc", 2))
     for row in rows:
         single = stats.paired_comparison(
-            labels, probs[row["a"]], thresholds[row["a"]], probs[row["b"]], thresholds[row["b"]]
+            labels, probs[row.a], thresholds[row.a], probs[row.b], thresholds[row.b]
         )
-        assert row["delong_p"] == single["delong_p"]
-        assert row["mcnemar_p"] == single["mcnemar_p"]
-        assert "Holm-adjusted p" in row["verdict"]
-    assert [r["delong_p_holm"] for r in rows] == stats.holm([r["delong_p"] for r in rows])
-    assert [r["mcnemar_p_holm"] for r in rows] == stats.holm([r["mcnemar_p"] for r in rows])
-    assert all(r["delong_p_holm"] >= r["delong_p"] for r in rows)
+        assert row.delong_p == single.delong_p
+        assert row.mcnemar_p == single.mcnemar_p
+        assert "Holm-adjusted p" in row.verdict
+    assert [r.delong_p_holm for r in rows] == stats.holm([r.delong_p for r in rows])
+    assert [r.mcnemar_p_holm for r in rows] == stats.holm([r.mcnemar_p for r in rows])
+    assert all(r.delong_p_holm >= r.delong_p for r in rows)
+    assert list(rows[0].to_dict()) == [
+        "a",
+        "b",
+        "n",
+        "accuracy_a",
+        "accuracy_b",
+        "accuracy_diff",
+        "n01",
+        "n10",
+        "mcnemar_p",
+        "roc_auc_a",
+        "roc_auc_b",
+        "roc_auc_diff",
+        "roc_auc_diff_ci95",
+        "delong_p",
+        "verdict",
+        "mcnemar_p_holm",
+        "delong_p_holm",
+    ]
     with pytest.raises(UserError, match="only once"):
         stats.pairwise_table(["a", "a"], labels, probs, thresholds)
     with pytest.raises(UserError, match="no probabilities or threshold for: d"):

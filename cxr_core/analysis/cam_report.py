@@ -1,5 +1,5 @@
-"""A run's CAM checks on an evaluation set, computed once and kept beside the run, and the
-``cam-check`` CLI verb that prints them.
+"""A run's CAM checks on an evaluation set, computed once and kept beside the run, as the
+``cam-check`` verb (:mod:`cxr_core.cli.evaluate`) prints them.
 
 :func:`cxr_core.predict.cam_checks.check_run` costs about 4 s per image at 224 px with ROAD, so a
 run is checked on a small deterministic sample of the set (the same images for every run
@@ -11,11 +11,8 @@ overlap of the CAMs with the true opacities is kept too.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +32,7 @@ from cxr_core.predict.cam_checks import (
     check_run,
     shortcut_shares,
 )
-from cxr_core.predict.ensembles import Ensemble, load_any, load_chosen
+from cxr_core.predict.ensembles import Ensemble, load_any
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.predict.inference import CAM_METHODS, LoadedModel
 from cxr_core.settings import CLASSES
@@ -100,13 +97,14 @@ class CamReport:
             RunCheck(
                 check["method"],
                 int(check["images"]),
-                ShortcutShares(**check["shares"]),
+                _shares(check["shares"]),
                 _road(check["road"]),
                 _road(check["road_random"]),
                 list(check["flags"]),
                 [_image_check(c) for c in check["per_image"]],
+                int(check.get("flat_maps", 0)),
             ),
-            OpacityCheck(**data["opacity"]) if data.get("opacity") else None,
+            _opacity(data.get("opacity")),
             float(data["seconds"]),
             float(data["created"]),
         )
@@ -116,15 +114,33 @@ def _road(data: dict | None) -> RoadScores | None:
     return RoadScores(**data) if data else None
 
 
+def _defined(value: float | None) -> float | None:
+    """A share as records now keep it: None where it is not defined (records written
+    before flat maps were told apart hold NaN there)."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _shares(data: dict) -> ShortcutShares:
+    return ShortcutShares(**{k: _defined(v) for k, v in data.items()})
+
+
+def _opacity(data: dict | None) -> OpacityCheck | None:
+    return (
+        OpacityCheck(**{**data, "opacity_share": _defined(data["opacity_share"])}) if data else None
+    )
+
+
 def _image_check(data: dict) -> ImageCheck:
+    shares = _shares(data["shares"])
     return ImageCheck(
         data["method"],
         int(data["target"]),
-        ShortcutShares(**data["shares"]),
+        shares,
         _road(data["road"]),
         _road(data["road_random"]),
-        data["opacity_share"],
+        _defined(data["opacity_share"]),
         data["hit"],
+        data.get("flat", shares.border is None),
     )
 
 
@@ -208,7 +224,7 @@ def check_set(
 def report_file(run: Run, set_key: str, method: str, n: int) -> Path:
     """Beside the run's added evaluation sets (a bundled run's in the writable store, so
     checkpoints/ is never written), one file per set, method and sample size."""
-    return run.evaluations_dir.parent / "cam_checks" / f"{set_key}-{method}-{n}.json"
+    return run.cam_check_file(set_key, method, n)
 
 
 def saved(
@@ -255,8 +271,8 @@ def expected_seconds(n: int, img_size: int, with_road: bool = True) -> float:
 # --------------------------------------------------------------------------- CLI
 
 
-def _percent(value: float) -> str:
-    return f"{value:.0%}" if math.isfinite(value) else "n/a"
+def _percent(value: float | None) -> str:
+    return "not defined" if value is None or not math.isfinite(value) else f"{value:.0%}"
 
 
 def summary_lines(report: CamReport) -> list[str]:
@@ -267,7 +283,7 @@ def summary_lines(report: CamReport) -> list[str]:
         f"{report.method} at {report.img_size} px on {check.images} images "
         f"({counts[0]} {CLASSES[0]}, {counts[1]} {CLASSES[1]}) sampled from {report.set_name}; "
         "the predicted class explained",
-        f"  {'mean share of CAM energy':28s} {'run':>5s} {'flat map':>9s}",
+        f"  {'mean share of CAM energy':28s} {'run':>11s} {'flat map':>9s}",
     ]
     for label, field in (
         ("border (outer 10%)", "border"),
@@ -275,7 +291,7 @@ def summary_lines(report: CamReport) -> list[str]:
         ("below the diaphragm", "below_diaphragm"),
     ):
         lines.append(
-            f"  {label:28s} {_percent(getattr(check.shares, field)):>5s} "
+            f"  {label:28s} {_percent(getattr(check.shares, field)):>11s} "
             f"{_percent(getattr(flat, field)):>9s}"
         )
     if check.road is not None and check.road_random is not None:
@@ -293,69 +309,13 @@ def summary_lines(report: CamReport) -> list[str]:
             f"true opacity (it covers {_percent(o.opacity_area)}), the peak on it in "
             f"{round(o.hit_rate * o.images)} of {o.images} pneumonia films"
         )
+    if check.flat_maps:
+        lines.append(
+            f"  {check.flat_maps} of {check.images} maps were empty: {report.method} found no "
+            "evidence for the explained class there (left out of the means; try another method)"
+        )
     lines += [f"  flag: {flag}" for flag in check.flags] or ["  no shortcut flag"]
     lines.append(
         "  (the lung fields are a fixed prior for a centred frontal film, not a segmentation)"
     )
     return lines
-
-
-def cmd_cam_check(args: argparse.Namespace, scored_set: Callable) -> int:
-    if args.images < 1:
-        raise UserError(f"--images must be at least 1, not {args.images}")
-    run, model = load_chosen(args.runs_dir, args.run, args.checkpoint, args.device)
-    evalset = scored_set(args.data, args.split, model)
-    with_road = not args.no_road
-    file = None
-    if run is not None:
-        report, computed = checked(run, evalset, args.method, args.images, with_road, model)
-        file = report_file(run, evalset.key, args.method, args.images)
-    else:
-        report, computed = check_set(model, evalset, args.method, args.images, with_road), True
-    if args.json:
-        out = {
-            "checkpoint": str(model.source),
-            "split": args.split,
-            "fingerprint": evalset.key,
-            "computed": computed,
-            "file": str(file) if file else None,
-            **report.to_json(),
-        }
-        print(json.dumps(out, indent=1))
-        return 0
-    print("\n".join(summary_lines(report)))
-    if file is None:
-        print(f"computed in {report.seconds:.0f} s; not kept (give --run ID to keep it)")
-    elif computed:
-        print(f"computed in {report.seconds:.0f} s, kept in {file}")
-    else:
-        print(f"read back from {file} (computed in {report.seconds:.0f} s)")
-    return 0
-
-
-def add_cam_check_parser(
-    subparsers: argparse._SubParsersAction,
-    add_scoring_options: Callable[[argparse.ArgumentParser], None],
-    scored_set: Callable,
-) -> None:
-    """Register ``cam-check``; cli.py hands over its scoring options and the function that
-    scores a model on a folder, so the set is the very one ``evaluate`` sees."""
-    p = subparsers.add_parser(
-        "cam-check",
-        help="where a run's CAMs look and whether they are faithful, on a sample of a set",
-        description="On a sample of the set (half of each class), the mean share of CAM "
-        "energy in the image border, outside the lung fields and below the diaphragm, ROAD "
-        "faithfulness against a random map, shortcut flags, and on synthetic sets the "
-        "overlap with the known opacities. With --run the result is kept beside the run "
-        "and read back next time.",
-    )
-    p.add_argument("--run")
-    p.add_argument("--checkpoint")
-    add_scoring_options(p)
-    p.add_argument("--method", default="gradcam", choices=list(CAM_METHODS))
-    p.add_argument("--images", type=int, default=SAMPLE, help="sample size (default 16)")
-    p.add_argument(
-        "--no-road", action="store_true", help="skip ROAD (about 4 s per image at 224 px)"
-    )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lambda args: cmd_cam_check(args, scored_set))

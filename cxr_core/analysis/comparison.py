@@ -1,14 +1,52 @@
-"""Runs side by side on one evaluation set, shared by the CLI's ``compare``, the Compare
-page and the report: what each run is, what it costs, and every catalogue metric with its
-patient-bootstrap 95% interval."""
+"""Runs side by side on one image set, shared by the CLI's ``compare``, the Compare page
+and the report: what each run is and costs, each metric with its patient-bootstrap 95%
+interval, paired tests, operating points chosen on validation, the calibration (and a
+temperature fitted on validation, kept beside the run), the shift from the internal split
+to an outside set.
+
+Nothing here is fitted or chosen on the set being compared: thresholds and temperatures
+come from each run's own validation split.
+"""
 
 from __future__ import annotations
 
+import math
+import time
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
-from cxr_core.predict.evalsets import EvalSet
-from cxr_core.scoring.metrics import CATALOGUE
+from cxr_core.data.synthetic import is_synthetic, synthetic_names
+from cxr_core.errors import UserError
+from cxr_core.predict.evalsets import EvalSet, run_sets
+from cxr_core.scoring import calibration, stats
+from cxr_core.scoring.metrics import CATALOGUE, choose_threshold, confusion, full_report
+from cxr_core.store.records import Calibration
 from cxr_core.store.runs import Run
+
+VAL_THRESHOLDS = {
+    "Youden's J": {"method": "youden"},
+    "95% sensitivity": {"method": "sensitivity", "target_sensitivity": 0.95},
+    "90% specificity": {"method": "specificity", "target_specificity": 0.90},
+}
+"""Thresholds a run may be given, each chosen on its own validation scores."""
+
+HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
+"""The metrics of the shift table and the default forest plot."""
+
+FACT_LABELS = {
+    "run": "run",
+    "arch": "architecture",
+    "pretrained": "ImageNet weights",
+    "img_size": "image px",
+    "params_M": "parameters (M)",
+    "size_mb": "weights (MB)",
+    "train_min": "training (min)",
+    "best_epoch": "best epoch",
+    "latency_ms": "latency (ms/image)",
+}
+"""The columns of :func:`run_facts` as people read them."""
 
 
 def run_facts(run: Run) -> dict:
@@ -40,3 +78,285 @@ def compare_table(runs: list[Run], sets: dict[str, EvalSet]) -> pd.DataFrame:
             row |= {key: values[key], f"{key}_lo": lo, f"{key}_hi": hi}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- sets
+
+_SETS: dict[Path, tuple[tuple, dict[str, EvalSet]]] = {}
+
+
+def scored_sets(run: Run) -> dict[str, EvalSet]:
+    """:func:`run_sets`, read again only when one of the run's records changed: a page
+    asks for them many times per rerun, and each read parses every record (evaluation.json
+    alone is 140 KB). The sets are shared: read them, never change them."""
+    files = run.record_files()
+    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists())
+    cached = _SETS.get(run.path)
+    if cached is None or cached[0] != stamp:
+        if len(_SETS) > 256:
+            _SETS.clear()
+        cached = _SETS[run.path] = (stamp, run_sets(run))
+    return cached[1]
+
+
+def sets_on(runs: list[Run], key: str) -> dict[str, EvalSet]:
+    """Each run's scores on the image set ``key`` (by run id); a UserError names the runs
+    never scored on it."""
+    found = {r.id: scored_sets(r).get(key) for r in runs}
+    missing = [i for i, s in found.items() if s is None]
+    if missing:
+        raise UserError(f"not scored on that image set: {', '.join(missing)}")
+    return found
+
+
+def split_set(run: Run, split: str) -> EvalSet | None:
+    """The run's scores on one of its own splits ("val", "internal_test"), or None."""
+    found = [s for s in scored_sets(run).values() if s.split == split]
+    return max(found, key=lambda s: s.n) if found else None
+
+
+def outside_set(run: Run, prefer: str | None = None) -> EvalSet | None:
+    """The run's scores on images from outside its training folder's split: the set
+    ``prefer`` when it is one, else the biggest (the 16-film official val/ only when there
+    is nothing else); None when it has none."""
+    outside = [s for s in scored_sets(run).values() if not s.internal]
+    for s in outside:
+        if s.key == prefer:
+            return s
+    return max(outside, key=lambda s: (s.split != "official_val", s.n), default=None)
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def readable_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`compare_table` as people read it: one column per catalogue metric, named
+    by its label, holding "91.2% (88.9-93.3)"; the headline metrics first (on a narrow
+    screen the last columns are the ones scrolled out of sight)."""
+    out = pd.DataFrame({"run": table["run"]})
+    for key in dict.fromkeys([*HEADLINE, *CATALOGUE]):
+        info = CATALOGUE[key]
+        out[info.label] = [
+            stats.format_ci(r[key], (r[f"{key}_lo"], r[f"{key}_hi"]), info.percent)
+            for r in table.to_dict("records")
+        ]
+    out["threshold"] = table["threshold"].round(3)
+    return out
+
+
+def paired(sets: dict[str, EvalSet]) -> list[stats.PairedResult]:
+    """Every pair of runs on the same images: McNemar, DeLong and a verdict (Holm-adjusted
+    over the pairs when there are more than one)."""
+    first = next(iter(sets.values()))
+    return stats.pairwise_table(
+        list(sets),
+        first.labels,
+        {i: s.probs for i, s in sets.items()},
+        {i: s.threshold for i, s in sets.items()},
+    )
+
+
+def pairs_table(pairs: list[stats.PairedResult]) -> pd.DataFrame:
+    """The pairwise comparisons as a readable table (differences are a - b)."""
+    holm = len(pairs) > 1
+    suffix = " (Holm)" if holm else ""
+    rows = []
+    for p in pairs:
+        mcnemar_p, delong_p = p.p_values(adjusted=holm)
+        rows.append(
+            {
+                "a": p.a,
+                "b": p.b,
+                "accuracy a - b": f"{100 * p.accuracy_diff:+.1f} points",
+                f"McNemar p{suffix}": stats.format_p(mcnemar_p),
+                "AUC a - b": stats.format_ci(p.roc_auc_diff, p.roc_auc_diff_ci95, percent=False),
+                f"DeLong p{suffix}": stats.format_p(delong_p),
+                "verdict": p.verdict,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def curve_report(evalset: EvalSet) -> dict:
+    """What the ROC/PR charts and the per-class report draw for one set."""
+    return full_report(evalset.labels, evalset.probs, evalset.threshold)
+
+
+def operating_point(evalset: EvalSet, threshold: float) -> dict:
+    """The decisions at ``threshold`` on ``evalset``: confusion matrix, the rates, and per
+    1000 children at the set's prevalence how many pneumonias are missed and how many
+    normal films are called pneumonia."""
+    (tn, fp), (fn, tp) = confusion(evalset.labels, evalset.probs, threshold)
+    values = evalset.metrics(threshold)
+    n = max(evalset.n, 1)
+    return {
+        "threshold": threshold,
+        "confusion": [[tn, fp], [fn, tp]],
+        "accuracy": values["accuracy"],
+        "sensitivity": values["sensitivity"],
+        "specificity": values["specificity"],
+        "PPV": values["precision"],
+        "NPV": values["npv"],
+        "prevalence": float(np.mean(evalset.labels)) if evalset.n else math.nan,
+        "missed_per_1000": 1000 * fn / n,
+        "false_alarms_per_1000": 1000 * fp / n,
+    }
+
+
+def val_thresholds(run: Run) -> dict[str, float]:
+    """The thresholds of :data:`VAL_THRESHOLDS`, chosen on the run's validation scores;
+    empty when the run kept none."""
+    val = split_set(run, "val")
+    if val is None or len(np.unique(val.labels)) < 2:
+        return {}
+    return {
+        name: choose_threshold(val.labels, val.probs, **kwargs)
+        for name, kwargs in VAL_THRESHOLDS.items()
+    }
+
+
+def operating_points(run: Run, evalset: EvalSet) -> pd.DataFrame:
+    """Where the run's own threshold and each validation-chosen one land on ``evalset``."""
+    marks = {"run's threshold": evalset.threshold} | {
+        f"{name} on val": t for name, t in val_thresholds(run).items()
+    }
+    rows = []
+    for name, threshold in marks.items():
+        point = operating_point(evalset, threshold)
+        rows.append(
+            {
+                "threshold": name,
+                "value": round(threshold, 4),
+                **{k: _pct(point[k]) for k in ("sensitivity", "specificity", "PPV", "NPV")},
+                "missed / 1000": round(point["missed_per_1000"]),
+                "false alarms / 1000": round(point["false_alarms_per_1000"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def shift_frame(internal: EvalSet, outside: EvalSet) -> pd.DataFrame:
+    """The same run on its internal test split and on an outside set: per headline metric
+    and set (``where``: internal or outside; ``name``), its ``value``, ``lo`` and ``hi``."""
+    rows = []
+    for where, evalset in (("internal", internal), ("outside", outside)):
+        values, ci = evalset.metrics(), evalset.ci95()
+        for key in HEADLINE:
+            lo, hi = ci[key]
+            rows.append(
+                {
+                    "metric": key,
+                    "where": where,
+                    "name": evalset.name,
+                    "value": values[key],
+                    "lo": lo,
+                    "hi": hi,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def shift_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`shift_frame` as people read it: per metric, both sets (named in the column
+    headers) with their intervals, and the gap."""
+    rows = []
+    for key in HEADLINE:
+        info = CATALOGUE[key]
+        both = frame[frame["metric"] == key].set_index("where")
+        row = {"metric": info.label}
+        for where in ("internal", "outside"):
+            r = both.loc[where]
+            row[r["name"]] = stats.format_ci(r["value"], (r["lo"], r["hi"]), info.percent)
+        gap = both.loc["outside", "value"] - both.loc["internal", "value"]
+        row["gap"] = f"{100 * gap:+.1f} points" if info.percent else f"{gap:+.3f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def shifts(runs: list[Run], compared: EvalSet) -> dict[str, pd.DataFrame]:
+    """:func:`shift_frame` of each run that has both an internal test split and an outside
+    set (the compared one when it is outside)."""
+    out = {}
+    for run in runs:
+        internal, outside = split_set(run, "internal_test"), outside_set(run, compared.key)
+        if internal is not None and outside is not None:
+            out[run.id] = shift_frame(internal, outside)
+    return out
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%" if math.isfinite(value) else "n/a"
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def fit_temperature(run: Run) -> Calibration:
+    """Fit a temperature on the run's VALIDATION scores (never a test set) and keep it
+    beside the run; the saved run, its weights and threshold are unchanged."""
+    val = split_set(run, "val")
+    if val is None:
+        raise UserError(f"run {run.id} kept no validation scores to fit a temperature on")
+    record: Calibration = {
+        "temperature": calibration.fit_temperature(val.labels, val.probs),
+        "fitted_on": val.key,
+        "split": val.split,
+        "n": val.n,
+        "created": time.time(),
+    }
+    run.save_calibration(record)
+    return record
+
+
+def calibration_summary(evalset: EvalSet, temperature: float | None = None) -> dict:
+    """Reliability bins, ECE and Brier score of ``evalset``, and the same after
+    temperature scaling when a temperature is given (under ``after``)."""
+
+    def assess(probs: np.ndarray) -> dict:
+        return {
+            "bins": calibration.reliability_bins(evalset.labels, probs),
+            "ece": calibration.expected_calibration_error(evalset.labels, probs),
+            "brier": calibration.brier_score(evalset.labels, probs),
+        }
+
+    out = {"before": assess(evalset.probs)}
+    if temperature is not None:
+        out["temperature"] = temperature
+        out["after"] = assess(calibration.apply_temperature(evalset.probs, temperature))
+    return out
+
+
+def calibration_summaries(runs: list[Run], sets: dict[str, EvalSet]) -> dict[str, dict]:
+    """:func:`calibration_summary` of each run on its set in ``sets`` (by run id), after
+    its saved temperature when it has one."""
+    out = {}
+    for run in runs:
+        saved = run.calibration()
+        out[run.id] = calibration_summary(sets[run.id], saved and saved["temperature"])
+    return out
+
+
+def calibration_table(summaries: dict[str, dict]) -> pd.DataFrame:
+    """One row per run of :func:`calibration_summaries`: ECE and Brier, and the temperature
+    with ECE and Brier after it for the runs that have one."""
+    rows = []
+    for run_id, summary in summaries.items():
+        row = {"run": run_id, "ECE": summary["before"]["ece"], "Brier": summary["before"]["brier"]}
+        if "after" in summary:
+            row |= {
+                "temperature": summary["temperature"],
+                "ECE after": summary["after"]["ece"],
+                "Brier after": summary["after"]["brier"],
+            }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def shows_reference(evalset: EvalSet) -> bool:
+    """Whether the published reference point (Kermany et al. on the official test split) may
+    be drawn beside runs scored on ``evalset``: only on real, labelled chest films, never on
+    the synthetic demo set (its marker file, or its files' names where the folder is not
+    here, as for a bundled run scored on another machine)."""
+    if evalset.root is not None and Path(evalset.root).is_dir():
+        return not is_synthetic(Path(evalset.root))
+    return not synthetic_names(evalset.paths)

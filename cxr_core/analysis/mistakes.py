@@ -1,5 +1,5 @@
-"""The images a run gets wrong on an evaluation set, most confident first, and the
-``errors`` CLI verb that lists them.
+"""The images a run gets wrong on an evaluation set, most confident first, as the
+``errors`` verb (:mod:`cxr_core.cli.evaluate`) lists them.
 
 Decisions are the metrics' own (PNEUMONIA when the probability is at or above the run's
 threshold), so the number of mistakes is always the off-diagonal of the confusion matrix
@@ -8,14 +8,14 @@ threshold), so the number of mistakes is always the off-diagonal of the confusio
 
 from __future__ import annotations
 
-import argparse
-import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from cxr_core.errors import UserError
 from cxr_core.predict.evalsets import EvalSet
+from cxr_core.scoring.metrics import decide
 from cxr_core.settings import CLASSES
 
 _EPS = 1e-7
@@ -23,7 +23,7 @@ _EPS = 1e-7
 
 def decisions(evalset: EvalSet) -> np.ndarray:
     """1 (PNEUMONIA) where the probability reaches the run's threshold, else 0."""
-    return (evalset.probs >= evalset.threshold).astype(int)
+    return decide(evalset.probs, evalset.threshold)
 
 
 def margin(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -52,6 +52,48 @@ def misclassified(evalset: EvalSet) -> np.ndarray:
     return by_confidence(evalset, wrong)
 
 
+def _aligned(set_a: EvalSet, set_b: EvalSet) -> np.ndarray:
+    """Where each of ``set_a``'s images sits in ``set_b`` (matched by file): a set's order
+    is its scoring's, so two runs may list the same images in different orders."""
+    if set_a.key != set_b.key:
+        raise UserError("the two runs were scored on different images; pick a shared set")
+    position = {path: i for i, path in enumerate(set_b.paths)}
+    return np.array([position[path] for path in set_a.paths], dtype=int)
+
+
+def paired_correct(set_a: EvalSet, set_b: EvalSet) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each run is right on each image, image for image in ``set_a``'s order, each
+    at its own threshold: McNemar's input (``stats.mcnemar_exact``)."""
+    order = _aligned(set_a, set_b)
+    right_b = decisions(set_b) == set_b.labels
+    return decisions(set_a) == set_a.labels, right_b[order]
+
+
+def discordant(set_a: EvalSet, set_b: EvalSet) -> pd.DataFrame:
+    """The images one run gets right and the other wrong (McNemar's discordant pairs),
+    the wrong run's most confident mistakes first (ties by file). Columns: file, truth,
+    each run's probability and decision (``probability_a``, ``decision_b`` ...), ``right``
+    ("A" or "B": the run that is right) and ``confidence``: the wrong run's margin."""
+    order = _aligned(set_a, set_b)
+    right_a, right_b = paired_correct(set_a, set_b)
+    names = np.asarray(CLASSES)
+    margin_b = margin(set_b.probs, set_b.threshold)[order]
+    pairs = pd.DataFrame(
+        {
+            "file": set_a.paths,
+            "truth": names[set_a.labels.astype(int)],
+            "probability_a": set_a.probs.astype(float),
+            "decision_a": names[decisions(set_a)],
+            "probability_b": set_b.probs[order].astype(float),
+            "decision_b": names[decisions(set_b)[order]],
+            "right": np.where(right_a, "A", "B"),
+            "confidence": np.where(right_a, margin_b, margin(set_a.probs, set_a.threshold)),
+        }
+    )
+    differ = right_a != right_b
+    return pairs[differ].sort_values(["confidence", "file"], ascending=[False, True])
+
+
 def mistake_records(evalset: EvalSet) -> list[dict]:
     """One record per misclassified image, most confident first, as ``errors --json`` prints."""
     root = Path(evalset.root) if evalset.root else None
@@ -71,58 +113,3 @@ def mistake_records(evalset: EvalSet) -> list[dict]:
         }
         for i in misclassified(evalset)
     ]
-
-
-def cmd_errors(args: argparse.Namespace, scored_set: Callable) -> int:
-    from cxr_core.predict.ensembles import load_chosen
-    from cxr_core.scoring.metrics import confusion
-
-    _, model = load_chosen(args.runs_dir, args.run, args.checkpoint, args.device)
-    evalset = scored_set(args.data, args.split, model)
-    records = mistake_records(evalset)
-    if args.json:
-        out = {
-            "checkpoint": str(model.source),
-            "split": args.split,
-            "set": evalset.name,
-            "fingerprint": evalset.key,
-            "threshold": evalset.threshold,
-            "n": evalset.n,
-            "confusion_matrix": confusion(evalset.labels, evalset.probs, evalset.threshold),
-            "count": len(records),
-            "errors": records,
-        }
-        print(json.dumps(out, indent=1))
-        return 0
-    print(
-        f"{len(records)} of {evalset.n} images misclassified in {evalset.name} at threshold "
-        f"{evalset.threshold:.4f}" + (", most confident first" if records else "")
-    )
-    if records:
-        print(f"  {'p(pneumonia)':>12s}  {'label':9s}  {'called':9s}  image")
-    for r in records:
-        print(f"  {r['probability']:12.4f}  {r['label']:9s}  {r['predicted']:9s}  {r['image']}")
-    if evalset.skipped:
-        print(f"skipped {len(evalset.skipped)} unreadable image(s)")
-    return 0
-
-
-def add_errors_parser(
-    subparsers: argparse._SubParsersAction,
-    add_scoring_options: Callable[[argparse.ArgumentParser], None],
-    scored_set: Callable,
-) -> None:
-    """Register ``errors``. cli.py hands over its scoring options and the function that
-    scores a model on a folder, so ``errors`` and ``evaluate`` see the very same set."""
-    p = subparsers.add_parser(
-        "errors",
-        help="the misclassified images of a run on a labelled folder, most confident first",
-        description="Lists every image whose decision at the run's threshold differs from "
-        "its label: as many as the off-diagonal of evaluate's confusion matrix on the same "
-        "set. Confidence is the distance from the threshold in log-odds.",
-    )
-    p.add_argument("--run")
-    p.add_argument("--checkpoint")
-    add_scoring_options(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lambda args: cmd_errors(args, scored_set))

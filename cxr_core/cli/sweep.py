@@ -1,48 +1,27 @@
-"""``python -m cxr_core sweep``: launch a grid of settings x seeds, wait, and report.
+"""``sweep``: launch a grid of settings x seeds, wait, and report.
 
-cli.py registers it with :func:`add_sweep_parser`, handing over its own train options
-and the function that turns them into a config (so this module needs nothing from
-cli.py, which imports it): every train option applies to every point of the grid.
+Every train option (:func:`cxr_core.cli.train.add_train_options`) applies to every point of
+the grid.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import shlex
 import sys
-from collections.abc import Callable
 
+from cxr_core.cli._verbs import register_verb
+from cxr_core.cli.train import add_train_options, config_from_args
 from cxr_core.errors import UserError
-from cxr_core.execution.executors import EXECUTORS, get_executor
-from cxr_core.execution.sweeps import (
-    VAL_METRICS,
-    describe,
-    parse_grid,
-    parse_seeds,
-    run_rows,
-    summarize,
-    sweep_jobs,
-)
-from cxr_core.store.runs import Run, RunStore
 
 
-def add_sweep_parser(
-    subparsers: argparse._SubParsersAction,
-    add_train_options: Callable[[argparse.ArgumentParser], None],
-    config_from_args: Callable[[argparse.Namespace], object],
-) -> None:
-    """Register ``sweep``: the train options, with ``--arch`` repeatable, plus the grid."""
+def _sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """The train options, with ``--arch`` repeatable, plus the grid."""
+    from cxr_core.execution.executors import EXECUTORS
+    from cxr_core.execution.sweeps import VAL_METRICS
     from cxr_core.models.zoo import REGISTRY
 
-    p = subparsers.add_parser(
-        "sweep",
-        help="train a grid of settings x seeds, one run each",
-        description="Every point of the grid, with every seed, is one normal run tagged "
-        "with the sweep; the best point is chosen on validation only.",
-        conflict_handler="resolve",  # --arch and --queue below replace the train options'
-    )
     add_train_options(p)
     p.add_argument(
         "--arch", action="append", choices=list(REGISTRY), help="an architecture; repeat it"
@@ -56,17 +35,29 @@ def add_sweep_parser(
         "unfreeze_last, augment.crop, ...); repeat for more dimensions",
     )
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: --seed)")
-    p.add_argument("--executor", choices=EXECUTORS, help="default: $CXR_EXECUTOR, else local")
+    p.add_argument("--executor", choices=list(EXECUTORS), help="default: $CXR_EXECUTOR, else local")
     p.add_argument(
         "--queue", type=int, default=1, metavar="N", help="local executor: N runs at once"
     )
     p.add_argument("--metric", choices=VAL_METRICS, default="roc_auc", help="validation metric")
     p.add_argument("--detach", action="store_true", help="launch and return at once")
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
-    p.set_defaults(func=functools.partial(cmd_sweep, config_from_args=config_from_args))
 
 
-def cmd_sweep(args: argparse.Namespace, config_from_args: Callable) -> int:
+@register_verb(
+    "sweep",
+    "train a grid of settings x seeds, one run each",
+    order=20,
+    arguments=_sweep_arguments,
+    description="Every point of the grid, with every seed, is one normal run tagged "
+    "with the sweep; the best point is chosen on validation only.",
+    conflict_handler="resolve",  # --arch and --queue replace the train options'
+)
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cxr_core.execution.executors import get_executor
+    from cxr_core.execution.sweeps import parse_grid, parse_seeds, run_rows, summarize, sweep_jobs
+    from cxr_core.store.runs import Run, RunStore
+
     grid = parse_grid(args.grid)
     if args.run_id:
         raise UserError("a sweep names its runs itself: drop --run-id")
@@ -117,6 +108,8 @@ def cmd_sweep(args: argparse.Namespace, config_from_args: Callable) -> int:
 
 
 def _print_table(rows: list[dict], summary: list[dict], metric: str) -> None:
+    from cxr_core.execution.sweeps import describe
+
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     width = max(len(r["id"]) for r in rows)
     print(f"\n{'run':{width}s}  {'status':11s} {'seed':>4s}  {'val ' + metric:>12s}  point")
@@ -129,5 +122,8 @@ def _print_table(rows: list[dict], summary: list[dict], metric: str) -> None:
     print(f"\n{'val ' + metric + ' mean':>18s} {'sd':>7s} {'n':>3s}  point")
     for s in summary:
         flag = "  <- best on validation" if s["best"] else ""
+        flag += " (no better than chance: its validation AUC interval includes 0.5)" * (
+            s["best"] and s["chance"]
+        )
         stats = f"{fmt(s['mean']):>18s} {fmt(s['sd']):>7s} {s['n']:>3d}"
         print(f"{stats}  {describe(s['point'])}{flag}")

@@ -10,11 +10,10 @@ followed, before they are compared, so neither ``..`` nor a link can lead outsid
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cxr_core.errors import UserError
-from cxr_core.settings import cache_dir
+from cxr_core.settings import allowed_data_roots_setting, cache_dir
 
 ENV = "CXR_ALLOWED_DATA_ROOTS"
 
@@ -32,11 +31,10 @@ def allowed_data_roots() -> list[Path] | None:
     The cache folder is always allowed: the synthetic data set is made there by CXR Lab
     itself.
     """
-    raw = os.environ.get(ENV)
+    raw = allowed_data_roots_setting()
     if raw is None:
         return None
-    roots = [_resolve(p.strip()) for p in raw.split(os.pathsep) if p.strip()]
-    return [*roots, _resolve(cache_dir())]
+    return [*(_resolve(p) for p in raw), _resolve(cache_dir())]
 
 
 def is_allowed(path: str | Path, roots: list[Path] | None) -> bool:

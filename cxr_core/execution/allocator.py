@@ -13,9 +13,10 @@ only where memory is plentiful: not on a 2.7 GB Community Cloud box.
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 from pathlib import Path
+
+from cxr_core.settings import keep_freed_memory_setting
 
 MIN_MEMORY_BYTES = 8 * 2**30
 """Below this much memory (the cgroup's limit or the machine's), glibc keeps its defaults."""
@@ -49,10 +50,10 @@ def keep_freed_memory() -> bool:
     Not applied off Linux, without glibc (musl), with less than 8 GiB of memory, or with
     ``CXR_KEEP_FREED_MEMORY=0`` (``=1`` applies it whatever the memory).
     """
-    setting = os.environ.get("CXR_KEEP_FREED_MEMORY")
-    if not sys.platform.startswith("linux") or setting == "0":
+    setting = keep_freed_memory_setting()
+    if not sys.platform.startswith("linux") or setting is False:
         return False
-    if setting != "1" and (memory_limit_bytes() or 0) < MIN_MEMORY_BYTES:
+    if setting is not True and (memory_limit_bytes() or 0) < MIN_MEMORY_BYTES:
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

@@ -7,6 +7,16 @@ process per run, queued through the run store's file lock (:mod:`cxr_core.execut
 on this machine streams every run back into the run store. Choose with ``--executor`` or
 ``CXR_EXECUTOR=ray`` (with ``RAY_ADDRESS`` naming the cluster). Ray is optional: nothing
 here imports it.
+
+The executors are one registry: the CLI's ``--executor`` choices and the Train page offer
+every registered one. Adding one is a class here plus its test::
+
+    @register_executor("mine", label="my cluster")
+    class MyExecutor:  # with a docstring: what it is, in one line
+        @classmethod
+        def from_environment(cls, queue: int) -> MyExecutor: ...
+        def launch(self, jobs, runs_dir) -> Launched: ...
+        def resume(self, run_id, runs_dir) -> Launched: ...
 """
 
 from __future__ import annotations
@@ -21,14 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cxr_core.errors import UserError
 from cxr_core.execution.jobs import Job, launch_local, logs_dir, spawn, tail
 from cxr_core.fileio import atomic_write_json
+from cxr_core.store import records
 from cxr_core.store.runs import ACTIVE, Run, RunStore
 
-EXECUTORS = ("local", "ray")
 RAY_INSTALL = "pip install -r requirements-ray.txt"
 
 
@@ -61,7 +71,7 @@ class Launched:
             statuses = {}
             for run_id in self.run_ids:
                 status = {}
-                if (store.root / run_id / "config.json").is_file():
+                if records.is_run(store.root / run_id):
                     status = Run(store.root / run_id).status()
                 if status.get("heartbeat", 0) >= self.since or (status and finished):
                     statuses[run_id] = status
@@ -81,12 +91,37 @@ class Launched:
 
 class Executor(Protocol):
     name: str
+    label: str
+
+    @classmethod
+    def from_environment(cls, queue: int) -> Executor:
+        """The executor as the environment configures it, ``queue`` local runs at once."""
 
     def launch(self, jobs: Sequence[Job], runs_dir: Path) -> Launched:
         """Start ``jobs``; their run folders appear in ``runs_dir`` as they start."""
 
     def resume(self, run_id: str, runs_dir: Path) -> Launched:
         """Continue an interrupted or cancelled run from its last checkpoint."""
+
+
+EXECUTORS: dict[str, type[Executor]] = {}
+"""Every executor by name, in the order the CLI and the Train page offer them."""
+
+_E = TypeVar("_E", bound=type)
+
+
+def register_executor(name: str, *, label: str) -> Callable[[_E], _E]:
+    """Register the decorated class as the executor ``name`` (``label``: how the Train page
+    names it; its docstring describes it)."""
+    if name in EXECUTORS:
+        raise ValueError(f"executor {name!r} is registered twice")
+
+    def decorator(cls: _E) -> _E:
+        cls.name, cls.label = name, label
+        EXECUTORS[name] = cls
+        return cls
+
+    return decorator
 
 
 def resumable(store: RunStore, run_id: str) -> Run:
@@ -97,18 +132,21 @@ def resumable(store: RunStore, run_id: str) -> Run:
     status = run.status().get("status")
     if status in ACTIVE:
         raise UserError(f"run {run.id} is still {status}")
-    if not (run.path / "last.json").is_file():
+    if not run.has_checkpoint():
         raise UserError(f"run {run.id} has no checkpoint to resume from (no epoch finished)")
     return run
 
 
+@register_executor("local", label="this machine")
 class LocalExecutor:
     """Detached processes on this machine, ``queue`` of them training at once."""
 
-    name = "local"
-
     def __init__(self, queue: int = 1) -> None:
         self.queue = queue
+
+    @classmethod
+    def from_environment(cls, queue: int) -> LocalExecutor:
+        return cls(queue)
 
     def launch(self, jobs: Sequence[Job], runs_dir: Path) -> Launched:
         since = time.time()
@@ -130,6 +168,7 @@ def _require_ray() -> None:
         raise UserError(f"the ray executor needs Ray, which is not installed: {RAY_INSTALL}")
 
 
+@register_executor("ray", label="Ray cluster")
 class RayExecutor:
     """One Ray task per run on the cluster whose head is at ``address``
     (``HOST:PORT``, default ``$RAY_ADDRESS``; ``ray start --head`` prints it).
@@ -138,8 +177,6 @@ class RayExecutor:
     (``$CXR_RAY_NUM_GPUS``, default 0) and any custom ``resources``; the runs' data must
     be readable at the same path on every worker (``synthetic`` data is made there).
     """
-
-    name = "ray"
 
     def __init__(
         self,
@@ -163,6 +200,11 @@ class RayExecutor:
         except ValueError:
             raise UserError("CXR_RAY_NUM_CPUS and CXR_RAY_NUM_GPUS must be numbers") from None
         self.resources = resources or {}
+
+    @classmethod
+    def from_environment(cls, queue: int) -> RayExecutor:
+        """Ray places its tasks by their resources: ``queue`` does not apply."""
+        return cls()
 
     def _check_reachable(self) -> None:
         """Fail here, in one line, rather than in a driver that Ray keeps retrying."""
@@ -203,15 +245,13 @@ class RayExecutor:
         return self._drive(runs_dir, [], [run_id])
 
 
-def get_executor(name: str | None = None, queue: int = 1) -> LocalExecutor | RayExecutor:
+def get_executor(name: str | None = None, queue: int = 1) -> Executor:
     """The executor called ``name``, else ``$CXR_EXECUTOR``, else local; ``queue`` is how
     many local runs train at once (Ray places its tasks by their resources)."""
     name = (name or os.environ.get("CXR_EXECUTOR") or "local").strip().lower()
-    if name == "local":
-        return LocalExecutor(queue)
-    if name == "ray":
-        return RayExecutor()
-    raise UserError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
+    if name not in EXECUTORS:
+        raise UserError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
+    return EXECUTORS[name].from_environment(queue)
 
 
 def launch_runs(

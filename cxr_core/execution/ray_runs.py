@@ -38,17 +38,20 @@ import ray
 from cxr_core.errors import UserError
 from cxr_core.execution.jobs import fit_recorded, logs_dir
 from cxr_core.fileio import atomic_write_files, read_json
+from cxr_core.store import records
 from cxr_core.store.runs import ACTIVE, Run, RunStore
 
 POLL_S = 0.5
 """How often a task looks at its run folder (and its mailbox)."""
 HEARTBEAT_S = 10.0
 CONNECT_TIMEOUT_S = 120.0
-WHOLE_FILES = ("split.json", "env.json", "model.safetensors", "evaluation.json")
-CHECKPOINT = ("last.safetensors", "last.json")
+WHOLE_FILES = (records.SPLIT, records.ENVIRONMENT, records.WEIGHTS, records.EVALUATION)
+CHECKPOINT = records.CHECKPOINT
 """Written together by the engine; streamed together, never one without the other."""
-APPENDED = {"history.jsonl": "history", "worker.log": "log"}
-RESUME_FILES = ("config.json", "split.json", "history.jsonl", "model.safetensors", *CHECKPOINT)
+WORKER_LOG = "worker.log"
+"""The task's output, streamed into the driver's log of the run (not a run record)."""
+APPENDED = {records.HISTORY: "history", WORKER_LOG: "log"}
+RESUME_FILES = (records.CONFIG, records.SPLIT, records.HISTORY, records.WEIGHTS, *CHECKPOINT)
 WORKER_ONLY = ("pid", "host", "heartbeat", "created", "started", "ended")
 """Status fields that describe the worker's process; the driver writes its own."""
 
@@ -70,7 +73,7 @@ class FolderStream:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        names = ("status.json", *WHOLE_FILES, *CHECKPOINT)
+        names = (records.STATUS, *WHOLE_FILES, *CHECKPOINT)
         self.sent = {name: _signature(folder / name) for name in names}  # shipped files
         self.offsets = {name: self._size(name) for name in APPENDED}
 
@@ -135,7 +138,7 @@ class FolderStream:
         """Files first, then history, then the status read before them all: the driver
         never records a status ahead of the files it speaks of (completed before the
         evaluation)."""
-        status = self._read_if_changed("status.json")
+        status = self._read_if_changed(records.STATUS)
         events = [{"files": {n: d}} for n in WHOLE_FILES if (d := self._read_if_changed(n))]
         if checkpoint := self._checkpoint():
             events.append({"files": checkpoint})
@@ -190,7 +193,7 @@ def train_task(
         thread = threading.Thread(target=_train, args=(run, record, resume), daemon=True)
         # One task at a time per worker process: its output is this run's log.
         with (
-            open(run.path / "worker.log", "a", buffering=1) as log,
+            open(run.path / WORKER_LOG, "a", buffering=1) as log,
             contextlib.redirect_stdout(log),
             contextlib.redirect_stderr(log),
         ):
@@ -230,7 +233,7 @@ class _Stream:
                 raise ValueError(f"a task sent files it may not write: {sorted(names)}")
             atomic_write_files({self.run.path / n: d for n, d in event["files"].items()})
         elif "append" in event:
-            target = self.log if event["append"] == "log" else self.run.path / "history.jsonl"
+            target = self.log if event["append"] == "log" else self.run.history_file
             with open(target, "w" if event.get("replace") else "a") as f:
                 f.write(event["text"])
         elif "status" in event:
@@ -262,8 +265,8 @@ def _shipped(run: Run, resume: bool) -> dict[str, bytes]:
     """The files a task starts from. A resume's history is cut back to its checkpoint
     here, so the engine's own cut changes nothing and the task streams only new lines."""
     if resume:
-        run.truncate_history(read_json(run.path / "last.json")["epoch"])
-    names = RESUME_FILES if resume else ("config.json",)
+        run.truncate_history(read_json(run.checkpoint[1])["epoch"])
+    names = RESUME_FILES if resume else (records.CONFIG,)
     return {n: (run.path / n).read_bytes() for n in names if (run.path / n).is_file()}
 
 
@@ -308,7 +311,7 @@ def drive(spec: dict) -> int:
     runs = {job["run_id"]: store.create(job["record"], job["run_id"]) for job in spec["jobs"]}
     for run_id in spec["resume"]:
         runs[run_id] = store.get(run_id)
-        (runs[run_id].path / "cancel").unlink(missing_ok=True)
+        runs[run_id].clear_cancel()
     for run in runs.values():
         run.set_status("queued", phase="connecting to the Ray cluster", message=None)
     if not _connect(spec["address"], list(runs.values())):

@@ -19,6 +19,8 @@ from datetime import datetime
 
 from cxr_core.errors import UserError
 from cxr_core.execution.jobs import Job
+from cxr_core.predict.evalsets import val_beats_chance
+from cxr_core.store import records
 from cxr_core.store.runs import Run, RunStore
 from cxr_core.training.config import Option, TrainConfig, options
 
@@ -117,7 +119,7 @@ def expand(
     points = [dict(zip(full, values)) for values in itertools.product(*full.values())]
     for point in points:
         try:
-            TrainConfig.from_dict(_with(bases[point["arch"]], point, seeds[0]))
+            TrainConfig.from_dict(_with(bases[point["arch"]], point, seeds[0])).check_launch()
         except (UserError, TypeError, ValueError) as exc:
             shown = ", ".join(f"{k}={v}" for k, v in point.items())
             raise UserError(f"grid point {shown}: {exc}") from None
@@ -163,7 +165,7 @@ def sweep_runs(store: RunStore, sweep_id: str) -> list[Run]:
 
 def val_metrics(run: Run) -> dict[str, float]:
     """The run's validation metrics (empty until it has an evaluation)."""
-    report = ((run.evaluation() or {}).get("splits") or {}).get("val") or {}
+    report = records.split_report(run.evaluation(), "val")
     return {k: report[k] for k in VAL_METRICS if k in report}
 
 
@@ -180,6 +182,7 @@ def run_rows(runs: Sequence[Run]) -> list[dict]:
                 "point": tag.get("point", {}),
                 "seed": tag.get("seed"),
                 "val": val_metrics(run),
+                "beats_chance": val_beats_chance(run),
                 "message": status.get("message"),
             }
         )
@@ -188,7 +191,9 @@ def run_rows(runs: Sequence[Run]) -> list[dict]:
 
 def summarize(runs: Sequence[Run], metric: str = "roc_auc") -> list[dict]:
     """Per grid point: its runs, and ``metric`` on validation as mean and sd (n - 1) over
-    the seeds whose run completed; the point with the highest mean is ``best``.
+    the seeds whose run completed; the point with the highest mean is ``best``. A point is
+    ``chance`` when no completed run of it beats chance on validation (its AUC interval
+    includes 0.5): the best of such points is the luckiest draw, not a choice.
 
     A cancelled run's evaluation is of an unfinished training: it is left out.
     """
@@ -197,13 +202,16 @@ def summarize(runs: Sequence[Run], metric: str = "roc_auc") -> list[dict]:
     points: dict[str, dict] = {}
     for row in run_rows(runs):
         key = json.dumps(row["point"], sort_keys=True)
-        entry = points.setdefault(key, {"point": row["point"], "runs": [], "values": []})
+        entry = points.setdefault(
+            key, {"point": row["point"], "runs": [], "values": [], "beats": []}
+        )
         entry["runs"].append(row["id"])
         if row["status"] == "completed" and metric in row["val"]:
             entry["values"].append(row["val"][metric])
+            entry["beats"].append(row["beats_chance"])
     summary = []
     for entry in points.values():
-        values = entry.pop("values")
+        values, beats = entry.pop("values"), entry.pop("beats")
         summary.append(
             {
                 **entry,
@@ -212,6 +220,7 @@ def summarize(runs: Sequence[Run], metric: str = "roc_auc") -> list[dict]:
                 "mean": statistics.fmean(values) if values else None,
                 "sd": statistics.stdev(values) if len(values) > 1 else None,
                 "best": False,
+                "chance": bool(beats) and not any(beats),
             }
         )
     scored = [s for s in summary if s["mean"] is not None]
@@ -223,3 +232,19 @@ def summarize(runs: Sequence[Run], metric: str = "roc_auc") -> list[dict]:
 def describe(point: dict) -> str:
     """``arch=resnet18 lr=0.001``: a grid point in one short line."""
     return " ".join(f"{k.removeprefix('augment.')}={v}" for k, v in point.items())
+
+
+def sweeps_in(runs: Sequence[Run]) -> dict[str, dict]:
+    """The sweeps ``runs`` belong to, newest first (an id begins with its launch time):
+    each one's tag (``grid``, ``seeds`` ...) and ``n``, how many of the runs are its."""
+    found: dict[str, dict] = {}
+    for run in runs:
+        tag = run.config().get(SWEEP_KEY) or {}
+        if tag.get("id"):
+            found.setdefault(tag["id"], {**tag, "n": 0})["n"] += 1
+    return dict(sorted(found.items(), reverse=True))
+
+
+def varying(grid: dict[str, list]) -> list[str]:
+    """The grid's dimensions that vary (an architecture picked alone does not)."""
+    return [k for k, values in grid.items() if len(values) > 1]

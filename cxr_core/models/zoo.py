@@ -79,17 +79,27 @@ def get_architecture(name: str) -> Architecture:
         ) from None
 
 
-def create_network(arch: str, pretrained: bool = False, img_size: int | None = None) -> Network:
-    """Build ``arch`` for 1-channel input and one output logit."""
+def check_build(arch: str, pretrained: bool = False, img_size: int | None = None) -> int:
+    """The image size ``arch`` is built at, once the combination is known to work: the
+    checks :func:`create_network` makes, for a form to run before it launches anything."""
     spec = get_architecture(arch)
     size = img_size or spec.default_img_size
     if pretrained and spec.pretrained_source is None:
         raise UserError(f"{arch} has no pretrained weights; train it from scratch")
     if spec.fixed_img_size and pretrained and size != spec.fixed_img_size:
-        raise UserError(f"pretrained {arch} needs --img-size {spec.fixed_img_size}")
+        raise UserError(
+            f"pretrained {arch} needs image size {spec.fixed_img_size} "
+            f"(--img-size {spec.fixed_img_size}, or the architecture's default)"
+        )
     if not 32 <= size <= 512:
         raise UserError(f"image size {size} is outside 32..512")
-    return spec.build(pretrained, size)
+    return size
+
+
+def create_network(arch: str, pretrained: bool = False, img_size: int | None = None) -> Network:
+    """Build ``arch`` for 1-channel input and one output logit."""
+    size = check_build(arch, pretrained, img_size)
+    return get_architecture(arch).build(pretrained, size)
 
 
 def set_trainable(network: Network, unfreeze_last: int) -> None:

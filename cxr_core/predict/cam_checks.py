@@ -94,22 +94,33 @@ def below_diaphragm(size: int) -> np.ndarray:
     return region
 
 
-def energy_share(heat: np.ndarray, region: np.ndarray) -> float:
-    """The share of the map's total in ``region``; NaN for an all-zero map."""
+def is_flat(heat: np.ndarray) -> bool:
+    """Whether a map is constant: the method found no evidence for the explained class on
+    this image (a CAM's ReLU zeroes negative evidence), so it shows nothing, and its shares
+    and peak are not defined."""
+    return heat.size == 0 or float(heat.max()) - float(heat.min()) <= 0
+
+
+def energy_share(heat: np.ndarray, region: np.ndarray) -> float | None:
+    """The share of the map's total in ``region``; None (not defined) for a flat map."""
     total = float(heat.sum())
-    return float(heat[region].sum()) / total if total > 0 else math.nan
+    if is_flat(heat) and total <= 0:
+        return None
+    return float(heat[region].sum()) / total
 
 
-def pointing_hit(heat: np.ndarray, mask: np.ndarray) -> bool:
-    """The pointing game: the map's peak lies on the mask."""
-    return bool(mask.flat[int(np.argmax(heat))])
+def pointing_hit(heat: np.ndarray, mask: np.ndarray) -> bool | None:
+    """The pointing game: the map's peak lies on the mask (None for a flat map: no peak)."""
+    return None if is_flat(heat) else bool(mask.flat[int(np.argmax(heat))])
 
 
 @dataclass
 class ShortcutShares:
-    border: float
-    outside_lungs: float
-    below_diaphragm: float
+    """Shares of a map's energy; None where the map is all zero (not defined)."""
+
+    border: float | None
+    outside_lungs: float | None
+    below_diaphragm: float | None
 
 
 def shortcut_shares(heat: np.ndarray) -> ShortcutShares:
@@ -193,9 +204,11 @@ class ImageCheck:
     road_random: RoadScores | None = None
     """ROAD for :func:`random_map`: the baseline the CAM must beat."""
     opacity_share: float | None = None
-    """Share of energy inside the known opacity (synthetic films only)."""
+    """Share of energy inside the known opacity (synthetic films only; None for a flat map)."""
     hit: bool | None = None
-    """Pointing game on the known opacity (synthetic films only)."""
+    """Pointing game on the known opacity (synthetic films only; None for a flat map)."""
+    flat: bool = False
+    """The map is constant: no evidence for the class on this image (see :func:`is_flat`)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -221,7 +234,7 @@ def check_image(
     if target is None:
         target = predicted_class(model, pixels)
     heat = explain(model, pixels, method, target)
-    check = ImageCheck(method, target, shortcut_shares(heat))
+    check = ImageCheck(method, target, shortcut_shares(heat), flat=is_flat(heat))
     if with_road:
         check.road = road(model, pixels, heat, target)
         check.road_random = road(model, pixels, random_map(heat.shape[0], seed), target)
@@ -231,9 +244,10 @@ def check_image(
     return check
 
 
-def _mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
+def _mean(values: Sequence[float | None]) -> float | None:
+    """The mean of the defined values; None when none is (every map flat)."""
+    defined = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(defined)) if defined else None
 
 
 def _mean_road(scores: Sequence[RoadScores]) -> RoadScores:
@@ -251,6 +265,8 @@ class RunCheck:
     road_random: RoadScores | None
     flags: list[str]
     per_image: list[ImageCheck]
+    flat_maps: int = 0
+    """Images whose map was flat (no evidence for the class): left out of the mean shares."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -277,20 +293,20 @@ def check_run(
     )
     run_road = _mean_road([c.road for c in checks]) if with_road else None
     random_road = _mean_road([c.road_random for c in checks]) if with_road else None
-    return RunCheck(
-        method, len(checks), shares, run_road, random_road, shortcut_flags(shares), checks
-    )
+    flat = sum(c.flat for c in checks)
+    flags = shortcut_flags(shares)
+    return RunCheck(method, len(checks), shares, run_road, random_road, flags, checks, flat)
 
 
 def shortcut_flags(shares: ShortcutShares) -> list[str]:
     """Warnings for a run whose mean CAM energy sits in the border or below the diaphragm."""
     flags = []
-    if shares.border > BORDER_LIMIT:
+    if shares.border is not None and shares.border > BORDER_LIMIT:
         flags.append(
             f"{shares.border:.0%} of the CAM energy is in the outer 10% border (a flat map: "
             "36%): the model may read markers, text or collimation edges"
         )
-    if shares.below_diaphragm > DIAPHRAGM_LIMIT:
+    if shares.below_diaphragm is not None and shares.below_diaphragm > DIAPHRAGM_LIMIT:
         flags.append(
             f"{shares.below_diaphragm:.0%} of the CAM energy is below the diaphragm (a flat "
             "map: 20%): the model may look at the abdomen, not the lungs"
@@ -320,13 +336,17 @@ class OpacityCheck:
 
     method: str
     images: int
-    opacity_share: float
-    """Mean share of the CAM's energy inside the opacity."""
+    opacity_share: float | None
+    """Mean share of the CAM's energy inside the opacity, over the films whose map is not
+    flat; None when every map was flat (not defined)."""
     hit_rate: float
-    """Share of films whose CAM peak lies on the opacity (the pointing game)."""
+    """Share of films whose CAM peak lies on the opacity (the pointing game; a flat map has
+    no peak and counts as a miss)."""
     opacity_area: float
     """Mean share of the film the opacity covers: what a flat map's energy share would be,
     and a random peak's chance of a hit."""
+    flat_maps: int = 0
+    """Films whose map was flat: no evidence for pneumonia found."""
 
 
 def check_opacities(
@@ -335,15 +355,17 @@ def check_opacities(
     """The CAM for pneumonia on every synthetic film of ``images`` with a known opacity
     (the others are skipped); a :class:`~cxr_core.errors.UserError` when there is none."""
     size = model.config.img_size
-    shares, hits, areas = [], [], []
+    shares, hits, areas, flat = [], [], [], 0
     for image in images:
         mask = opacity_mask(image, size)
         if mask is None or not mask.any():
             continue
         check = check_image(model, prepare(model, image), method, opacity=mask, with_road=False)
         shares.append(check.opacity_share)
-        hits.append(check.hit)
+        hits.append(bool(check.hit))
         areas.append(float(mask.mean()))
+        flat += check.flat
     if not shares:
         raise UserError("no synthetic pneumonia film with a known opacity among these images")
-    return OpacityCheck(method, len(shares), _mean(shares), float(np.mean(hits)), _mean(areas))
+    hit_rate = float(np.mean(hits))
+    return OpacityCheck(method, len(shares), _mean(shares), hit_rate, _mean(areas), flat)

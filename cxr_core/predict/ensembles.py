@@ -18,13 +18,9 @@ CAM per member) treat an ensemble like any run: :func:`load_any` loads either ki
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
-import shlex
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +31,6 @@ import numpy as np
 from cxr_core.data.folders import Sample
 from cxr_core.data.imaging import ImageSource
 from cxr_core.errors import UserError
-from cxr_core.fileio import atomic_write_json
 from cxr_core.predict import evalsets
 from cxr_core.predict.evalsets import EvalSet, fingerprint, run_sets
 from cxr_core.predict.inference import (
@@ -46,10 +41,11 @@ from cxr_core.predict.inference import (
     overlay,
     predict,
 )
-from cxr_core.scoring.metrics import CATALOGUE, choose_threshold, full_report
+from cxr_core.scoring.metrics import choose_threshold, decided_class, full_report
 from cxr_core.settings import CLASSES
+from cxr_core.store import records
 from cxr_core.store.runs import Run, RunStore
-from cxr_core.training.config import TrainConfig, options
+from cxr_core.training.config import TrainConfig
 
 ARCH = "ensemble"
 SUMMED = ("params", "trainable_params", "size_mb", "file_mb", "train_time_s", "latency_ms")
@@ -105,7 +101,7 @@ class Ensemble:
         for k in range(len(sources)):
             members = {i: predictions[k] for i, predictions in per_member.items()}
             p = sum(w * m.probability for w, m in zip(self.weights, members.values()))
-            label = CLASSES[int(p >= self.threshold)]
+            label = decided_class(p, self.threshold)
             out.append(EnsemblePrediction(float(p), label, self.threshold, members))
         return out
 
@@ -156,10 +152,12 @@ def _members(store: RunStore, member_ids: Sequence[str]) -> list[Run]:
         status = run.status().get("status")
         if status != "completed":
             raise UserError(f"{run.id} is {status}: only completed runs can be members")
-        val = ((run.evaluation() or {}).get("splits") or {}).get("val") or {}
+        val = records.split_report(run.evaluation(), "val")
         if "paths" not in val or "probs" not in val:
             raise UserError(f"{run.id} has no stored validation probabilities")
-    keys = {r.id: fingerprint(r.evaluation()["splits"]["val"]["paths"]) for r in members}
+    keys = {
+        r.id: fingerprint(records.split_report(r.evaluation(), "val")["paths"]) for r in members
+    }
     if len(set(keys.values())) > 1:
         shown = ", ".join(f"{i} {k}" for i, k in keys.items())
         raise UserError(
@@ -208,7 +206,7 @@ def _evaluation(members: list[Run], weights: list[float], rule: dict) -> tuple[d
     shared = set(per_run[0]).intersection(*per_run[1:])
     recorded = members[0].evaluation()
     by_key = {fingerprint(r["paths"]): s for s, r in recorded["splits"].items() if "paths" in r}
-    val = fingerprint(recorded["splits"]["val"]["paths"])
+    val = fingerprint(records.split_report(recorded, "val")["paths"])
     val_set = combine([sets[val] for sets in per_run], weights, 0.5)
     threshold = choose_threshold(
         val_set.labels,
@@ -273,8 +271,8 @@ def create(
     run = store.create(config, run_id)
     try:
         if split is not None:
-            atomic_write_json(run.path / "split.json", split)
-        atomic_write_json(run.path / "evaluation.json", evaluation)
+            run.save_split(split)
+        run.save_evaluation(evaluation)
         for evalset in extra_sets:
             evalsets.save(run, evalset)
         run.set_status("completed", phase="done", started=time.time(), message=None)
@@ -288,7 +286,7 @@ def members(run: Run) -> list[Run]:
     """An ensemble's member runs, found by id beside it or among the bundled runs."""
     store = RunStore(run.path.parent)
     try:
-        return [store.get(member_id) for member_id in run.config()["members"]]
+        return [store.get(member_id) for member_id in records.members(run.config())]
     except UserError as exc:
         raise UserError(f"ensemble {run.id}: a member is gone ({exc})") from None
 
@@ -322,7 +320,8 @@ def load(
         except UserError as exc:
             raise UserError(f"ensemble {run.id}: member {member.id}: {exc}") from None
     threshold = float(evaluation["threshold"])
-    return Ensemble(run.id, folder / "config.json", models, list(config["weights"]), threshold)
+    weights = records.member_weights(config)
+    return Ensemble(run.id, folder / records.CONFIG, models, weights, threshold)
 
 
 def load_any(path: str | Path, device: str = "cpu") -> LoadedModel | Ensemble:
@@ -370,67 +369,3 @@ def overlays(
         )
         for key, member, seen in parts
     }
-
-
-def cmd_ensemble(args: argparse.Namespace) -> int:
-    from cxr_core.scoring.stats import format_ci
-
-    command = "python -m cxr_core " + shlex.join(sys.argv[1:])
-    store = RunStore(args.runs_dir)
-    rule = {k: getattr(args, k) for k in THRESHOLD_OPTIONS}
-    run = create(store, args.runs, args.weights, args.name, args.run_id, command, threshold=rule)
-    evaluation = run.evaluation()
-    by_split = {s.split: s for s in run_sets(run).values() if s.split in evaluation["splits"]}
-    shown = ("accuracy", "sensitivity", "specificity", "roc_auc")
-    if args.json:
-        out = {k: evaluation[k] for k in ("members", "weights", "threshold", "test_split")}
-        out["splits"] = {
-            split: {
-                "n": s.n,
-                **{k: s.metrics()[k] for k in shown},
-                "ci95": {k: list(s.ci95()[k]) for k in shown},
-            }
-            for split, s in by_split.items()
-        }
-        print(json.dumps({"run": run.id, **out}, indent=1))
-        return 0
-    weights = ", ".join(
-        f"{m} x{w:.3g}" for m, w in zip(evaluation["members"], evaluation["weights"])
-    )
-    print(f"ensemble {run.id}: {weights}")
-    print(
-        f"threshold {evaluation['threshold']:.4f} ({evaluation['threshold_method']} rule on "
-        "the shared validation split)"
-    )
-    for split, s in by_split.items():
-        values, ci = s.metrics(), s.ci95()
-        figures = "  ".join(
-            f"{CATALOGUE[k].label} {format_ci(values[k], ci[k], CATALOGUE[k].percent)}"
-            for k in shown
-        )
-        print(f"  {split:14s} n={s.n:5d}  {figures}")
-    print("95% CIs by patient")
-    return 0
-
-
-def add_ensemble_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``ensemble``."""
-    p = subparsers.add_parser(
-        "ensemble",
-        help="combine completed runs into an ensemble run (weighted mean probability)",
-        description="The ensemble is a run of its own: it predicts the weighted mean "
-        "probability of its members, with a threshold chosen on the validation split they "
-        "share, and is evaluated, compared and explained like any run. Members are "
-        "referenced by id, never copied.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more completed runs")
-    p.add_argument(
-        "--weights", nargs="+", type=float, metavar="W", help="one per run (default: equal)"
-    )
-    p.add_argument("--name", help="a readable name for the ensemble")
-    p.add_argument("--run-id", help="name of its run folder (default: time-ensemble-random)")
-    for opt in options():
-        if opt.name in THRESHOLD_OPTIONS:
-            opt.add_flag(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_ensemble)

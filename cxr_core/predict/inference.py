@@ -28,7 +28,9 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from cxr_core.data.imaging import ImageSource, load_and_preprocess
 from cxr_core.errors import UserError
 from cxr_core.models import weights_file
+from cxr_core.scoring.metrics import decide, decided_class
 from cxr_core.settings import CLASSES
+from cxr_core.store import records
 from cxr_core.training.config import TrainConfig
 from cxr_core.training.runtime import build_network, predict_pixels, select_device, to_input
 
@@ -38,7 +40,8 @@ class TopChannelScoreCAM(BaseCAM):
 
     Each channel's activation map, upsampled and scaled to 0..1, masks the input; the
     channel's weight is how much that masked input raises the explained class's logit
-    over a blank (mean-gray) input; the map is ReLU(sum of weight x mask).
+    above the mean over the chosen channels' masked inputs; the map is
+    ReLU(sum of weight x mask).
 
     pytorch-grad-cam's ScoreCAM gave an all-zero map in ~37 s per image on the bundled
     EfficientNet-Lite0 at 224 px (2 cores). Its CAM layer is the last BatchNorm, before
@@ -49,9 +52,13 @@ class TopChannelScoreCAM(BaseCAM):
 
     - the map sums the masks the network was shown (0..1), not raw activations, so it is
       defined at any layer, before or after a non-linearity, and for ViT tokens;
-    - weights are gains over the blank input (signed: a mask that lowers the score counts
-      against its region), not a softmax, whose weights are all positive and, on logits
-      several units apart, go to one channel;
+    - weights are signed gains (a mask that lowers the score counts against its region),
+      not a softmax, whose weights are all positive and, on logits several units apart, go
+      to one channel. They are taken against the mean masked score, which, like the
+      softmax, does not depend on a baseline image: a blank (mean-gray) input was no
+      neutral reference, since the bundled small_cnn calls it PNEUMONIA with 88%, so every
+      masked film scored below it and the pneumonia map was flat on every film (a single
+      channel, as the MLP's input layer, is its own map);
     - only the ``channels`` channels whose masks vary most over space are used (a flat
       mask says nothing about where): 32 forward passes instead of 1280.
     """
@@ -74,14 +81,16 @@ class TopChannelScoreCAM(BaseCAM):
             for x, target, image_masks in zip(input_tensor, targets, masks):
                 spread = image_masks.flatten(1).std(dim=1)
                 chosen = image_masks[spread.topk(min(self.channels, len(spread))).indices]
-                blank = target(self.model(torch.zeros_like(x[None]))).flatten()
                 scores = torch.cat(
                     [
                         target(self.model(x[None] * batch[:, None])).flatten()
                         for batch in chosen.split(self.batch_size)
                     ]
                 )
-                cams.append(torch.einsum("k,khw->hw", scores - blank, chosen))
+                # One channel (the MLP's CAM layer is its input) has nothing to be weighed
+                # against: its mask is the map, as Score-CAM's softmax would make it.
+                gains = scores - scores.mean() if len(scores) > 1 else torch.ones_like(scores)
+                cams.append(torch.einsum("k,khw->hw", gains, chosen))
         return torch.stack(cams).cpu().numpy()
 
 
@@ -136,9 +145,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder or a ``.safetensors`` file -> the weights file."""
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = path / records.WEIGHTS
     if not path.exists():
-        raise UserError(f"{path}: no such checkpoint (a run folder or its model.safetensors)")
+        raise UserError(f"{path}: no such checkpoint (a run folder or its {records.WEIGHTS})")
     return path
 
 
@@ -175,7 +184,7 @@ def predict(model: LoadedModel, sources: list[ImageSource]) -> list[Prediction]:
             model.network.model, torch.from_numpy(np.stack(pixels)), model.config, model.device
         )
     return [
-        Prediction(float(p), CLASSES[int(p >= model.threshold)], model.threshold, px)
+        Prediction(float(p), decided_class(p, model.threshold), model.threshold, px)
         for p, px in zip(probs, pixels)
     ]
 
@@ -185,7 +194,7 @@ def predicted_class(model: LoadedModel, pixels: np.ndarray) -> int:
     preprocessed image: the CAM target when none is given."""
     with model.lock, torch.inference_mode():
         prob = torch.sigmoid(model.network.model(model.input_for(pixels))).item()
-    return int(prob >= model.threshold)
+    return int(decide(prob, model.threshold))
 
 
 def explain(

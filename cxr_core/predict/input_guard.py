@@ -71,10 +71,10 @@ from cxr_core.fileio import atomic_write_bytes
 from cxr_core.models import weights_file
 from cxr_core.predict.ensembles import Ensemble, load_any
 from cxr_core.predict.inference import LoadedModel
+from cxr_core.store import records
 from cxr_core.store.runs import Run, RunStore
 from cxr_core.training.runtime import to_input
 
-GUARD_FILE = "input_guard.safetensors"
 FORMAT = "cxr-lab-guard/1"
 K = 5
 """Neighbours: the 5th-nearest validation film, so one odd validation film near an input
@@ -301,8 +301,8 @@ def reference_for(model: LoadedModel) -> tuple[Reference | None, str]:
     if key in _REFERENCES:
         return _REFERENCES[key], ""
     run = _run_of(model.source)
-    target = run.evaluations_dir.parent / GUARD_FILE  # a bundled run's: in its overlay
-    for file in dict.fromkeys([run.path / GUARD_FILE, target]):
+    target = run.added / records.GUARD  # a bundled run's: in its overlay
+    for file in dict.fromkeys([run.path / records.GUARD, target]):
         if (reference := Reference.from_file(file, digest)) is not None:
             _REFERENCES[key] = reference
             return reference, ""

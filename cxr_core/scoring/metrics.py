@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,12 +20,25 @@ Metric = Callable[[np.ndarray, np.ndarray, float], float]
 """(labels, probabilities, threshold) -> value; NaN where it is undefined."""
 
 
+def decide(probs: np.ndarray | Sequence[float] | float, threshold: float) -> np.ndarray:
+    """The decision rule, written once: 1 (PNEUMONIA) where the probability is at or above
+    the threshold, else 0. Every count, label and gallery reads its decisions here, so they
+    always agree with the confusion matrix. A scalar gives a 0-d array (``int()`` it); the
+    probabilities keep their dtype, as float32 scores are compared in float32."""
+    return (np.asarray(probs) >= threshold).astype(int)
+
+
+def decided_class(probability: float, threshold: float) -> str:
+    """The class name :func:`decide` gives one probability: "PNEUMONIA" or "NORMAL"."""
+    return CLASSES[int(decide(probability, threshold))]
+
+
 def _ratio(num: float, den: float) -> float:
     return num / den if den else math.nan
 
 
 def _counts(labels: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[int, ...]:
-    pred = probs >= threshold
+    pred = decide(probs, threshold)
     pos = labels == 1
     tp = int(np.count_nonzero(pred & pos))
     fp = int(np.count_nonzero(pred & ~pos))
@@ -240,7 +253,7 @@ def full_report(
     the per-class report and per-sample probabilities."""
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=float)
-    pred = (probs >= threshold).astype(int)
+    pred = decide(probs, threshold)
     report = {
         "n": len(labels),
         "threshold": threshold,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy.stats import norm, rankdata
@@ -17,7 +18,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from cxr_core.errors import UserError
-from cxr_core.scoring.metrics import Metric
+from cxr_core.scoring.metrics import Metric, decide
 
 ALPHA = 0.05  # the significance level the plain-language verdicts use
 
@@ -142,6 +143,18 @@ def delong_auc_ci(
     return {"auc": auc, "se": se, "ci": (max(auc - half, 0.0), min(auc + half, 1.0))}
 
 
+def beats_chance(
+    labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray, level: float = 0.95
+) -> bool | None:
+    """Whether the AUC's DeLong interval lies above 0.5 (None with one class only): a
+    model whose interval includes 0.5 is no better than chance on these images, however
+    its point estimate ranks against others'."""
+    labels, probs = _binary_arrays(labels, probs)
+    if labels.min() == labels.max():
+        return None
+    return delong_auc_ci(labels, probs, level)["ci"][0] > 0.5
+
+
 def delong_test(
     labels: Sequence[int] | np.ndarray,
     probs_a: Sequence[float] | np.ndarray,
@@ -247,6 +260,43 @@ def _verdict(
     return f"{auc}; {acc}."
 
 
+@dataclass(frozen=True)
+class PairedResult:
+    """Two runs on the same images: McNemar on their decisions at their own thresholds and
+    DeLong on their AUCs. Differences are a - b; ``verdict`` says it in one sentence. The
+    Holm-adjusted p-values are set when the pair is one of many (:func:`pairwise_table`)."""
+
+    a: str
+    b: str
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    accuracy_diff: float
+    n01: int
+    n10: int
+    mcnemar_p: float
+    roc_auc_a: float
+    roc_auc_b: float
+    roc_auc_diff: float
+    roc_auc_diff_ci95: tuple[float, float]
+    delong_p: float
+    verdict: str
+    mcnemar_p_holm: float | None = None
+    delong_p_holm: float | None = None
+
+    def to_dict(self) -> dict:
+        """The result as JSON keys (what ``compare --json`` prints under "paired"); the
+        Holm-adjusted p-values only where they were computed."""
+        out = asdict(self)
+        return {k: v for k, v in out.items() if not (k.endswith("_holm") and v is None)}
+
+    def p_values(self, adjusted: bool) -> tuple[float, float]:
+        """(McNemar, DeLong) p-values, Holm-adjusted when ``adjusted`` (and computed)."""
+        if adjusted and self.mcnemar_p_holm is not None and self.delong_p_holm is not None:
+            return self.mcnemar_p_holm, self.delong_p_holm
+        return self.mcnemar_p, self.delong_p
+
+
 def paired_comparison(
     labels: Sequence[int] | np.ndarray,
     probs_a: Sequence[float] | np.ndarray,
@@ -254,29 +304,30 @@ def paired_comparison(
     probs_b: Sequence[float] | np.ndarray,
     thr_b: float,
     names: tuple[str, str] = ("A", "B"),
-) -> dict:
-    """Two runs on the same images: McNemar on their decisions at their own thresholds and
-    DeLong on their AUCs. Differences are a - b; ``verdict`` says it in one sentence."""
+) -> PairedResult:
+    """Two runs (``names``) on the same images, as a :class:`PairedResult`."""
     labels, probs_a, probs_b = _binary_arrays(labels, probs_a, probs_b)
-    correct_a = (probs_a >= thr_a).astype(int) == labels
-    correct_b = (probs_b >= thr_b).astype(int) == labels
+    correct_a = decide(probs_a, thr_a) == labels
+    correct_b = decide(probs_b, thr_b) == labels
     paired = mcnemar_exact(correct_a, correct_b)
     delong = delong_test(labels, probs_a, probs_b)
     accuracy_diff = float(correct_a.mean() - correct_b.mean())
-    return {
-        "n": len(labels),
-        "accuracy_a": float(correct_a.mean()),
-        "accuracy_b": float(correct_b.mean()),
-        "accuracy_diff": accuracy_diff,
-        "n01": paired["n01"],
-        "n10": paired["n10"],
-        "mcnemar_p": paired["p"],
-        "roc_auc_a": delong["auc_a"],
-        "roc_auc_b": delong["auc_b"],
-        "roc_auc_diff": delong["diff"],
-        "roc_auc_diff_ci95": delong["diff_ci95"],
-        "delong_p": delong["p"],
-        "verdict": _verdict(
+    return PairedResult(
+        a=names[0],
+        b=names[1],
+        n=len(labels),
+        accuracy_a=float(correct_a.mean()),
+        accuracy_b=float(correct_b.mean()),
+        accuracy_diff=accuracy_diff,
+        n01=paired["n01"],
+        n10=paired["n10"],
+        mcnemar_p=paired["p"],
+        roc_auc_a=delong["auc_a"],
+        roc_auc_b=delong["auc_b"],
+        roc_auc_diff=delong["diff"],
+        roc_auc_diff_ci95=delong["diff_ci95"],
+        delong_p=delong["p"],
+        verdict=_verdict(
             names,
             delong["diff"],
             delong["diff_ci95"],
@@ -284,7 +335,7 @@ def paired_comparison(
             accuracy_diff,
             paired["p"],
         ),
-    }
+    )
 
 
 def pairwise_table(
@@ -292,41 +343,42 @@ def pairwise_table(
     labels: Sequence[int] | np.ndarray,
     probs_by_name: Mapping[str, Sequence[float] | np.ndarray],
     thresholds_by_name: Mapping[str, float],
-) -> list[dict]:
-    """Every pair of runs as a paired_comparison row with "a" and "b", plus Holm-adjusted
-    "mcnemar_p_holm" and "delong_p_holm" over all pairs (raw p-values kept); the verdict
-    uses the adjusted ones, as a table of many tests must."""
+) -> list[PairedResult]:
+    """Every pair of runs as a :class:`PairedResult`, with Holm-adjusted p-values over all
+    pairs (raw ones kept); the verdict uses the adjusted ones, as a table of many tests
+    must."""
     if len(set(names)) != len(names):
         raise UserError("each run may appear only once in a comparison")
     missing = [n for n in names if n not in probs_by_name or n not in thresholds_by_name]
     if missing:
         raise UserError(f"no probabilities or threshold for: {', '.join(missing)}")
     rows = [
-        {
-            "a": a,
-            "b": b,
-            **paired_comparison(
-                labels,
-                probs_by_name[a],
-                thresholds_by_name[a],
-                probs_by_name[b],
-                thresholds_by_name[b],
-                names=(a, b),
-            ),
-        }
+        paired_comparison(
+            labels,
+            probs_by_name[a],
+            thresholds_by_name[a],
+            probs_by_name[b],
+            thresholds_by_name[b],
+            names=(a, b),
+        )
         for a, b in itertools.combinations(names, 2)
     ]
-    mcnemar_holm = holm([row["mcnemar_p"] for row in rows])
-    delong_holm = holm([row["delong_p"] for row in rows])
-    for row, p_mcnemar, p_delong in zip(rows, mcnemar_holm, delong_holm, strict=True):
-        row["mcnemar_p_holm"], row["delong_p_holm"] = p_mcnemar, p_delong
-        row["verdict"] = _verdict(
-            (row["a"], row["b"]),
-            row["roc_auc_diff"],
-            row["roc_auc_diff_ci95"],
-            p_delong,
-            row["accuracy_diff"],
-            p_mcnemar,
-            p_label="Holm-adjusted p",
+    mcnemar_holm = holm([row.mcnemar_p for row in rows])
+    delong_holm = holm([row.delong_p for row in rows])
+    return [
+        replace(
+            row,
+            mcnemar_p_holm=p_mcnemar,
+            delong_p_holm=p_delong,
+            verdict=_verdict(
+                (row.a, row.b),
+                row.roc_auc_diff,
+                row.roc_auc_diff_ci95,
+                p_delong,
+                row.accuracy_diff,
+                p_mcnemar,
+                p_label="Holm-adjusted p",
+            ),
         )
-    return rows
+        for row, p_mcnemar, p_delong in zip(rows, mcnemar_holm, delong_holm, strict=True)
+    ]

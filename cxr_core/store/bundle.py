@@ -8,22 +8,10 @@ import shutil
 from pathlib import Path
 
 from cxr_core.errors import UserError
+from cxr_core.store import records
 from cxr_core.store.runs import Run
 
-SHARED_FILES = (
-    "config.json",
-    "env.json",
-    "split.json",
-    "status.json",
-    "history.jsonl",
-    "evaluation.json",
-    "model.safetensors",
-    "input_guard.safetensors",
-)
-"""What a run needs to be listed, compared, evaluated and used for prediction (the last:
-the input guard's reference, :data:`cxr_core.predict.input_guard.GUARD_FILE`, for these
-weights; a run without one computes it from its validation films when they are present).
-``last.*`` (optimizer state for resuming) stays behind: it is 2-3x the model's size."""
+SHARED_FILES = records.SHARED
 
 
 def export_run(run: Run, out_dir: Path) -> Path:
@@ -70,9 +58,8 @@ def results_markdown(runs: list[Run]) -> str:
     commands = []
     for run in sorted(runs, key=lambda r: r.id):
         config, ev = run.config(), run.evaluation() or {}
-        splits = ev.get("splits", {})
-        val, test = splits.get("val", {}), splits.get(ev.get("test_split"), {})
-        official = splits.get("official_val", {})
+        val, test = records.split_report(ev, "val"), records.report_on_test(ev)
+        official = records.split_report(ev, "official_val")
         minutes = ev.get("train_time_s", 0) / 60
         lines.append(
             f"| `{run.id}` | {_weights(config)} | {config.get('img_size', '-')} "

@@ -15,19 +15,16 @@ is whole: MLflow params cannot be overwritten in place.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
-import logging
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_core.errors import UserError
-from cxr_core.fileio import read_json
+from cxr_core.store import records
 from cxr_core.store.runs import ACTIVE, Run, RunStore
 
 if TYPE_CHECKING:
@@ -36,15 +33,8 @@ if TYPE_CHECKING:
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "CXR Lab"
 INSTALL_HINT = "pip install -r requirements-mlflow.txt"
-ARTIFACTS = (
-    "config.json",
-    "env.json",
-    "split.json",
-    "history.jsonl",
-    "evaluation.json",
-    "model.safetensors",
-)
-META_FILE = "meta.json"  # a run's user-editable name, tags and note
+ARTIFACTS = tuple(name for name in records.SHARED if name != records.STATUS)
+"""The status goes into MLflow's own run status and tags instead."""
 RUN_ID_TAG = "cxr.run_id"
 EXPORTED_TAG = "cxr.exported"  # "<status>@<end time>", written last: marks a whole export
 MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED"}  # cancelled, interrupted: KILLED
@@ -60,7 +50,7 @@ class Exported:
     action: str
 
 
-def _require_mlflow(tracking_uri: str) -> None:
+def require_mlflow(tracking_uri: str) -> None:
     """Fail in one line, before anything is written, on what is missing or mistyped."""
     try:
         import mlflow  # noqa: F401
@@ -76,7 +66,7 @@ def _require_mlflow(tracking_uri: str) -> None:
 
 
 def _mlflow_client(tracking_uri: str) -> MlflowClient:
-    _require_mlflow(tracking_uri)
+    require_mlflow(tracking_uri)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -161,12 +151,7 @@ def _user_labels(run: Run) -> dict:
     """Name, tags and note: from the run's meta file, else its config; absent is fine."""
     config = run.config()
     labels = {key: config[key] for key in ("name", "tags", "note") if config.get(key)}
-    try:
-        labels.update({k: v for k, v in read_json(run.path / META_FILE).items() if v})
-    except FileNotFoundError:
-        pass
-    except json.JSONDecodeError:
-        raise UserError(f"run {run.id}: {META_FILE} is corrupt") from None
+    labels.update({k: v for k, v in records.read(run.path, records.META, {}).items() if v})
     return labels
 
 
@@ -290,36 +275,3 @@ def export_runs(
             yield export_run(client, experiment_id, run)
     except MlflowException as exc:
         raise UserError(f"MLflow at {tracking_uri}: {_first_line(exc)}") from None
-
-
-def cmd_export_mlflow(args: argparse.Namespace) -> int:
-    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    _require_mlflow(tracking_uri)
-    runs = runs_to_export(RunStore(args.runs_dir), args.runs)
-    if not runs:
-        print("no completed runs to export")
-        return 0
-    import mlflow  # sets its logger up on import: quiet its database set-up chatter after
-
-    logging.getLogger(mlflow.__name__).setLevel(logging.WARNING)
-    for done in export_runs(runs, tracking_uri, args.experiment, args.artifact_location):
-        print(f"{done.run_id}: {done.action} (MLflow run {done.mlflow_run_id})", flush=True)
-    print(f"MLflow experiment {args.experiment!r} at {tracking_uri}")
-    return 0
-
-
-def add_export_mlflow_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``export-mlflow`` on the CLI's subparsers."""
-    p = subparsers.add_parser("export-mlflow", help="log runs into an MLflow tracking store")
-    p.add_argument(
-        "runs", nargs="*", metavar="RUN", help="default: every completed run, bundled included"
-    )
-    p.add_argument(
-        "--tracking-uri",
-        help=f"default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI}",
-    )
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="created when missing")
-    p.add_argument(
-        "--artifact-location", help="where a new experiment keeps its artifacts (path or URI)"
-    )
-    p.set_defaults(func=cmd_export_mlflow)

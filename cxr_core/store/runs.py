@@ -1,11 +1,5 @@
-"""The run store: one self-describing folder per training run.
-
-A run folder holds everything needed to audit, compare, resume or reuse a run::
-
-    config.json  env.json  split.json  status.json  history.jsonl
-    model.safetensors (best weights)  last.safetensors + last.json (resume state)
-    evaluation.json  evaluations/ (sets scored later)  meta.json (name, tags, note)
-    cancel (a flag file)
+"""The run store: one self-describing folder per training run (its files:
+:mod:`cxr_core.store.records`).
 
 The folders are the only record: listing and filtering read them. Status is written by
 the training process itself, with a heartbeat, so a process that died without a word
@@ -14,9 +8,6 @@ the training process itself, with a heartbeat, so a process that died without a 
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import os
 import shutil
 import socket
@@ -30,9 +21,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cxr_core.data.folders import SplitManifest
 from cxr_core.errors import UserError
-from cxr_core.fileio import atomic_write_json, read_json
 from cxr_core.settings import bundled_runs_dir, default_runs_dir
+from cxr_core.store import processes, records
+from cxr_core.store.records import (
+    Calibration,
+    Config,
+    Evaluation,
+    HistoryRecord,
+    Meta,
+    SplitRecord,
+    Status,
+)
 
 ACTIVE = ("queued", "running")
 HEARTBEAT_TIMEOUT_S = 90.0
@@ -41,58 +42,6 @@ HEARTBEAT_TIMEOUT_S = 90.0
 def new_run_id(arch: str) -> str:
     """``<date>-<time>-<arch>-<4 hex>``: sortable, readable, unique enough per second."""
     return f"{datetime.now():%Y%m%d-%H%M%S}-{arch}-{uuid.uuid4().hex[:4]}"
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs. A zombie does not: a process killed with -9 stays one until
-    its parent (the app that launched it) reaps it, which may be never."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (macOS): kill(0) is all we know
-        return True
-
-
-def _process_start_time(pid: int) -> float | None:
-    """When ``pid`` started (Unix time), to tell a reused pid from the run's own process;
-    None where /proc is missing."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-    except (OSError, IndexError, ValueError, StopIteration):
-        return None
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
-
-
-META_FILE = "meta.json"
-DERIVED = ("evaluations", "cam_checks", "calibration.json")
-"""Records computed from a run's weights after training (scores on added image sets, CAM
-checks, a fitted temperature): stale once the weights change."""
-
-
-def record_version(folder: Path) -> str:
-    """A short digest of a bundled run's evaluation.json (its config.json for a record
-    without one): what its added records were computed against. A bundle update that
-    replaces a run under the same id gets a fresh overlay instead of the old model's scores."""
-    record = folder / "evaluation.json"
-    if not record.is_file():
-        record = folder / "config.json"
-    stat = record.stat()
-    return _digest(record, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=256)
-def _digest(file: Path, mtime_ns: int, size: int) -> str:
-    """Read once per version of the file: listings run on every page rerun."""
-    return hashlib.sha1(file.read_bytes()).hexdigest()[:12]
 
 
 def normalise_tags(tags: Any) -> list[str]:
@@ -132,64 +81,114 @@ class Run:
 
     @property
     def weights(self) -> Path:
-        return self.path / "model.safetensors"
+        return self.path / records.WEIGHTS
+
+    @property
+    def added(self) -> Path:
+        """Where records added after training live (:data:`records.DERIVED`, meta.json):
+        the run folder, or for a bundled run the writable store, so checkpoints/ is never
+        touched."""
+        return self.overlay or self.path
 
     @property
     def evaluations_dir(self) -> Path:
-        """Evaluation sets added after training (``evaluate --save``); for a bundled run
-        they go to the writable store, so checkpoints/ is never touched."""
-        return (self.overlay or self.path) / "evaluations"
+        """Evaluation sets added after training (``evaluate --save``)."""
+        return self.added / records.EVALUATIONS
+
+    def evaluation_set_file(self, key: str) -> Path:
+        """Where the image set with fingerprint ``key``, scored after training, is kept."""
+        return records.evaluation_set_file(self.added, key)
+
+    def cam_check_file(self, set_key: str, method: str, n: int) -> Path:
+        """Where a CAM check of ``n`` images of a set by ``method`` is kept."""
+        return records.cam_check_file(self.added, set_key, method, n)
+
+    def evaluation_set_files(self) -> list[Path]:
+        """The image sets scored after training, one file each, by name."""
+        folder = self.evaluations_dir
+        return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+    def record_files(self) -> list[Path]:
+        """The files the run's scored sets are read from (for a reader's cache key)."""
+        files = [self.path / records.EVALUATION, self.path / records.SPLIT]
+        return files + self.evaluation_set_files()
 
     def forget_derived(self) -> None:
-        """Remove the :data:`DERIVED` records (after its weights changed)."""
-        base = self.evaluations_dir.parent
-        for name in DERIVED:
+        """Remove the :data:`records.DERIVED` records (after its weights changed)."""
+        base = self.added
+        for name in records.DERIVED:
             target = base / name
             if target.is_dir():
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
 
-    def _json(self, name: str, default: Any = None) -> Any:
-        file = self.path / name
-        try:
-            return read_json(file)
-        except FileNotFoundError:
-            return default
-        except json.JSONDecodeError:
-            raise UserError(f"run {self.id}: {name} is corrupt") from None
+    def config(self) -> Config:
+        return records.read(self.path, records.CONFIG, {})
 
-    def config(self) -> dict:
-        return self._json("config.json", {})
+    def save_config(self, config: Config) -> None:
+        records.write(self.path, records.CONFIG, config)
 
-    def split(self) -> dict | None:
-        return self._json("split.json")
+    def split(self) -> SplitRecord | None:
+        return records.read(self.path, records.SPLIT)
+
+    def manifest(self) -> SplitManifest | None:
+        """The run's split as a :class:`SplitManifest`; None when it kept none."""
+        split = self.split()
+        return records.split_manifest(split) if split else None
+
+    def save_split(self, split: SplitRecord) -> None:
+        records.write(self.path, records.SPLIT, split)
 
     def environment(self) -> dict:
-        return self._json("env.json", {})
+        return records.read(self.path, records.ENVIRONMENT, {})
 
-    def evaluation(self) -> dict | None:
-        return self._json("evaluation.json")
+    def save_environment(self, environment: dict) -> None:
+        records.write(self.path, records.ENVIRONMENT, environment)
 
-    def status(self) -> dict:
+    def evaluation(self) -> Evaluation | None:
+        return records.read(self.path, records.EVALUATION)
+
+    def save_evaluation(self, evaluation: Evaluation) -> None:
+        records.write(self.path, records.EVALUATION, evaluation)
+
+    @property
+    def evaluation_file(self) -> Path:
+        return self.path / records.EVALUATION
+
+    def calibration(self) -> Calibration | None:
+        """The temperature fitted on the run's validation scores, if one was."""
+        return records.read(self.added, records.CALIBRATION, run_id=self.id)
+
+    def save_calibration(self, calibration: Calibration) -> None:
+        records.write(self.added, records.CALIBRATION, calibration)
+
+    @property
+    def calibration_file(self) -> Path:
+        return self.added / records.CALIBRATION
+
+    @property
+    def checkpoint(self) -> tuple[Path, Path]:
+        """The resume state: (last weights, last training state)."""
+        return self.path / records.LAST_WEIGHTS, self.path / records.LAST_STATE
+
+    def has_checkpoint(self) -> bool:
+        return records.has_checkpoint(self.path)
+
+    def status(self) -> Status:
         """Status with liveness applied: an active run whose process is gone reads as
         interrupted. Only read: status.json belongs to the process that trains the run."""
-        status = self._json("status.json", {"status": "queued"})
+        status = records.read(self.path, records.STATUS, {"status": "queued"})
         if status.get("status") in ACTIVE and not self.bundled and self._is_dead(status):
             status = {**status, "status": "interrupted", "message": "training process stopped"}
         return status
 
-    def meta(self) -> dict:
+    def meta(self) -> Meta:
         """What a user says about the run: ``name``, ``tags``, ``note``, and ``owner`` (the
         app session that launched it). A bundled run's lives in the writable store."""
-        try:
-            return read_json((self.overlay or self.path) / META_FILE)
-        except FileNotFoundError:
-            return {}
-        except json.JSONDecodeError:
-            raise UserError(f"run {self.id}: {META_FILE} is corrupt") from None
+        return records.read(self.added, records.META, {}, self.id)
 
-    def set_meta(self, **fields: Any) -> dict:
+    def set_meta(self, **fields: Any) -> Meta:
         """Update name, tags, note or owner (None leaves a field as it is)."""
         unknown = set(fields) - {"name", "tags", "note", "owner"}
         if unknown:
@@ -201,7 +200,7 @@ class Run:
         if len(note) > 2000:
             raise UserError("a run's note holds at most 2000 characters")
         meta["tags"] = normalise_tags(meta.get("tags", []))
-        atomic_write_json((self.overlay or self.path) / META_FILE, meta)
+        records.write(self.added, records.META, meta)
         return meta
 
     @property
@@ -216,9 +215,9 @@ class Run:
         only a stale heartbeat tells."""
         pid, host = status.get("pid"), status.get("host")
         if pid and host == socket.gethostname():
-            started = _process_start_time(pid)
+            started = processes.process_start_time(pid)
             reused = started is not None and started > status.get("heartbeat", 0) + 5
-            return not _pid_alive(pid) or reused
+            return not processes.pid_alive(pid) or reused
         return time.time() - status.get("heartbeat", 0) > HEARTBEAT_TIMEOUT_S
 
     def set_status(self, status: str, **fields: Any) -> None:
@@ -229,7 +228,7 @@ class Run:
     def heartbeat(self) -> None:
         """Refresh the heartbeat of an active run, leaving everything else as it is."""
         with _STATUS_LOCK:
-            current = self._json("status.json", {})
+            current = records.read(self.path, records.STATUS, {})
             if current.get("status") in ACTIVE:
                 self._write_status(current["status"], {})
 
@@ -252,7 +251,7 @@ class Run:
             thread.join()
 
     def _write_status(self, status: str, fields: dict) -> None:
-        current = self._json("status.json", {})
+        current = records.read(self.path, records.STATUS, {})
         now = time.time()
         update = {**current, **fields, "status": status, "heartbeat": now}
         update.setdefault("created", now)
@@ -261,41 +260,37 @@ class Run:
             update.setdefault("started", now)
         if status not in ACTIVE:
             update["ended"] = now
-        atomic_write_json(self.path / "status.json", update)
+        records.write(self.path, records.STATUS, update)
 
-    def history(self) -> list[dict]:
-        file = self.path / "history.jsonl"
-        if not file.exists():
-            return []
-        records = []
-        for line in file.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill mid-write
-        return records
+    def history(self) -> list[HistoryRecord]:
+        return records.read_history(self.path)
 
-    def append_history(self, record: dict) -> None:
-        with open(self.path / "history.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+    @property
+    def history_file(self) -> Path:
+        return self.path / records.HISTORY
+
+    def append_history(self, record: HistoryRecord) -> None:
+        records.append_history(self.path, record)
 
     def truncate_history(self, last_epoch: int) -> None:
         """On resume: drop what the interrupted epoch had logged past the checkpoint."""
         kept = [r for r in self.history() if r.get("epoch", 0) <= last_epoch]
-        text = "".join(json.dumps(r) + "\n" for r in kept)
-        (self.path / "history.jsonl").write_text(text)
+        records.write_history(self.path, kept)
 
     def request_cancel(self) -> None:
-        (self.path / "cancel").touch()
+        (self.path / records.CANCEL).touch()
 
     def cancel_requested(self) -> bool:
-        return (self.path / "cancel").exists()
+        return (self.path / records.CANCEL).exists()
+
+    def clear_cancel(self) -> None:
+        """Forget a cancel request (before the run is resumed)."""
+        (self.path / records.CANCEL).unlink(missing_ok=True)
 
     def summary(self) -> dict:
         """One flat row for tables and the CLI."""
         config, status, evaluation = self.config(), self.status(), self.evaluation() or {}
-        splits = evaluation.get("splits", {})
-        test_name = evaluation.get("test_split")
+        test = records.report_on_test(evaluation)
         meta = self.meta()
         row = {
             "id": self.id,
@@ -310,10 +305,10 @@ class Run:
             "epochs": config.get("epochs"),
             "epoch": status.get("epoch"),
             "data": config.get("data"),
-            "val_auc": splits.get("val", {}).get("roc_auc"),
-            "test_split": test_name,
-            "test_auc": splits.get(test_name, {}).get("roc_auc") if test_name else None,
-            "test_accuracy": splits.get(test_name, {}).get("accuracy") if test_name else None,
+            "val_auc": records.split_report(evaluation, "val").get("roc_auc"),
+            "test_split": evaluation.get("test_split"),
+            "test_auc": test.get("roc_auc"),
+            "test_accuracy": test.get("accuracy"),
             "message": status.get("message"),
         }
         return row
@@ -345,7 +340,7 @@ class RunStore:
         run.set_status("queued")
         # config.json last: it makes the folder a run to listings and to the queue's
         # liveness checks, which must never see a run without its status.
-        atomic_write_json(path / "config.json", config)
+        run.save_config(config)
         return run
 
     def _folders(self) -> Iterator[Run]:
@@ -353,10 +348,11 @@ class RunStore:
             if base is None or not base.is_dir():
                 continue
             for child in sorted(base.iterdir()):
-                if (child / "config.json").is_file():
+                if records.is_run(child):
                     overlay = None
                     if bundled:
-                        overlay = self.root / ".bundled" / f"{child.name}-{record_version(child)}"
+                        version = records.record_version(child)
+                        overlay = self.root / ".bundled" / f"{child.name}-{version}"
                     yield Run(child, bundled, overlay)
 
     def get(self, run_id: str) -> Run:
@@ -393,7 +389,7 @@ class RunStore:
             raise UserError(f"{run.id} is a bundled run; it cannot be deleted")
         if run.status().get("status") in ACTIVE:
             raise UserError(f"run {run.id} is still {run.status()['status']}: cancel it first")
-        using = [r.id for r in self._folders() if run.id in (r.config().get("members") or [])]
+        using = [r.id for r in self._folders() if run.id in records.members(r.config())]
         if using:
             raise UserError(
                 f"run {run.id} is a member of the ensemble(s) {', '.join(using)}: "

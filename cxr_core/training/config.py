@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
 from cxr_core.errors import UserError
-from cxr_core.models.zoo import REGISTRY, get_architecture
+from cxr_core.models.zoo import REGISTRY, check_build, get_architecture
 
 OPTIMIZERS = ("adam", "adamw", "nadam", "sgd")
 SCHEDULERS = ("none", "cosine", "step", "plateau", "onecycle")
@@ -246,6 +246,19 @@ class TrainConfig:
                 raise UserError(f"{opt.label} must be one of {', '.join(map(str, opt.choices))}")
             if opt.low is not None and not opt.low <= value <= opt.high:
                 raise UserError(f"{opt.label} must be between {opt.low:g} and {opt.high:g}")
+
+    def check_launch(self) -> None:
+        """Refuse, in one line, a combination no run should start with: pretrained weights an
+        architecture lacks, a size a pretrained network cannot take, or frozen backbone
+        stages on a network trained from scratch (random features, never learned). The CLI,
+        the Train page and sweeps call it before anything starts; a saved config is not
+        checked again when it is loaded (runs made before this check still load)."""
+        check_build(self.arch, self.pretrained, self.img_size)
+        if not self.pretrained and self.unfreeze_last != -1:
+            raise UserError(
+                f"{self.arch} from scratch has no learned backbone to freeze: set trainable "
+                "backbone stages to -1 (all), or start from ImageNet weights (pretrained)"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -9,7 +9,6 @@ epoch exactly and ends with the same weights as one that was never stopped (on C
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import sys
@@ -22,9 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cxr_core.data.folders import SplitManifest
 from cxr_core.errors import UserError
-from cxr_core.fileio import atomic_write_bytes, atomic_write_files, atomic_write_json, read_json
 from cxr_core.models import weights_file
 from cxr_core.models.zoo import Network, count_parameters
 from cxr_core.scoring import metrics
@@ -32,6 +29,9 @@ from cxr_core.store.runs import Run
 from cxr_core.training import features
 from cxr_core.training.config import TrainConfig
 from cxr_core.training.inputs import Data, load_data
+from cxr_core.training.optim import make_optimizer, make_scheduler
+from cxr_core.training.reporting import Cancelled, Reporter, StepReport
+from cxr_core.training.resume_state import load_resume_state, save_resume_state
 from cxr_core.training.runtime import (
     autocast,
     build_network,
@@ -39,52 +39,6 @@ from cxr_core.training.runtime import (
     select_device,
     to_input,
 )
-
-
-class Cancelled(Exception):
-    """The user asked the run to stop (the run folder's ``cancel`` flag)."""
-
-
-# --------------------------------------------------------------------------- setup
-
-
-def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    # One fused kernel a step instead of a pass over the weights per operation (CUDA and
-    # CPU have it; NAdam not). On 2-core CPUs it measured 1.02-1.2x on a Xeon and 0.91-0.96x
-    # on an AMD EPYC, near the noise: the optimizer is 1% of a step there (benchmarks/).
-    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
-    if cfg.optimizer == "nadam":
-        return torch.optim.NAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer in ("adam", "adamw"):
-        kind = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-        return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-    return torch.optim.SGD(
-        params,
-        lr=cfg.lr,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=cfg.weight_decay,
-        fused=fused,
-    )
-
-
-def make_scheduler(
-    cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
-) -> tuple[object | None, str]:
-    """The scheduler and when it steps: ``"step"`` (each batch) or ``"epoch"``."""
-    total = cfg.epochs * steps_per_epoch
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "step"
-    if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total), "step"
-    if cfg.scheduler == "step":
-        size = max(1, cfg.epochs // 3)
-        return torch.optim.lr_scheduler.StepLR(optimizer, size, gamma=0.1), "epoch"
-    if cfg.scheduler == "plateau":
-        mode = "min" if cfg.monitor == "val_loss" else "max"
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode, patience=2), "epoch"
-    return None, "never"
 
 
 def _freeze_frozen_batchnorm(model: torch.nn.Module) -> None:
@@ -97,15 +51,6 @@ def _freeze_frozen_batchnorm(model: torch.nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- loops
-
-
-@dataclass
-class StepReport:
-    epoch: int
-    step: int
-    steps: int
-    loss: float
-    images_per_s: float
 
 
 def train_one_epoch(
@@ -212,68 +157,6 @@ def measure_latency(model: torch.nn.Module, cfg: TrainConfig, repeats: int = 15)
     return float(np.median(times))
 
 
-# --------------------------------------------------------------------------- run state
-
-
-def _save_resume_state(run: Run, network, optimizer, scheduler, scaler, state: dict) -> None:
-    """Model + optimizer tensors in safetensors, the rest as JSON (no pickle anywhere)."""
-    tensors = {f"model.{k}": v for k, v in network.model.state_dict().items()}
-    opt = optimizer.state_dict()
-    scalars = {}
-    for pid, slots in opt["state"].items():
-        for key, value in slots.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{pid}.{key}"] = value
-            else:
-                scalars[f"{pid}.{key}"] = value
-    from safetensors.torch import save
-
-    blob = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
-    resume = {
-        **state,
-        "param_groups": opt["param_groups"],
-        "optimizer_scalars": scalars,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict(),
-    }
-    # Both files or neither: a full disk or a kill never pairs weights with another epoch.
-    atomic_write_files(
-        {
-            run.path / "last.safetensors": blob,
-            run.path / "last.json": json.dumps(resume, indent=1, allow_nan=True).encode(),
-        }
-    )
-
-
-def _load_resume_state(run: Run, network, optimizer, scheduler, scaler) -> dict:
-    path = run.path / "last.safetensors"
-    if not path.exists() or not (run.path / "last.json").exists():
-        raise UserError(f"run {run.id} has no checkpoint to resume from (no epoch finished)")
-    tensors, _ = weights_file.read_safetensors(path)
-    state = read_json(run.path / "last.json")
-    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    weights_file.load_state_into(network.model, model_state, run.config().get("arch", "?"), path)
-    slots: dict[int, dict] = {}
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            param = params[int(pid)]
-            if value.shape == param.shape:
-                # Moments back in their parameter's memory format (channels_last): the
-                # fused optimizers pair elements by memory position, not by index.
-                value = torch.empty_like(param).copy_(value)
-            slots.setdefault(int(pid), {})[name] = value
-    for key, value in state["optimizer_scalars"].items():
-        pid, name = key.split(".", 1)
-        slots.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    return state
-
-
 def environment(device: torch.device) -> dict:
     import torchvision
 
@@ -294,78 +177,6 @@ def _improved(cfg: TrainConfig, value: float, best: float | None) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
     return value < best if cfg.monitor == "val_loss" else value > best
-
-
-# --------------------------------------------------------------------------- reporting
-
-
-class Reporter:
-    """What a run tells the world while it trains: status with heartbeat, progress and
-    ETA (what the Runs page and the CLI show), history records, and printed lines.
-
-    Every call is also where a cancel request is noticed: it raises :class:`Cancelled`.
-    """
-
-    def __init__(self, run: Run, cfg: TrainConfig, every_s: float = 1.0) -> None:
-        self.run, self.cfg, self.every_s = run, cfg, every_s
-        self._last = 0.0
-        self._phase_started = time.perf_counter()
-        self._phase = ""
-
-    def status(self, force: bool = False, **fields) -> None:
-        if self.run.cancel_requested():
-            raise Cancelled()
-        if force or time.time() - self._last > self.every_s:
-            self.run.set_status("running", **fields)
-            self._last = time.time()
-
-    def progress(self, phase: str, done: int, total: int) -> None:
-        """A preparation phase (decoding, features): fraction done and its ETA."""
-        if phase != self._phase:
-            self._phase, self._phase_started = phase, time.perf_counter()
-        elapsed = time.perf_counter() - self._phase_started
-        eta = elapsed / done * (total - done) if done else None
-        self.status(
-            phase=f"{phase} {done}/{total}",
-            progress=round(done / max(total, 1), 4),
-            eta_s=round(eta) if eta is not None else None,
-        )
-
-    def step(self, report: StepReport) -> None:
-        done = (report.epoch - 1) * report.steps + report.step
-        total = self.cfg.epochs * report.steps
-        eta = (total - done) * self.cfg.batch_size / max(report.images_per_s, 1e-9)
-        self.run.append_history(
-            {
-                "type": "step",
-                "epoch": report.epoch,
-                "step": report.step,
-                "global_step": done,
-                "loss": report.loss,
-            }
-        )
-        self.status(
-            phase="training",
-            epoch=report.epoch,
-            step=report.step,
-            steps=report.steps,
-            progress=round(done / total, 4),
-            images_per_s=round(report.images_per_s, 1),
-            eta_s=round(eta),
-        )
-
-    def epoch(self, record: dict) -> None:
-        """An epoch's record: history first, then a status written at once, so a page
-        polling the run sees every epoch even when epochs take milliseconds."""
-        self.run.append_history(record)
-        self.status(force=True, phase="validated", epoch=record["epoch"])
-        print(
-            f"epoch {record['epoch']}/{self.cfg.epochs}  loss {record['train_loss']:.4f}  "
-            f"val_loss {record['val_loss']:.4f}  val_auc {record['val_roc_auc']:.4f}  "
-            f"val_f1 {record['val_f1']:.4f}  {record['seconds']:.0f}s",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 # --------------------------------------------------------------------------- preparing
@@ -397,14 +208,12 @@ def prepare(run: Run, cfg: TrainConfig, resume: bool, reporter: Reporter) -> Tra
     for a frozen backbone without augmentation, the backbone's features computed once."""
     device = select_device(cfg.device)
     reporter.status(force=True, phase="preparing data", message=None)
-    saved_split = run.split() if resume else None
-    manifest = SplitManifest.from_dict(saved_split) if saved_split else None
+    manifest = run.manifest() if resume else None
     images = load_data(
         cfg, manifest, progress=lambda d, t: reporter.progress("decoding images", d, t)
     )
     if not resume:
-        atomic_write_json(
-            run.path / "split.json",
+        run.save_split(
             {
                 **images.manifest.to_dict(),
                 "skipped": images.skipped,
@@ -413,7 +222,7 @@ def prepare(run: Run, cfg: TrainConfig, resume: bool, reporter: Reporter) -> Tra
                 "root": str(images.root),
             },
         )
-        atomic_write_json(run.path / "env.json", environment(device))
+        run.save_environment(environment(device))
     for note in images.notes:
         print(f"note: {note}", file=sys.stderr)
 
@@ -428,7 +237,7 @@ def prepare(run: Run, cfg: TrainConfig, resume: bool, reporter: Reporter) -> Tra
     )
     state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "train_time_s": 0.0}
     if resume:
-        state = {**state, **_load_resume_state(run, network, optimizer, scheduler, scaler)}
+        state = {**state, **load_resume_state(run, network, optimizer, scheduler, scaler)}
         run.truncate_history(state["epoch"])
     trainee, data = network, images
     if features.applies(cfg):
@@ -500,7 +309,7 @@ def run_epochs(
         else:
             state["bad_epochs"] += 1
         state["train_time_s"] = clock()
-        _save_resume_state(run, t.network, t.optimizer, t.scheduler, t.scaler, state)
+        save_resume_state(run, t.network, t.optimizer, t.scheduler, t.scaler, state)
         if state["bad_epochs"] >= cfg.patience:
             print(f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs", file=sys.stderr)
             break
@@ -554,34 +363,6 @@ def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = F
         return evaluation
 
 
-def store_weights_as(run: Run, precision: str) -> dict:
-    """Store a completed run's best weights at ``precision`` and score what is stored:
-    the threshold chosen again on val, every split reported again, records derived from the
-    old weights removed. On any failure the run is left as it was."""
-    evaluation = run.evaluation()
-    if run.status().get("status") != "completed" or not evaluation:
-        raise UserError(f"run {run.id} is not completed; quantize completed runs")
-    cfg = TrainConfig.from_dict(run.config())
-    device = select_device(cfg.device)
-    before = run.weights.read_bytes(), (run.path / "evaluation.json").read_bytes()
-    state_dict, meta = weights_file.load_weights(run.weights)
-    network = build_network(cfg, device)
-    weights_file.load_state_into(network.model, state_dict, cfg.arch, run.weights)
-    data = load_data(cfg, SplitManifest.from_dict(run.split()))
-    state = {"epoch": evaluation["epochs_run"], "train_time_s": evaluation["train_time_s"]}
-    try:
-        weights_file.save_weights(run.weights, network.model, meta, precision)
-        evaluation = final_evaluation(
-            run, data, device, cfg, state, count_parameters(network.model), precision
-        )
-    except BaseException:
-        atomic_write_bytes(run.weights, before[0])
-        atomic_write_bytes(run.path / "evaluation.json", before[1])
-        raise
-    run.forget_derived()  # scores and CAM checks of the weights it had
-    return evaluation
-
-
 def final_evaluation(
     run: Run,
     data: Data,
@@ -621,7 +402,7 @@ def final_evaluation(
         "weights_precision": precision,
         "splits": splits,
     }
-    atomic_write_json(run.path / "evaluation.json", evaluation)
+    run.save_evaluation(evaluation)
     weights_file.save_weights(
         run.weights, network.model, {**meta, "threshold": threshold, "run_id": run.id}, precision
     )

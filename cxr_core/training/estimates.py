@@ -17,7 +17,7 @@ import torch
 from cxr_core.store.runs import RunStore
 from cxr_core.training import features
 from cxr_core.training.config import TrainConfig
-from cxr_core.training.engine import make_optimizer
+from cxr_core.training.optim import make_optimizer
 from cxr_core.training.runtime import autocast, build_network, select_device, to_input
 
 

@@ -58,6 +58,24 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def preset_changes(name: str, current: dict) -> dict[str, tuple]:
+    """What choosing preset ``name`` changes in a form holding ``current`` (option names as
+    in :func:`~cxr_core.training.config.options`, plus ``arch`` and ``data``): every option
+    the preset names takes its value, every other one goes back to its default (a preset is a
+    whole starting point, not a patch over the last one), ``arch`` and ``data`` only when the
+    preset names them. ``{name: (old, new)}`` for the values that differ."""
+    from cxr_core.training.config import options
+
+    values = apply_preset(name, {})
+    target = {o.name: values.get(o.name, o.default) for o in options() if o.name not in PAGE_SET}
+    target |= {k: values[k] for k in PAGE_SET if k in values}
+    return {k: (current.get(k), v) for k, v in target.items() if current.get(k) != v}
+
+
+PAGE_SET = ("arch", "data")
+"""Options a preset may name that a page sets elsewhere (the architecture picker, the data)."""
+
+
 def apply_preset(name: str, overrides: dict) -> dict:
     """The preset's option values (names as in :func:`cxr_core.training.config.options`), then
     ``overrides`` on top."""

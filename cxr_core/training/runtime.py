@@ -6,7 +6,6 @@ exactly the same input when it is trained, evaluated and explained.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 
 from cxr_core.errors import UserError
 from cxr_core.models.zoo import Network, create_network, set_trainable
+from cxr_core.settings import cpu_bf16_setting
 from cxr_core.training.augment import augment_batch
 from cxr_core.training.config import TrainConfig
 
@@ -69,7 +69,7 @@ def _cpu_has_bf16() -> bool:
 
     Without them bf16 is emulated and slower than fp32.
     """
-    if os.environ.get("CXR_CPU_BF16") == "0":
+    if cpu_bf16_setting() is False:
         return False
     try:
         flags = Path("/proc/cpuinfo").read_text()

@@ -18,17 +18,10 @@ def build_configs(archs: list[str], options: dict) -> list[TrainConfig]:
         data.resolve()  # a preset or CXR_DATA_DIR must obey the allowed roots too
     configs = []
     for arch in archs:
-        spec = get_architecture(arch)
-        if options.get("pretrained") and spec.pretrained_source is None:
-            raise UserError(f"{arch} has no pretrained weights: untick 'pretrained' or drop it")
-        size = options.get("img_size")
-        fixed = spec.fixed_img_size
-        if fixed and options.get("pretrained") and size not in (None, 0, fixed):
-            raise UserError(
-                f"pretrained {arch} needs image size {spec.fixed_img_size} "
-                "(or 'architecture default')"
-            )
-        configs.append(TrainConfig(**{**options, "arch": arch, "img_size": size or None}))
+        size = options.get("img_size") or None  # 0: the architecture's default
+        config = TrainConfig(**{**options, "arch": arch, "img_size": size})
+        config.check_launch()
+        configs.append(config)
     return configs
 
 

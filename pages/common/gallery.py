@@ -1,6 +1,7 @@
 """Image by image: a run's per-image results on an evaluation set as a table, the images
-of one confusion-matrix cell, and the images two runs disagree on (McNemar's discordant
-pairs). No Streamlit here, so the views stay thin and these stay testable."""
+of one confusion-matrix cell, and the image file behind a row. No Streamlit here, so the
+views stay thin and these stay testable; the images two runs disagree on are
+``cxr_core.analysis.mistakes.discordant``."""
 
 from __future__ import annotations
 
@@ -64,42 +65,6 @@ def cell_images(evalset: EvalSet, cell: str, order: str = "confident") -> pd.Dat
     chosen = np.flatnonzero(table["cell"].to_numpy() == cell)
     ranked = mistakes.by_confidence(evalset, chosen)
     return table.loc[ranked[::-1] if order == "borderline" else ranked]
-
-
-def _aligned(set_a: EvalSet, set_b: EvalSet) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Both runs' image tables in the first set's order (a set's order is its scoring's)."""
-    if set_a.key != set_b.key:
-        raise UserError("the two runs were scored on different images; pick a shared set")
-    a = image_table(set_a)
-    return a, image_table(set_b).set_index("file").loc[a["file"]].reset_index()
-
-
-def paired_correct(set_a: EvalSet, set_b: EvalSet) -> tuple[np.ndarray, np.ndarray]:
-    """Whether each run is right on each image, image for image (McNemar's input)."""
-    a, b = _aligned(set_a, set_b)
-    return a["correct"].to_numpy(), b["correct"].to_numpy()
-
-
-def discordant(set_a: EvalSet, set_b: EvalSet) -> pd.DataFrame:
-    """The images one run gets right and the other wrong (McNemar's discordant pairs),
-    matched by file; the wrong run's most confident mistakes first. Columns: file, truth,
-    both probabilities and decisions, and ``right``: "A" or "B"."""
-    a, b = _aligned(set_a, set_b)
-    right_a = a["correct"].to_numpy()
-    pairs = pd.DataFrame(
-        {
-            "file": a["file"],
-            "truth": a["truth"],
-            "probability_a": a["probability"],
-            "decision_a": a["decision"],
-            "probability_b": b["probability"],
-            "decision_b": b["decision"],
-            "right": np.where(right_a, "A", "B"),
-            "confidence": np.where(right_a, b["confidence"], a["confidence"]),
-        }
-    )
-    differ = right_a != b["correct"].to_numpy()
-    return pairs[differ].sort_values(["confidence", "file"], ascending=[False, True])
 
 
 def image_file(evalset: EvalSet, path: str) -> Path:

@@ -13,6 +13,7 @@ from cxr_core.errors import UserError
 from cxr_core.predict import ensembles
 from cxr_core.predict.evalsets import fingerprint, run_sets
 from cxr_core.scoring.metrics import roc_auc
+from cxr_core.store import records
 from cxr_core.store.runs import ACTIVE, Run, RunStore
 
 
@@ -75,9 +76,8 @@ def run_label(run: Run) -> str:
 def _test_figures(run: Run) -> dict:
     """The run's test AUCs, each beside the set it comes from: its recorded test split (an
     internal split or a test/ folder) and the biggest outside set it was scored on since."""
-    evaluation = run.evaluation() or {}
-    name = evaluation.get("test_split")
-    test = evaluation.get("splits", {}).get(name) if name else None
+    evaluation = run.evaluation()
+    name, test = (evaluation or {}).get("test_split"), records.report_on_test(evaluation)
     out = {
         "test AUC": round(test["roc_auc"], 3) if test else None,
         "test set": f"{name} ({test['n']} images)" if test else "",

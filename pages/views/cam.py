@@ -13,6 +13,7 @@ import streamlit as st
 from cxr_core.errors import UserError
 from cxr_core.predict import ensembles
 from cxr_core.predict.inference import explain, prepare
+from cxr_core.scoring.metrics import decided_class
 from cxr_core.store.runs import Run
 from pages import loaded_model
 
@@ -37,7 +38,7 @@ def bar_html(probability: float, threshold: float, label: bool = True) -> str:
     """The probability as a bar coloured by the decision, with the threshold as a tick:
     a 9% bar crossing a 7.8% tick shows why a film is called PNEUMONIA. ``label`` writes
     the probability and the decision above it."""
-    decision = "PNEUMONIA" if probability >= threshold else "NORMAL"
+    decision = decided_class(probability, threshold)
     colour = DECISION_COLOURS[decision]
     p, t = 100 * min(max(probability, 0.0), 1.0), 100 * threshold
     p_text, t_text = percents(probability, threshold)

@@ -29,14 +29,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
+def _share(value: float | None) -> float:
+    """A share for the table: an empty cell where it is not defined (every map empty)."""
+    return math.nan if value is None else value
+
+
 def _row(run_id: str, report: CamReport) -> dict:
     check = report.check
     row = {
         "run": run_id,
         "images": check.images,
-        "border": check.shares.border,
-        "outside lungs": check.shares.outside_lungs,
-        "below diaphragm": check.shares.below_diaphragm,
+        "empty maps": check.flat_maps,
+        "border": _share(check.shares.border),
+        "outside lungs": _share(check.shares.outside_lungs),
+        "below diaphragm": _share(check.shares.below_diaphragm),
         "ROAD CAM": check.road.combined if check.road else math.nan,
         "ROAD random": check.road_random.combined if check.road_random else math.nan,
         "beats random": report.faithful,
@@ -44,7 +50,7 @@ def _row(run_id: str, report: CamReport) -> dict:
     }
     if report.opacity is not None:
         row |= {
-            "in opacity": report.opacity.opacity_share,
+            "in opacity": _share(report.opacity.opacity_share),
             "opacity area": report.opacity.opacity_area,
             "pointing hits": report.opacity.hit_rate,
         }
@@ -52,6 +58,9 @@ def _row(run_id: str, report: CamReport) -> dict:
 
 
 COLUMNS = {
+    "empty maps": st.column_config.NumberColumn(
+        help="Maps with no evidence for the explained class (all zero): left out of the shares"
+    ),
     "border": st.column_config.NumberColumn(
         format="percent", help="Share of CAM energy in the outer 10% of each side"
     ),

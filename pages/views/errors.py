@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import functools
 
-import plotly.graph_objects as go
 import streamlit as st
 
-from cxr_core.analysis import plots
+from cxr_core.analysis import mistakes, plots
 from cxr_core.errors import UserError
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.predict.inference import CAM_METHODS, overlay
@@ -86,31 +85,6 @@ def per_image_table(run: Run, evalset: EvalSet, key: str | None = None) -> None:
     )
 
 
-def _clickable_matrix(cm: list[list[int]]) -> go.Figure:
-    """The app's confusion matrix with an invisible marker on each cell: Plotly selects
-    markers, not heatmap cells, so a click on a cell selects its marker."""
-    fig = plots.confusion_matrix(cm, False, "click a cell to see its images")
-    x, y, text = [], [], []
-    for truth, decision, plain in CELLS.values():
-        count = cm[CLASSES.index(truth)][CLASSES.index(decision)]
-        x.append(f"pred {decision}")
-        y.append(f"true {truth}")
-        text.append(f"{count} {plain}")
-    hidden = {"marker": {"opacity": 0}}
-    fig.add_scatter(
-        x=x,
-        y=y,
-        mode="markers",
-        marker={"symbol": "square", "size": 90, "opacity": 0},
-        selected=hidden,
-        unselected=hidden,
-        text=text,
-        hovertemplate="%{text}: click to see them<extra></extra>",
-        showlegend=False,
-    )
-    return fig
-
-
 def _pick_clicked(chart_key: str, pick_key: str) -> None:
     """A click on the matrix picks its cell in the cell picker."""
     points = st.session_state[chart_key]["selection"]["points"]
@@ -144,7 +118,7 @@ def confusion_gallery(run: Run, evalset: EvalSet, key: str | None = None) -> Non
     left, right = st.columns([2, 3])
     with left:
         st.plotly_chart(
-            _clickable_matrix(cm),
+            plots.clickable_confusion_matrix(cm, {(t, d): plain for t, d, plain in CELLS.values()}),
             key=chart_key,
             on_select=functools.partial(_pick_clicked, chart_key, pick_key),
             selection_mode="points",
@@ -244,11 +218,11 @@ def disagreements(
     side by side with both runs' CAMs for the class each decided on."""
     key = key or _key(run_a.id, run_b.id, set_a.key)
     try:
-        pairs = gallery.discordant(set_a, set_b)
+        pairs = mistakes.discordant(set_a, set_b)
     except UserError as exc:
         st.warning(str(exc), icon=":material/warning:")
         return
-    test = stats.mcnemar_exact(*gallery.paired_correct(set_a, set_b))
+    test = stats.mcnemar_exact(*mistakes.paired_correct(set_a, set_b))
     st.markdown(
         f"On {set_a.name}: **{test['n10']}** images {run_a.id} gets right and {run_b.id} "
         f"wrong, **{test['n01']}** the other way round; McNemar's exact test "
