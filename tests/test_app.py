@@ -408,6 +408,24 @@ def test_predict_uploads_show_probability_and_overlay(bundled):
     assert len(at.get("download_button")) == 3
 
 
+def test_predict_warns_beside_the_probability_when_an_upload_is_not_a_chest_film(bundled):
+    """The input guard on Predict: a uniform grey image and a colour scene get the warning
+    beside their probability; a film like the run's own gets none."""
+    film = next(iter(uploads.demo_images().values()))
+    grey = png(np.full((700, 900), 128, np.uint8))
+    colour = np.zeros((300, 400, 3), np.uint8)
+    colour[..., 0], colour[:150, :, 1] = 230, 200
+    at = open_app("predict")
+    at.file_uploader[0].set_value(
+        [("film.png", film, "image/png"), ("grey.png", grey, "image/png"),
+         ("scene.png", png(colour), "image/png")]
+    ).run()  # fmt: skip
+    assert not at.exception, [e.value for e in at.exception]
+    warned = [w.value for w in at.warning if "does not look like a chest radiograph" in w.value]
+    assert len(warned) == 2
+    assert len([m for m in at.metric if m.label == "P(pneumonia)"]) == 3
+
+
 def test_predict_with_synthetic_samples_and_two_models(bundled, tiny_run_dir):
     shutil.copytree(tiny_run_dir, RunStore().root / "second")
     at = open_app("predict")
