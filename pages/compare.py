@@ -97,12 +97,19 @@ def _select_all(key: str, ids: list[str]) -> None:
     st.session_state[key] = ids
 
 
+def _select_comparable(key: str, runs: list[Run]) -> None:
+    st.session_state[key] = [r.id for r in comparison.comparable_runs(runs)]
+
+
 def _pick_runs(runs: list[Run]) -> list[Run]:
     """The runs to compare (all / none in one click), kept in the URL."""
-    ids = [r.id for r in runs]
     picker, everything, nothing = st.columns([10, 1, 1], vertical_alignment="bottom")
     everything.button(
-        "All", on_click=_select_all, args=("compare_runs", ids), help="Choose every run"
+        "All",
+        on_click=_select_comparable,
+        args=("compare_runs", runs),
+        help="Choose every run scored on the same images as the most others (real films "
+        "before synthetic ones): runs that share no images cannot be compared",
     )
     nothing.button("None", on_click=_select_all, args=("compare_runs", []), help="Clear")
     with picker:

@@ -360,3 +360,19 @@ def shows_reference(evalset: EvalSet) -> bool:
     if evalset.root is not None and Path(evalset.root).is_dir():
         return not is_synthetic(Path(evalset.root))
     return not synthetic_names(evalset.paths)
+
+
+def comparable_runs(runs: list[Run]) -> list[Run]:
+    """The largest group of ``runs`` scored on one same image set, in their order, real
+    films before synthetic ones: what "All" means on Compare, since runs that share no set
+    cannot stand side by side (choosing every run mixed synthetic and sweep runs with the
+    bundled ones, and the page had nothing to show)."""
+    groups: dict[str, list[Run]] = {}
+    real: dict[str, bool] = {}
+    for run in runs:
+        for key, evalset in run_sets(run).items():
+            groups.setdefault(key, []).append(run)
+            real.setdefault(key, shows_reference(evalset))
+    if not groups:
+        return []
+    return groups[max(groups, key=lambda k: (real[k], len(groups[k])))]
