@@ -97,12 +97,19 @@ def _select_all(key: str, ids: list[str]) -> None:
     st.session_state[key] = ids
 
 
+def _select_comparable(key: str, runs: list[Run]) -> None:
+    st.session_state[key] = [r.id for r in comparison.comparable_runs(runs)]
+
+
 def _pick_runs(runs: list[Run]) -> list[Run]:
     """The runs to compare (all / none in one click), kept in the URL."""
-    ids = [r.id for r in runs]
     picker, everything, nothing = st.columns([10, 1, 1], vertical_alignment="bottom")
     everything.button(
-        "All", on_click=_select_all, args=("compare_runs", ids), help="Choose every run"
+        "All",
+        on_click=_select_comparable,
+        args=("compare_runs", runs),
+        help="Choose every run scored on the same images as the most others (real films "
+        "before synthetic ones): runs that share no images cannot be compared",
     )
     nothing.button("None", on_click=_select_all, args=("compare_runs", []), help="Clear")
     with picker:
@@ -279,15 +286,22 @@ def _roc_and_pr(sets: dict[str, EvalSet]) -> None:
         key=kept("compare_zoom", False),
         help="Show the best 30% of each axis, where good runs' curves part.",
     )
-    st.plotly_chart(plots.roc_pr(reports, corner=0.3 if corner else None), key="roc_pr")
+    reference = comparison.shows_reference(next(iter(sets.values())))
+    st.plotly_chart(
+        plots.roc_pr(reports, reference=reference, corner=0.3 if corner else None), key="roc_pr"
+    )
     ref = plots.KERMANY_2018
     st.caption(
         "Circles mark each run's threshold; dotted lines on the right, the share of "
         "pneumonia images (a random model's AP). A click on a run in the legend hides it. "
-        f"★ Published reference: {ref['label']}; accuracy {ref['accuracy']:.1%}, "
-        f"sensitivity {ref['sensitivity']:.1%}, specificity {ref['specificity']:.1%}, "
-        f"AUC {ref['auc']}. A different model, split and protocol: for orientation, not a "
-        "like-for-like comparison.",
+        + (
+            f"★ Published reference: {ref['label']}; accuracy {ref['accuracy']:.1%}, "
+            f"sensitivity {ref['sensitivity']:.1%}, specificity {ref['specificity']:.1%}, "
+            f"AUC {ref['auc']}. A different model, split and protocol: for orientation, not "
+            "a like-for-like comparison."
+            if reference
+            else "No published reference point: these images are not real chest films."
+        ),
         help=texts.help_text("AUC"),
     )
 

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import ensure_app_shell, medical_notice, store
+from pages.common import runview
 
 ensure_app_shell()
 
@@ -42,6 +43,7 @@ if bundled:
     table = pd.DataFrame(
         {
             "run": [run.label for run in bundled],
+            "data": ["synthetic" if runview.is_synthetic_run(run) else "real" for run in bundled],
             "architecture": [r["arch"] for r in rows],
             "weights": ["ImageNet" if r["pretrained"] else "scratch" for r in rows],
             "px": [r["img_size"] for r in rows],
@@ -60,8 +62,9 @@ if bundled:
         },
     )
     st.caption(
-        "Trained with the CLI on the Kermany et al. (2018) training films. Their test set is "
-        "an internal split carved from the same films: easier than another hospital's."
+        "Real runs were trained with the CLI on the Kermany et al. (2018) training films; "
+        "their test set is an internal split carved from the same films, easier than another "
+        "hospital's. Synthetic runs learned drawn images: their scores say nothing of patients."
     )
 else:
     st.info("No bundled runs in this installation: train one on the Train page.")

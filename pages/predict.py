@@ -11,7 +11,7 @@ import streamlit as st
 
 from cxr_core.data.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, load_gray
 from cxr_core.errors import UserError
-from cxr_core.predict import cam_checks, ensembles
+from cxr_core.predict import cam_checks, ensembles, input_guard
 from cxr_core.predict.ensembles import Ensemble, EnsemblePrediction
 from cxr_core.predict.inference import (
     CAM_METHODS,
@@ -132,6 +132,32 @@ def _predict_ensemble(
     return model.predict([uploads.upload_source(name, _data)])[0]
 
 
+def _ensemble_version(run: Run) -> tuple:
+    """What an ensemble's caches key on: its config's and its members' weights' versions."""
+    members = ensembles.members(run)
+    return (
+        (run.path / records.CONFIG).stat().st_mtime,
+        *(_weights_version(m.weights) for m in members),
+    )
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _guard(run_version: tuple, digest: str, _model, _data: bytes) -> input_guard.GuardVerdict:
+    """Does the upload look like the films the run was validated on (cached per run
+    version and file)?"""
+    return input_guard.guard(_model, _data)
+
+
+def _input_guard(run: Run, digest: str, data: bytes) -> input_guard.GuardVerdict:
+    if ensembles.is_ensemble(run):
+        version = _ensemble_version(run)
+        model = _loaded_ensemble(str(run.path), version)
+    else:
+        version = _weights_version(run.weights)
+        model = loaded_model(*version)
+    return _guard((str(run.path), version), digest, model, data)
+
+
 def _prediction(
     run: Run, digest: str, name: str, data: bytes
 ) -> tuple[Prediction | EnsemblePrediction, dict[str | None, tuple[Run, Prediction]]]:
@@ -141,11 +167,7 @@ def _prediction(
         pred = _predict(*_weights_version(run.weights), digest, name, data)
         return pred, {None: (run, pred)}
     members = ensembles.members(run)
-    version = (
-        (run.path / records.CONFIG).stat().st_mtime,
-        *(_weights_version(m.weights) for m in members),
-    )
-    pred = _predict_ensemble(str(run.path), version, digest, name, data)
+    pred = _predict_ensemble(str(run.path), _ensemble_version(run), digest, name, data)
     return pred, {m.id: (m, pred.members[m.id]) for m in members}
 
 
@@ -167,6 +189,7 @@ def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, con
         st.caption("Trained on synthetic images: its output on a real radiograph means nothing.")
     with st.spinner("Loading the model and predicting ..."):
         pred, explained = _prediction(run, digest, name, data)
+        verdict = _input_guard(run, digest, data)
     ensemble = isinstance(pred, EnsemblePrediction)
     st.metric(
         "P(pneumonia)",
@@ -180,6 +203,10 @@ def _model_column(run: Run, index: int, name: str, data: bytes, digest: str, con
     _decision(
         pred.probability, pred.threshold, pred.label, "the ensemble's" if ensemble else "the run's"
     )
+    if not verdict.in_distribution:  # beside the probability, before any CAM
+        st.warning(verdict.message[0].upper() + verdict.message[1:], icon=":material/block:")
+    elif verdict.notes:
+        st.caption("Input guard: " + "; ".join(verdict.notes))
     target = pred.predicted if controls["target"] is None else controls["target"]
     if ensemble:
         st.caption(

@@ -58,6 +58,7 @@ def points_table(summary: list[dict], grid: dict, runs: list[Run], metric: str) 
                 "seeds done": f"{point['n']}/{len(point['runs'])}",
                 "runs": ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
                 "best on validation": point["best"],
+                "no better than chance": point["chance"],
             }
         )
     return pd.DataFrame(rows)
@@ -79,6 +80,15 @@ def _results(sweep_id: str, metric: str) -> None:
     best = next((p for p in summary if p["best"]), None)
     if best is None:
         st.info("No run of this sweep has completed yet.", icon=":material/hourglass_top:")
+    elif best["chance"]:
+        st.warning(
+            f"**No better than chance.** The best point on validation, "
+            f"{describe(best['point'])} ({info.label} {plots.mean_sd(best, info.percent)} over "
+            f"{best['n']} seed(s)), has a validation AUC interval that includes 0.5 for every "
+            "seed: none of these runs learned what the validation split can see. Train "
+            "longer, on more images, or check the data before choosing among them.",
+            icon=":material/casino:",
+        )
     else:
         st.success(
             f"**Best on validation: {describe(best['point'])}**, validation {info.label} "

@@ -408,6 +408,24 @@ def test_predict_uploads_show_probability_and_overlay(bundled):
     assert len(at.get("download_button")) == 3
 
 
+def test_predict_warns_beside_the_probability_when_an_upload_is_not_a_chest_film(bundled):
+    """The input guard on Predict: a uniform grey image and a colour scene get the warning
+    beside their probability; a film like the run's own gets none."""
+    film = next(iter(uploads.demo_images().values()))
+    grey = png(np.full((700, 900), 128, np.uint8))
+    colour = np.zeros((300, 400, 3), np.uint8)
+    colour[..., 0], colour[:150, :, 1] = 230, 200
+    at = open_app("predict")
+    at.file_uploader[0].set_value(
+        [("film.png", film, "image/png"), ("grey.png", grey, "image/png"),
+         ("scene.png", png(colour), "image/png")]
+    ).run()  # fmt: skip
+    assert not at.exception, [e.value for e in at.exception]
+    warned = [w.value for w in at.warning if "does not look like a chest radiograph" in w.value]
+    assert len(warned) == 2
+    assert len([m for m in at.metric if m.label == "P(pneumonia)"]) == 3
+
+
 def test_predict_with_synthetic_samples_and_two_models(bundled, tiny_run_dir):
     shutil.copytree(tiny_run_dir, RunStore().root / "second")
     at = open_app("predict")
@@ -438,8 +456,8 @@ def test_a_metric_added_to_the_catalogue_shows_on_compare_for_the_bundled_runs(m
 
 def test_compare_two_runs(bundled, tiny_run_dir):
     """Two runs whose internal test splits differ are compared on a set they share, with
-    the synthetic and internal-split warnings, the published reference on the ROC chart,
-    and both downloads."""
+    the synthetic and internal-split warnings, no published reference on the ROC chart
+    (it was drawn on synthetic films), and both downloads."""
     other = RunStore().root / "tiny-b"
     shutil.copytree(tiny_run_dir, other)
     evaluation = json.loads((other / "evaluation.json").read_text())
@@ -456,7 +474,8 @@ def test_compare_two_runs(bundled, tiny_run_dir):
     assert any("synthetic" in w.value for w in at.warning)
     assert any("carved from the training folder" in w.value for w in at.warning)
     names = [t.get("name", "") for spec in chart_specs(at) for t in spec["data"]]
-    assert any(n.startswith("Kermany et al. 2018") for n in names)
+    assert not any(n.startswith("Kermany et al. 2018") for n in names)
+    assert any("not real chest films" in c.value for c in at.caption)
     assert any(n.startswith("tiny-b") for n in names)
     assert any(n.startswith("bundled-tiny") for n in names)
     assert len(at.get("download_button")) == 2  # the table and the HTML report

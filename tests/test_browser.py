@@ -136,7 +136,9 @@ def test_launch_training_and_watch_the_curve_grow(browser, server, isolated_stor
     page = open_page(browser, server, "train", "Train")
     page.locator("[data-testid=stSelectbox]").filter(has_text="Preset").click()
     page.get_by_role("option", name="tiny demo (synthetic)").click()
-    page.get_by_text("synthetic:100").wait_for()
+    page.get_by_role("paragraph").filter(has_text="Training data:").get_by_text(
+        "synthetic:100"
+    ).wait_for()
     epochs = page.get_by_label("Epochs", exact=True)
     epochs.fill("6")
     epochs.press("Enter")

@@ -487,3 +487,20 @@ def test_edit_list_by_tag_and_delete(capsys, store):
     assert code == 0 and not (store / "tiny").exists()
     code, _, err = cli_main(capsys, "edit", "tiny2", "--tags", "no spaces")
     assert code == 2 and err.count("\n") == 1
+
+
+def test_predict_says_when_an_image_does_not_look_like_its_films(capsys, tiny_run_dir, tmp_path):
+    """The input guard before any prediction: a uniform grey PNG (called PNEUMONIA by every
+    bundled model) is flagged in --json and in words; a film like the run's passes."""
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run_dir, run)  # the guard's reference is computed and kept there
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((700, 900), 128, np.uint8)).save(grey)
+    film = str(_data_root(run) / _evaluation(run)["splits"]["val"]["paths"][0])
+    rows = _json(capsys, "predict", "--checkpoint", str(run), film, str(grey))
+    assert rows[0]["input_guard"]["in_distribution"] is True
+    flagged = rows[1]["input_guard"]
+    assert flagged["in_distribution"] is False and flagged["reasons"]
+    assert flagged["message"].startswith("this does not look like a chest radiograph")
+    code, out, _ = cli_main(capsys, "predict", "--checkpoint", str(run), str(grey))
+    assert code == 0 and "warning: this does not look like a chest radiograph" in out

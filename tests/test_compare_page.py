@@ -318,3 +318,16 @@ def test_compare_in_a_browser_with_1_3_and_10_runs(browser, tmp_path, isolated_s
                 assert box["width"] >= 400 and abs(box["width"] - box["height"]) < 2, box
             shot(page, f"compare-{count}-runs")
             page.close()
+
+
+def test_all_chooses_the_runs_that_share_images_real_films_first(five, tiny_run_dir):
+    """ "All" with the bundled runs and synthetic runs beside them (a sweep's, the tiny demo's)
+    chose every run, and the page only said they were never scored on the same images."""
+    for name in ("synthetic-a", "synthetic-b"):
+        shutil.copytree(tiny_run_dir, RunStore().root / name)
+    at = open_compare()
+    next(b for b in at.button if b.label == "All").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert set(at.multiselect(key="compare_runs").value) == set(five)
+    assert not [w for w in at.warning if "never scored on the same images" in w.value]
+    assert len(at.dataframe[0].value) == 5

@@ -224,9 +224,8 @@ def test_the_setting_reaches_training_processes(deployed, tmp_path):
 def open_app(page: str = "data", secrets: dict | None = None) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.secrets.update(secrets or {})
-    at.run()
-    if page != "data":
-        at.switch_page(f"pages/{page}.py").run()
+    at.run()  # Home, the default page, with the secrets applied
+    at.switch_page(f"pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,8 @@ from test_browser import ARTIFACTS, browser  # noqa: F401 (a fixture)
 from cxr_core.analysis import comparison, html_report
 from cxr_core.errors import UserError
 from cxr_core.execution.scoring_jobs import target
-from cxr_core.predict import evalsets
-from cxr_core.store.runs import RunStore
+from cxr_core.predict import ensembles, evalsets
+from cxr_core.store.runs import Run, RunStore
 
 CHECKPOINTS = ROOT / "checkpoints"
 THREE = ["efficientnet_lite0-frozen-224", "mlp-scratch-64", "small_cnn-scratch-128"]
@@ -151,3 +152,40 @@ def test_a_run_without_validation_scores_gets_no_temperature(tmp_path):
     with pytest.raises(UserError, match="no validation scores"):
         comparison.fit_temperature(Run(folder))
     assert not Path(folder / "calibration.json").exists()
+
+
+def test_the_report_builds_for_every_kind_of_run(tmp_path, monkeypatch, tiny_run_dir):
+    """A trained run, a bundled one, an ensemble made in the app (no command: the Download
+    report button did nothing for it), a sweep point and a quantized run, in one report."""
+    bundled = tmp_path / "bundled"
+    shutil.copytree(tiny_run_dir, bundled / "bundled-tiny")
+    monkeypatch.setenv("CXR_BUNDLED_DIR", str(bundled))
+    store = RunStore(tmp_path / "runs")
+    for name in ("trained", "point", "quantized"):
+        shutil.copytree(tiny_run_dir, store.root / name)
+    point = store.get("point")
+    point.save_config({**point.config(), "command": None, "sweep": {"id": "s", "seed": 0}})
+    result = run_cli("--runs-dir", str(store.root), "quantize", "quantized", "--precision", "fp16")
+    assert result.returncode == 0, result.stderr
+    made = ensembles.create(store, ["trained", "bundled-tiny"], owner="someone")
+    assert made.config().get("command") is None
+    runs = [store.get(r) for r in ("trained", "bundled-tiny", made.id, "point", "quantized")]
+    shared = evalsets.shared_sets(runs)
+    assert shared, "copies of one run share its validation split"
+    text = html_report.html_report(runs, comparison.sets_on(runs, shared[0].key))
+    assert all(f"<h3>{run.id}</h3>" in text for run in runs)
+    assert text.count("Made in the app (no command line).") == 2  # the ensemble, the point
+    assert "quantize quantized" in text
+
+
+def test_the_published_reference_is_drawn_on_real_films_only(three, tiny_run_dir):
+    """Kermany et al.'s point belongs beside runs scored on real chest films (a bundled run's
+    internal split, whose folder need not be on this machine), never on the synthetic set."""
+    real = RunStore().get(three[0])
+    internal = next(s for s in evalsets.run_sets(real).values() if s.split == "internal_test")
+    assert comparison.shows_reference(internal)
+    synthetic = next(iter(evalsets.run_sets(Run(tiny_run_dir)).values()))
+    assert not comparison.shows_reference(synthetic)
+    assert not comparison.shows_reference(replace(synthetic, root=None))  # by its files' names
+    text = html_report.html_report([real], {real.id: internal})
+    assert "Kermany et al. 2018" in text

@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT, run_cli
 
@@ -24,6 +25,7 @@ from cxr_core.execution.sweeps import (
     sweeps_in,
     varying,
 )
+from cxr_core.scoring import stats
 from cxr_core.store.runs import RunStore
 from cxr_core.training.config import TrainConfig
 
@@ -231,3 +233,25 @@ def test_a_2x2_sweep_through_the_local_executor(isolated_store):
     store = RunStore(isolated_store, include_bundled=False)
     summary = summarize(sweep_runs(store, rows[0]["sweep"]))
     assert [s["n"] for s in summary] == [1, 1, 1, 1] and sum(s["best"] for s in summary) == 1
+
+
+def test_a_best_point_no_better_than_chance_is_marked_and_a_real_one_is_not(isolated_store):
+    """The Sweeps page crowned "lr=0.003, AUC 0.589 +- 0.050" on 40 synthetic films without a
+    word: a point whose every seed's validation AUC interval (DeLong) includes 0.5 is chance."""
+    store = RunStore(isolated_store, include_bundled=False)
+    rng = np.random.default_rng(0)
+    labels = [0] * 20 + [1] * 20
+    noise = rng.random(40)
+    learned = np.r_[rng.uniform(0, 0.45, 20), rng.uniform(0.55, 1, 20)]
+    for grid, probs, chance in (({"lr": [3e-3]}, noise, True), ({"lr": [1e-3]}, learned, False)):
+        sweep_id, jobs = sweep_jobs(bases("small_cnn"), grid, [0, 1])
+        for job in jobs:
+            run = store.create(job.record(), job.run_id)
+            report = {"roc_auc": 0.6, "n": 40, "labels": labels, "probs": list(probs)}
+            run.save_evaluation({"splits": {"val": report}})
+            run.set_status("completed")
+        (best,) = summarize(sweep_runs(store, sweep_id))
+        assert best["best"] and best["chance"] is chance
+    assert stats.beats_chance(labels, noise) is False
+    assert stats.beats_chance(labels, learned) is True
+    assert stats.beats_chance([1, 1], [0.2, 0.9]) is None  # one class: not defined

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_core.data.synthetic import is_synthetic, synthetic_names
 from cxr_core.errors import UserError
 from cxr_core.predict.evalsets import EvalSet, run_sets
 from cxr_core.scoring import calibration, stats
@@ -349,3 +350,29 @@ def calibration_table(summaries: dict[str, dict]) -> pd.DataFrame:
             }
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def shows_reference(evalset: EvalSet) -> bool:
+    """Whether the published reference point (Kermany et al. on the official test split) may
+    be drawn beside runs scored on ``evalset``: only on real, labelled chest films, never on
+    the synthetic demo set (its marker file, or its files' names where the folder is not
+    here, as for a bundled run scored on another machine)."""
+    if evalset.root is not None and Path(evalset.root).is_dir():
+        return not is_synthetic(Path(evalset.root))
+    return not synthetic_names(evalset.paths)
+
+
+def comparable_runs(runs: list[Run]) -> list[Run]:
+    """The largest group of ``runs`` scored on one same image set, in their order, real
+    films before synthetic ones: what "All" means on Compare, since runs that share no set
+    cannot stand side by side (choosing every run mixed synthetic and sweep runs with the
+    bundled ones, and the page had nothing to show)."""
+    groups: dict[str, list[Run]] = {}
+    real: dict[str, bool] = {}
+    for run in runs:
+        for key, evalset in run_sets(run).items():
+            groups.setdefault(key, []).append(run)
+            real.setdefault(key, shows_reference(evalset))
+    if not groups:
+        return []
+    return groups[max(groups, key=lambda k: (real[k], len(groups[k])))]

@@ -29,6 +29,7 @@ from cxr_core.analysis.comparison import (
     run_facts,
     shift_table,
     shifts,
+    shows_reference,
 )
 from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_bytes
@@ -146,6 +147,15 @@ def _images_section(first: EvalSet) -> list[str]:
     return parts
 
 
+def _made_by(run: Run) -> str:
+    """The command that made the run, or how it was made without one (an ensemble made on
+    the Compare page, a run launched from the Train page records none)."""
+    command = run.config().get("command")
+    if command:
+        return f"<code>{html.escape(str(command))}</code>"
+    return "Made in the app (no command line)."
+
+
 def _runs_section(runs: list[Run]) -> list[str]:
     """What each run is, its configuration, and the software it and the report ran on."""
     esc = html.escape
@@ -155,7 +165,7 @@ def _runs_section(runs: list[Run]) -> list[str]:
     for run in runs:
         config = {k: v for k, v in run.config().items() if k != "command"}
         parts.append(
-            f"<h3>{esc(run.id)}</h3><p><code>{esc(run.config().get('command', ''))}</code></p>"
+            f"<h3>{esc(run.id)}</h3><p>{_made_by(run)}</p>"
             f"<pre>{esc(json.dumps(config, indent=1))}</pre>"
         )
     parts.append("</details>")
@@ -206,7 +216,7 @@ def _curves_section(runs: list[Run], sets: dict[str, EvalSet], figure: _Figures)
     reports = {run_id: curve_report(s) for run_id, s in sets.items()}
     parts = [
         "<h2>ROC and precision-recall</h2>",
-        figure(plots.roc_pr(reports)),
+        figure(plots.roc_pr(reports, reference=shows_reference(first))),
         "<h2>Confusion matrices</h2><div class='grid'>",
     ]
     for run_id, report in reports.items():

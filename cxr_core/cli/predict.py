@@ -35,6 +35,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from cxr_core.predict.ensembles import EnsemblePrediction, load_any, overlays, predict_any
+    from cxr_core.predict.input_guard import guard
 
     model = load_any(args.checkpoint, args.device)
     if args.cam and not args.out:
@@ -52,6 +53,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "probability": round(prediction.probability, 6),
             "label": prediction.label,
             "threshold": round(prediction.threshold, 6),
+            "input_guard": guard(model, image).to_json(),  # does it look like its films?
         }
         if isinstance(prediction, EnsemblePrediction):  # each member's own say too
             row["members"] = {i: round(p.probability, 6) for i, p in prediction.members.items()}
@@ -75,6 +77,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"{image}: {row['label']}  p(pneumonia)={row['probability']:.4f}  "
                 f"(threshold {row['threshold']:.3f}){extra}"
             )
+            if row["input_guard"]["message"]:
+                print(f"  warning: {row['input_guard']['message']}")
     if args.json:
         print_json(results)
     return EXIT_USAGE if failed else 0

@@ -122,5 +122,8 @@ def _print_table(rows: list[dict], summary: list[dict], metric: str) -> None:
     print(f"\n{'val ' + metric + ' mean':>18s} {'sd':>7s} {'n':>3s}  point")
     for s in summary:
         flag = "  <- best on validation" if s["best"] else ""
+        flag += " (no better than chance: its validation AUC interval includes 0.5)" * (
+            s["best"] and s["chance"]
+        )
         stats = f"{fmt(s['mean']):>18s} {fmt(s['sd']):>7s} {s['n']:>3d}"
         print(f"{stats}  {describe(s['point'])}{flag}")

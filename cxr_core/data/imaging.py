@@ -126,7 +126,8 @@ def _decode_dicom(data: bytes, name: str) -> np.ndarray:
     return gray
 
 
-def _decode_raster(data: bytes, name: str, draft_size: int | None) -> np.ndarray:
+def _open_raster(data: bytes, name: str, draft_size: int | None, mode: str = "L") -> Image.Image:
+    """The decoded JPEG/PNG, upright; a JPEG decoded at a reduced scale into ``mode``."""
     try:
         with warnings.catch_warnings():
             # PIL warns from 89 MP; MAX_PIXELS is the limit here, checked just below.
@@ -135,7 +136,7 @@ def _decode_raster(data: bytes, name: str, draft_size: int | None) -> np.ndarray
             _check_size(*image.size, name)
             if draft_size and image.format in ("JPEG", "MPO"):
                 # Decode at a reduced DCT scale: several times faster for large originals.
-                image.draft("L", (draft_size, draft_size))
+                image.draft(mode, (draft_size, draft_size))
             image.load()
             image = ImageOps.exif_transpose(image)
     except UserError:
@@ -149,6 +150,11 @@ def _decode_raster(data: bytes, name: str, draft_size: int | None) -> np.ndarray
         raise UserError(f"{name}: not an image PIL can read (JPEG, PNG) or a DICOM file") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{name}: truncated or corrupt image ({exc})") from None
+    return image
+
+
+def _decode_raster(data: bytes, name: str, draft_size: int | None) -> np.ndarray:
+    image = _open_raster(data, name, draft_size)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return _to_uint8(np.asarray(image))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -171,6 +177,27 @@ def load_gray(source: ImageSource, draft_size: int | None = None) -> np.ndarray:
     if _is_dicom(data, name):
         return _decode_dicom(data, name)
     return _decode_raster(data, name, draft_size)
+
+
+def colour_saturation(source: ImageSource, size: int = 256) -> float:
+    """Mean chroma (max - min of R, G, B, as a share of 255) of the image before it is
+    made grey, at about ``size`` px: near 0 for any radiograph, whatever its file mode,
+    0.1-0.5 for a colour photo, which :func:`load_gray` would silently turn grey.
+
+    DICOM and high-bit-depth files have no colour to judge here: 0.
+    """
+    data, name = _open_bytes(source)
+    if not data:
+        raise UserError(f"{name}: empty file")
+    if _is_dicom(data, name):
+        return 0.0
+    image = _open_raster(data, name, size, mode="RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "1"):
+        return 0.0
+    image = image.convert("RGB")
+    image.thumbnail((size, size))
+    rgb = np.asarray(image, dtype=np.int16)
+    return float((rgb.max(axis=2) - rgb.min(axis=2)).mean() / 255)
 
 
 def preprocess(gray: np.ndarray, size: int, clahe: bool = False) -> np.ndarray:

@@ -18,10 +18,17 @@ from cxr_core.fileio import atomic_write_bytes
 from cxr_core.settings import cache_dir
 
 MARKER = "SYNTHETIC.txt"
+PREFIX = "synth-"
+"""Every synthetic film's file name starts so (``synth-<patient>-<k>.png``)."""
 
 
 def is_synthetic(root: Path) -> bool:
     return (Path(root) / MARKER).exists()
+
+
+def synthetic_names(paths: list[str]) -> bool:
+    """Whether image paths name synthetic films (for a set whose folder is not here)."""
+    return any(Path(p).name.startswith(PREFIX) for p in paths)
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +95,7 @@ def make_synthetic_dataset(out: Path, per_class: int = 150, size: int = 224, see
                 patient += 1
                 for k in range(min(int(rng.integers(1, 4)), count - written)):
                     image, mask = radiograph(rng, size, pneumonia=bool(label))
-                    name = f"synth-{patient:05d}-{k}.png"
+                    name = f"{PREFIX}{patient:05d}-{k}.png"
                     atomic_write_bytes(out / split / cls / name, _png(image))
                     if label:
                         atomic_write_bytes(

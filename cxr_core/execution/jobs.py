@@ -104,13 +104,25 @@ def fit_recorded(run: Run, record: dict, resume: bool = False) -> dict:
 
         keep_freed_memory()  # this process only trains: reuse its activation memory
         cfg = TrainConfig.from_dict(record)
-        return fit(run, cfg, resume=resume, half_weights=record.get("half_weights", False))
+        evaluation = fit(run, cfg, resume=resume, half_weights=record.get("half_weights", False))
+        if run.status().get("status") == "completed":
+            _keep_guard_reference(run)
+        return evaluation
     except UserError as exc:
         run.set_status("failed", message=str(exc))
         raise
     except Exception as exc:
         run.set_status("failed", message=f"{type(exc).__name__}: {exc}")
         raise
+
+
+def _keep_guard_reference(run: Run) -> None:
+    """The input guard's reference of the finished run, made now while its validation films
+    are at hand (a later Predict may run where the data is not)."""
+    from cxr_core.predict.inference import load_model
+    from cxr_core.predict.input_guard import reference_for
+
+    reference_for(load_model(run.path))
 
 
 def train_in_store(store: RunStore, record: dict, run_id: str, queue: int = 0) -> Run:

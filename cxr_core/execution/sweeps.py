@@ -19,6 +19,7 @@ from datetime import datetime
 
 from cxr_core.errors import UserError
 from cxr_core.execution.jobs import Job
+from cxr_core.predict.evalsets import val_beats_chance
 from cxr_core.store import records
 from cxr_core.store.runs import Run, RunStore
 from cxr_core.training.config import Option, TrainConfig, options
@@ -181,6 +182,7 @@ def run_rows(runs: Sequence[Run]) -> list[dict]:
                 "point": tag.get("point", {}),
                 "seed": tag.get("seed"),
                 "val": val_metrics(run),
+                "beats_chance": val_beats_chance(run),
                 "message": status.get("message"),
             }
         )
@@ -189,7 +191,9 @@ def run_rows(runs: Sequence[Run]) -> list[dict]:
 
 def summarize(runs: Sequence[Run], metric: str = "roc_auc") -> list[dict]:
     """Per grid point: its runs, and ``metric`` on validation as mean and sd (n - 1) over
-    the seeds whose run completed; the point with the highest mean is ``best``.
+    the seeds whose run completed; the point with the highest mean is ``best``. A point is
+    ``chance`` when no completed run of it beats chance on validation (its AUC interval
+    includes 0.5): the best of such points is the luckiest draw, not a choice.
 
     A cancelled run's evaluation is of an unfinished training: it is left out.
     """
@@ -198,13 +202,16 @@ def summarize(runs: Sequence[Run], metric: str = "roc_auc") -> list[dict]:
     points: dict[str, dict] = {}
     for row in run_rows(runs):
         key = json.dumps(row["point"], sort_keys=True)
-        entry = points.setdefault(key, {"point": row["point"], "runs": [], "values": []})
+        entry = points.setdefault(
+            key, {"point": row["point"], "runs": [], "values": [], "beats": []}
+        )
         entry["runs"].append(row["id"])
         if row["status"] == "completed" and metric in row["val"]:
             entry["values"].append(row["val"][metric])
+            entry["beats"].append(row["beats_chance"])
     summary = []
     for entry in points.values():
-        values = entry.pop("values")
+        values, beats = entry.pop("values"), entry.pop("beats")
         summary.append(
             {
                 **entry,
@@ -213,6 +220,7 @@ def summarize(runs: Sequence[Run], metric: str = "roc_auc") -> list[dict]:
                 "mean": statistics.fmean(values) if values else None,
                 "sd": statistics.stdev(values) if len(values) > 1 else None,
                 "best": False,
+                "chance": bool(beats) and not any(beats),
             }
         )
     scored = [s for s in summary if s["mean"] is not None]

@@ -25,6 +25,7 @@ from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_json, read_json
 from cxr_core.predict.inference import LoadedModel
 from cxr_core.scoring import metrics, stats
+from cxr_core.store import records
 from cxr_core.store.runs import Run
 from cxr_core.training.runtime import predict_pixels
 
@@ -145,6 +146,15 @@ def run_sets(run: Run) -> dict[str, EvalSet]:
         evalset = EvalSet.from_json(read_json(file))
         out[evalset.key] = evalset
     return out
+
+
+def val_beats_chance(run: Run) -> bool | None:
+    """Whether ``run``'s validation AUC interval lies above 0.5 (None before it has
+    validation scores): what "best on validation" means nothing without."""
+    report = records.split_report(run.evaluation(), "val")
+    if "probs" not in report:
+        return None
+    return stats.beats_chance(report["labels"], report["probs"])
 
 
 def shared_sets(runs: list[Run]) -> list[EvalSet]:

@@ -143,6 +143,18 @@ def delong_auc_ci(
     return {"auc": auc, "se": se, "ci": (max(auc - half, 0.0), min(auc + half, 1.0))}
 
 
+def beats_chance(
+    labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray, level: float = 0.95
+) -> bool | None:
+    """Whether the AUC's DeLong interval lies above 0.5 (None with one class only): a
+    model whose interval includes 0.5 is no better than chance on these images, however
+    its point estimate ranks against others'."""
+    labels, probs = _binary_arrays(labels, probs)
+    if labels.min() == labels.max():
+        return None
+    return delong_auc_ci(labels, probs, level)["ci"][0] > 0.5
+
+
 def delong_test(
     labels: Sequence[int] | np.ndarray,
     probs_a: Sequence[float] | np.ndarray,

@@ -44,12 +44,16 @@ LAST_WEIGHTS = "last.safetensors"
 LAST_STATE = "last.json"
 CANCEL = "cancel"
 """A flag file: its presence asks the training process to stop."""
+GUARD = "input_guard.safetensors"
+"""The input guard's reference for these weights (keyed by their digest): what the run's
+validation films look like to it (:mod:`cxr_core.predict.input_guard`)."""
 
 CHECKPOINT = (LAST_WEIGHTS, LAST_STATE)
 """The resume state: written together, read together, never one without the other."""
-SHARED = (CONFIG, ENVIRONMENT, SPLIT, STATUS, HISTORY, EVALUATION, WEIGHTS)
-"""What a run needs to be listed, compared, evaluated and used for prediction (the
-resume state, 2-3x the model's size, and what a user added stay behind)."""
+SHARED = (CONFIG, ENVIRONMENT, SPLIT, STATUS, HISTORY, EVALUATION, WEIGHTS, GUARD)
+"""What a run needs to be listed, compared, evaluated and used for prediction, and its
+input guard's reference (a run without one computes it from its validation films when they
+are present); the resume state, 2-3x the model's size, and what a user added stay behind."""
 DERIVED = (EVALUATIONS, CAM_CHECKS, CALIBRATION)
 """Records computed from a run's weights after training (scores on added image sets, CAM
 checks, a fitted temperature): stale once the weights change."""
