@@ -184,7 +184,9 @@ def watch_the_run(browser, server: str, runs: Path, run_id: str) -> None:
     page = open_page(browser, server, "compare", "Compare")  # the new run beside the bundled one
     page.locator(".js-plotly-plot").first.wait_for()
     settle(page)
-    assert page.get_by_text(re.compile(r"Kermany et al\. 2018")).count() >= 1
+    # synthetic films: no published reference beside them, and the page says why
+    assert page.get_by_text(re.compile(r"Kermany et al\. 2018")).count() == 0
+    assert page.get_by_text(re.compile("not real chest films")).count() == 1
     shot(page, "compare-two-runs")
     # A tab is built when it is opened: the confusion matrices (two per run) come on a click,
     # and the ROC and PR charts of the closed tab are gone.
