@@ -105,6 +105,8 @@ def _show_preset_changes() -> None:
 
 
 def _plain(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return "default" if value is None else f"`{value}`"
 
 
