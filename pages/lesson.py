@@ -17,18 +17,6 @@ from pages.views import errors
 ensure_app_shell()
 
 
-def internal_set(run: Run) -> EvalSet | None:
-    """The run's own held-out split: internal_test, else val (which chose the threshold)."""
-    return comparison.split_set(run, "internal_test") or comparison.split_set(run, "val")
-
-
-def outside_sets(run: Run) -> list[EvalSet]:
-    """Sets from outside the training folder's split: a test/ folder or any labelled
-    folder. The 16 films of the official val/ are too few to show anything."""
-    sets = comparison.scored_sets(run).values()
-    return [s for s in sets if not s.internal and s.split != "official_val"]
-
-
 def _both_classes(evalset: EvalSet) -> bool:
     return len(np.unique(evalset.labels)) == 2
 
@@ -140,7 +128,7 @@ with user_errors():
         )
         st.stop()
     by_id = {r.id: r for r in runs}
-    with_outside = [r.id for r in runs if outside_sets(r)]
+    with_outside = [r.id for r in runs if comparison.outside_sets(r)]
     default = (with_outside or list(by_id))[0]
     if st.session_state.get(kept("lesson_run", default)) not in by_id:
         st.session_state["lesson_run"] = default
@@ -154,7 +142,7 @@ with user_errors():
             key="lesson_run",
         )
     ]
-    inside, outside = internal_set(run), outside_sets(run)
+    inside, outside = comparison.internal_set(run), comparison.outside_sets(run)
     if runview.is_synthetic_run(run):
         st.warning(
             "A run trained on **synthetic** images: the lesson's mechanics hold, its numbers "

@@ -126,6 +126,17 @@ def outside_set(run: Run, prefer: str | None = None) -> EvalSet | None:
     return max(outside, key=lambda s: (s.split != "official_val", s.n), default=None)
 
 
+def outside_sets(run: Run) -> list[EvalSet]:
+    """Sets from outside the training folder's split: a test/ folder or any labelled
+    folder. The 16 films of the official val/ are too few to show a shift."""
+    return [s for s in scored_sets(run).values() if not s.internal and s.split != "official_val"]
+
+
+def internal_set(run: Run) -> EvalSet | None:
+    """The run's own held-out split: internal_test, else val (which chose the threshold)."""
+    return split_set(run, "internal_test") or split_set(run, "val")
+
+
 # --------------------------------------------------------------------------- numbers
 
 
