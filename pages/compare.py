@@ -30,7 +30,7 @@ from pages import (
 from pages.common import comparison as page_words
 from pages.common import runview, texts
 from pages.views import cam_report as cam_views
-from pages.views import errors as error_views
+from pages.views import mistakes as mistake_views
 
 ensure_app_shell()
 
@@ -343,13 +343,13 @@ def _images(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
     """Image by image: one run's mistakes by confusion cell and all its scores; for two
     runs, the films where they disagree."""
     run_id = _focus(sets)
-    error_views.confusion_gallery(by_id[run_id], sets[run_id])
+    mistake_views.confusion_gallery(by_id[run_id], sets[run_id])
     with st.expander("Every image with its score"):
-        error_views.per_image_table(by_id[run_id], sets[run_id])
+        mistake_views.per_image_table(by_id[run_id], sets[run_id])
     if len(sets) == 2:
         (a, set_a), (b, set_b) = sets.items()
         st.subheader("Where the two runs disagree")
-        error_views.disagreements(by_id[a], set_a, by_id[b], set_b)
+        mistake_views.disagreements(by_id[a], set_a, by_id[b], set_b)
     st.subheader("Can these CAMs be trusted?")
     cam_views.run_cam_checks(by_id, sets)
 

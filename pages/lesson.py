@@ -12,7 +12,7 @@ from cxr_core.scoring.metrics import choose_threshold, full_report
 from cxr_core.store.runs import Run
 from pages import ensure_app_shell, kept, store, user_errors
 from pages.common import runview
-from pages.views import errors
+from pages.views import mistakes
 
 ensure_app_shell()
 
@@ -95,7 +95,7 @@ def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
         "the matrix for the rest). Switch on a film's CAM: does the map sit on the lungs, or "
         "on borders, text markers, the abdomen: things that differ between hospitals?"
     )
-    errors.confusion_gallery(run, outside, key=f"lesson_{run.id}_{outside.key}")
+    mistakes.confusion_gallery(run, outside, key=f"lesson_{run.id}_{outside.key}")
 
     st.subheader("4. What to do about it")
     st.markdown(

@@ -203,10 +203,10 @@ def _gallery(run_id: str) -> None:
     """The confusion gallery of ``run_id`` on its internal test split (AppTest runs it)."""
     from cxr_core.predict.evalsets import run_sets
     from cxr_core.store.runs import RunStore
-    from pages.views import errors
+    from pages.views import mistakes
 
     run = RunStore().get(run_id)
-    errors.confusion_gallery(
+    mistakes.confusion_gallery(
         run, next(s for s in run_sets(run).values() if s.split == "internal_test")
     )
 

@@ -1,4 +1,4 @@
-"""Errors image by image in the app: the views of pages/views/errors.py through AppTest (a
+"""Errors image by image in the app: the views of pages/views/mistakes.py through AppTest (a
 confusion cell's gallery with CAMs on demand, the per-image table, the images two runs
 disagree on), the lesson on distribution shift with and without an outside set, and in
 headless Chromium a click on a confusion-matrix cell, screenshot in test-artifacts/."""
@@ -61,7 +61,7 @@ def _view(
     """A script that shows one view for the run's set of ``split`` (AppTest runs it)."""
     from cxr_core.predict.evalsets import run_sets
     from cxr_core.store.runs import RunStore
-    from pages.views import errors
+    from pages.views import mistakes
 
     store = RunStore()
     run = store.get(run_id)
@@ -70,9 +70,11 @@ def _view(
         import dataclasses
 
         other = store.get(other_id)
-        errors.disagreements(run, evalset, other, dataclasses.replace(evalset, threshold=threshold))
+        mistakes.disagreements(
+            run, evalset, other, dataclasses.replace(evalset, threshold=threshold)
+        )
     else:
-        getattr(errors, view)(run, evalset)
+        getattr(mistakes, view)(run, evalset)
 
 
 def _app(*args) -> AppTest:
