@@ -102,3 +102,25 @@ def allowed_data_roots_setting() -> list[str] | None:
     (separated by ``os.pathsep``); None when unset (local use: any folder)."""
     raw = os.environ.get("CXR_ALLOWED_DATA_ROOTS")
     return None if raw is None else [p.strip() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def executor_setting() -> str:
+    """``$CXR_EXECUTOR``: where runs train by default (``local`` when unset)."""
+    return (os.environ.get("CXR_EXECUTOR") or "local").strip().lower()
+
+
+def ray_address() -> str:
+    """``$RAY_ADDRESS``: the Ray cluster's ``HOST:PORT`` ("" when unset)."""
+    return os.environ.get("RAY_ADDRESS", "")
+
+
+def ray_resources() -> tuple[float, float]:
+    """``$CXR_RAY_NUM_CPUS`` and ``$CXR_RAY_NUM_GPUS``: what each Ray task asks for
+    (default 1 CPU, no GPU)."""
+    try:
+        return (
+            float(os.environ.get("CXR_RAY_NUM_CPUS") or 1),
+            float(os.environ.get("CXR_RAY_NUM_GPUS") or 0),
+        )
+    except ValueError:
+        raise UserError("CXR_RAY_NUM_CPUS and CXR_RAY_NUM_GPUS must be numbers") from None

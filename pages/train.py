@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
-import os
 import uuid
 
 import streamlit as st
@@ -209,7 +208,7 @@ def _executor() -> tuple[str, str | None]:
     if importlib.util.find_spec("ray") is None:
         st.caption(f"Trains on this machine (for a Ray cluster: `{RAY_INSTALL}`).")
         return "local", None
-    default = (os.environ.get("CXR_EXECUTOR") or "local").strip().lower()
+    default = settings.executor_setting()
     executor = st.radio(
         "Where",
         list(EXECUTORS),
@@ -219,7 +218,7 @@ def _executor() -> tuple[str, str | None]:
     )
     if executor == "local":
         return "local", None
-    address = os.environ.get("RAY_ADDRESS", "")
+    address = settings.ray_address()
     if is_operator():
         address = st.text_input(
             "Ray cluster address",

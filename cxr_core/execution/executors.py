@@ -22,7 +22,6 @@ every registered one. Adding one is a class here plus its test::
 from __future__ import annotations
 
 import importlib.util
-import os
 import socket
 import subprocess
 import time
@@ -36,6 +35,7 @@ from typing import Protocol, TypeVar
 from cxr_core.errors import UserError
 from cxr_core.execution.jobs import Job, launch_local, logs_dir, spawn, tail
 from cxr_core.fileio import atomic_write_json
+from cxr_core.settings import executor_setting, ray_address, ray_resources
 from cxr_core.store import records
 from cxr_core.store.runs import ACTIVE, Run, RunStore
 
@@ -186,7 +186,7 @@ class RayExecutor:
         resources: dict[str, float] | None = None,
     ) -> None:
         _require_ray()
-        self.address = address or os.environ.get("RAY_ADDRESS") or ""
+        self.address = address or ray_address()
         host, _, port = self.address.rpartition(":")
         if not host or not port.isdigit() or "://" in host:
             raise UserError(
@@ -194,11 +194,9 @@ class RayExecutor:
                 f"(what `ray start --head` prints), not {self.address!r}"
             )
         self._head = (host, int(port))
-        try:
-            self.num_cpus = float(num_cpus or os.environ.get("CXR_RAY_NUM_CPUS") or 1)
-            self.num_gpus = float(num_gpus or os.environ.get("CXR_RAY_NUM_GPUS") or 0)
-        except ValueError:
-            raise UserError("CXR_RAY_NUM_CPUS and CXR_RAY_NUM_GPUS must be numbers") from None
+        cpus, gpus = ray_resources()
+        self.num_cpus = float(num_cpus or cpus)
+        self.num_gpus = float(num_gpus or gpus)
         self.resources = resources or {}
 
     @classmethod
@@ -248,7 +246,7 @@ class RayExecutor:
 def get_executor(name: str | None = None, queue: int = 1) -> Executor:
     """The executor called ``name``, else ``$CXR_EXECUTOR``, else local; ``queue`` is how
     many local runs train at once (Ray places its tasks by their resources)."""
-    name = (name or os.environ.get("CXR_EXECUTOR") or "local").strip().lower()
+    name = (name or executor_setting()).strip().lower()
     if name not in EXECUTORS:
         raise UserError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
     return EXECUTORS[name].from_environment(queue)
