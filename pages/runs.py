@@ -10,7 +10,7 @@ import streamlit as st
 
 from cxr_core.analysis import plots
 from cxr_core.execution.jobs import log_tail
-from cxr_core.predict import evalsets
+from cxr_core.predict import ensembles, evalsets
 from cxr_core.scoring.metrics import CATALOGUE
 from cxr_core.scoring.stats import format_ci
 from cxr_core.store.runs import ACTIVE, Run, may_change
@@ -74,9 +74,14 @@ def _final_results(run: Run) -> None:
     evaluation = run.evaluation()
     if not evaluation:
         return
+    trained = (
+        f"best epoch {evaluation['best_epoch']}"
+        if evaluation.get("best_epoch") is not None
+        else "an ensemble of its members, no training of its own"
+    )
     st.markdown(
-        f"**{run.label}**: {run.status().get('status')}, best epoch "
-        f"{evaluation.get('best_epoch')}, threshold {evaluation.get('threshold', 0.5):.3f}"
+        f"**{run.label}**: {run.status().get('status')}, {trained}, threshold "
+        f"{evaluation.get('threshold', 0.5):.3f}"
     )
     synthetic_badge(bool(evaluation.get("synthetic")))
     sets = evalsets.run_sets(run).values()
@@ -210,8 +215,10 @@ def _live() -> None:
             "batches; a widening gap to validation is a sign of "
             f"overfitting. ({texts.GLOSSARY['overfitting']})"
         )
-    elif shown:
+    elif any(not ensembles.is_ensemble(by_id[i]) for i in shown):
         st.caption("No training step logged yet; the curves appear as soon as one is.")
+    elif shown:
+        st.caption("An ensemble has no training curves of its own: choose its members.")
 
     ended = [by_id[i] for i in chosen if statuses[i].get("status") not in ACTIVE]
     if ended:

@@ -30,6 +30,20 @@ ORDERS = {
 }
 
 
+SINGULAR = {
+    "false alarms": "false alarm",
+    "missed pneumonias": "missed pneumonia",
+    "normals called normal": "normal called normal",
+    "pneumonias found": "pneumonia found",
+}
+"""Each plain name for one image ("1 missed pneumonia", not "1 missed pneumonias")."""
+
+
+def counted(n: int, plain: str) -> str:
+    """``n`` images of a cell in words: "1 missed pneumonia", "3 missed pneumonias"."""
+    return f"{n} {SINGULAR[plain] if n == 1 else plain}"
+
+
 def cell_of(truth: str, decision: str) -> str:
     """The cell's short name ("FP") for a true class and a decision."""
     return next(k for k, (t, d, _) in CELLS.items() if (t, d) == (truth, decision))

@@ -161,7 +161,9 @@ def _cell_gallery(
     key = key or _key(run.id, evalset.key)
     rows = gallery.cell_images(evalset, cell, order)
     truth, decision, plain = CELLS[cell]
-    st.markdown(f"**{len(rows)} {plain}**: true {truth}, called {decision} by {run.id}")
+    st.markdown(
+        f"**{gallery.counted(len(rows), plain)}**: true {truth}, called {decision} by {run.id}"
+    )
     if rows.empty:
         return
     more_key = f"{key}_{cell}_{order}_shown"
