@@ -252,3 +252,21 @@ def test_a_member_of_an_ensemble_cannot_be_deleted(store):
     store.delete(store.get("pair2"))
     store.delete(store.get("tiny"))  # no ensemble uses it any more
     assert _listing(store) == ["other"]
+
+
+def test_runs_page_says_an_ensemble_has_no_training_of_its_own(store):
+    """The bundled ensemble read "best epoch None" and "No training step logged yet"."""
+    ensembles.create(store, ["tiny", "other"], run_id="pair")
+    at = _open("pages/runs.py")
+    at.session_state["runs_selected"] = ["pair"]
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "None" not in text and "No training step logged yet" not in text
+    assert "no training of its own" in text and "choose its members" in text
+
+
+def test_a_cell_count_reads_as_words():
+    assert gallery.counted(1, "missed pneumonias") == "1 missed pneumonia"
+    assert gallery.counted(3, "missed pneumonias") == "3 missed pneumonias"
+    assert gallery.counted(1, "false alarms") == "1 false alarm"
