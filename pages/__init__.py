@@ -68,6 +68,33 @@ def kept(key: str, default):
     return key
 
 
+def restore_from_url(
+    page: str, params: dict[str, str], lists: tuple[str, ...] = (), choices: dict | None = None
+) -> None:
+    """Once per page and session (a refresh, a shared link), start the widgets from the
+    URL's choice: ``params`` maps a query parameter to the widget key it restores (a list
+    for the parameters in ``lists``); a value outside its ``choices`` (a hand-edited link)
+    is ignored, and the widgets drop runs that no longer exist."""
+    flag = f"_{page}_from_url"
+    if st.session_state.get(flag):
+        return
+    st.session_state[flag] = True
+    for param, key in params.items():
+        values = st.query_params.get_all(param)
+        allowed = (choices or {}).get(param)
+        if values and (allowed is None or all(v in allowed for v in values)):
+            st.session_state[key] = values if param in lists else values[0]
+            st.session_state.setdefault("_kept", {})[key] = st.session_state[key]
+
+
+def keep_in_url(**choice: str | list[str]) -> None:
+    """Write the current choice into the URL (only what changed), so that a refresh or a
+    copied link shows the same view."""
+    for param, value in choice.items():
+        if st.query_params.get_all(param) != (value if isinstance(value, list) else [value]):
+            st.query_params[param] = value
+
+
 def store() -> RunStore:
     return RunStore()
 

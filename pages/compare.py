@@ -4,6 +4,7 @@ split to an outside set. The chosen runs, set and tab live in the URL."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 
@@ -21,7 +22,9 @@ from cxr_core.store.runs import Run
 from pages import (
     data_spec,
     ensure_app_shell,
+    keep_in_url,
     kept,
+    restore_from_url,
     run_picker,
     session_owner,
     store,
@@ -71,26 +74,7 @@ def _ident(sets: dict[str, EvalSet]) -> tuple:
 # or a shared link shows the same comparison. Run ids and the set's fingerprint go in the
 # URL, not the labels the widgets show (long, and they change with a run's tags). (Comments,
 # not docstrings: Streamlit would print a bare string of a page's script.)
-URL = {"runs": "compare_runs", "set": "compare_set", "tab": "compare_tab"}
-
-
-def _from_url() -> None:
-    """A new session (a refresh, a shared link) starts from the URL's choice; the widgets
-    drop what no longer exists."""
-    if st.session_state.get("_compare_from_url"):
-        return
-    st.session_state["_compare_from_url"] = True
-    for param, key in URL.items():
-        values = st.query_params.get_all(param)
-        if values:
-            st.session_state[key] = values if param == "runs" else values[0]
-
-
-def _to_url(**choice: str | list[str]) -> None:
-    """Write the current choice into the URL (only what changed)."""
-    for param, value in choice.items():
-        if st.query_params.get_all(param) != (value if isinstance(value, list) else [value]):
-            st.query_params[param] = value
+URL = {"runs": "compare_runs", "set": "compare_set", "tab": "compare_tab", "focus": "compare_focus"}
 
 
 def _select_all(key: str, ids: list[str]) -> None:
@@ -336,7 +320,9 @@ def _focus(sets: dict[str, EvalSet]) -> str:
     key = kept("compare_focus", next(iter(sets)))
     if st.session_state[key] not in sets:
         st.session_state[key] = next(iter(sets))
-    return st.selectbox("Run", list(sets), key=key)
+    chosen = st.selectbox("Run", list(sets), key=key)
+    keep_in_url(focus=chosen)
+    return chosen
 
 
 def _images(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
@@ -362,6 +348,12 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
     run_id = _focus(sets)
     run, evalset = by_id[run_id], sets[run_id]
     key = f"compare_thr_{run_id}_{evalset.key}"
+    if not st.session_state.get("_compare_thr_from_url"):  # a refresh keeps the slider
+        st.session_state["_compare_thr_from_url"] = True
+        with contextlib.suppress(TypeError, ValueError):
+            st.session_state[key] = min(
+                max(round(float(st.query_params.get("threshold")), 3), 0), 1
+            )
     st.session_state.setdefault(key, round(evalset.threshold, 3))
     chosen = comparison.val_thresholds(run)
     buttons = st.columns(len(chosen) + 1)
@@ -386,6 +378,7 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
         key=key,
         help="Explore only: the saved run keeps its own threshold.",
     )
+    keep_in_url(threshold=f"{threshold:.3f}")
     point = comparison.operating_point(evalset, threshold)
     cols = st.columns(5)
     for col, name in zip(cols, ("sensitivity", "specificity", "PPV", "NPV", "accuracy")):
@@ -501,9 +494,9 @@ with user_errors():
             icon=":material/info:",
         )
         st.stop()
-    _from_url()
+    restore_from_url("compare", URL, lists=("runs",))
     chosen = _pick_runs(runs)
-    _to_url(runs=[r.id for r in chosen])
+    keep_in_url(runs=[r.id for r in chosen])
     if not chosen:
         st.info("Pick one or more runs.", icon=":material/info:")
         st.stop()
@@ -511,7 +504,7 @@ with user_errors():
     by_id = {r.id: r for r in chosen}
     evalset = _pick_set(chosen)
     if evalset is not None:
-        _to_url(set=evalset.key)
+        keep_in_url(set=evalset.key)
     _score_offer(chosen, evalset)
     if evalset is None:
         st.warning(
@@ -590,7 +583,7 @@ with user_errors():
     if st.session_state[tab_key] not in labels:
         st.session_state[tab_key] = labels[0]
     tabs = st.tabs(labels, key=tab_key, on_change="rerun")
-    _to_url(tab=st.session_state[tab_key])
+    keep_in_url(tab=st.session_state[tab_key])
     for tab, draw in zip(tabs, views.values()):
         if tab.open:
             with tab:

@@ -26,9 +26,11 @@ from cxr_core.store import records
 from cxr_core.store.runs import Run
 from pages import (
     ensure_app_shell,
+    keep_in_url,
     kept,
     loaded_model,
     medical_notice,
+    restore_from_url,
     run_picker,
     store,
     synthetic_badge,
@@ -275,6 +277,12 @@ if not models:
     )
     st.stop()
 
+# Query parameter -> widget key: the models, method and target live in the URL, so a refresh
+# or a copied link shows the same choice (the uploads, kept in memory only, do not).
+URL = {"models": "predict_models", "method": "predict_method", "target": "predict_target"}
+restore_from_url(
+    "predict", URL, lists=("models",), choices={"method": CAM_METHODS, "target": TARGETS}
+)
 chosen = run_picker(
     "Models",
     models,
@@ -314,6 +322,7 @@ road = st.toggle(
     "a faithful map moves the prediction (its log-odds) more than a random map does. About 4 s per "
     "image and model at 224 px.",
 )
+keep_in_url(models=[r.id for r in chosen], method=method, target=target_name)
 controls = {
     "method": method,
     "target": TARGETS[target_name],

@@ -589,3 +589,30 @@ def test_home_on_a_fresh_machine_says_what_to_do(no_bundled):
     assert any("No bundled runs" in i.value for i in at.info)
     links = {link.proto.label: link.proto for link in at.get("page_link")}
     assert links["Compare the bundled runs"].disabled
+
+
+def test_the_url_restores_predicts_models_and_method(bundled, tiny_run_dir):
+    """Predict's choice of models, method and target lives in the URL (uploads do not);
+    a method that is not one is ignored."""
+    shutil.copytree(tiny_run_dir, RunStore().root / "second")
+    models = ["bundled-tiny", "second"]
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    for name, value in {"models": models, "method": "layercam", "target": "NORMAL"}.items():
+        at.query_params[name] = value
+    at.switch_page("pages/predict.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="predict_models").value == models
+    assert at.selectbox(key="predict_method").value == "layercam"
+    assert at.selectbox(key="predict_target").value == "NORMAL"
+    at.selectbox(key="predict_method").set_value("gradcam++").run()
+    assert _param(at, "method") == ["gradcam++"] and _param(at, "models") == models
+
+    bad = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    bad.query_params["method"] = "no-such-method"
+    bad.switch_page("pages/predict.py").run()
+    assert not bad.exception and bad.selectbox(key="predict_method").value == "gradcam"
+
+
+def _param(at: AppTest, name: str) -> list[str]:
+    value = at.query_params.get(name, [])
+    return [value] if isinstance(value, str) else list(value)

@@ -331,3 +331,20 @@ def test_all_chooses_the_runs_that_share_images_real_films_first(five, tiny_run_
     assert set(at.multiselect(key="compare_runs").value) == set(five)
     assert not [w for w in at.warning if "never scored on the same images" in w.value]
     assert len(at.dataframe[0].value) == 5
+
+
+def test_the_url_restores_the_operating_point_run_and_threshold(five):
+    """The operating point's run and threshold reset on a reload: now they are in the URL."""
+    chosen = five[:2]
+    at = open_compare({"runs": chosen, "tab": "Operating point"})
+    at.selectbox(key="compare_focus").set_value(chosen[1]).run()
+    (slider,) = [s for s in at.slider if s.label == "Threshold"]
+    slider.set_value(0.321).run()
+    assert not at.exception
+    assert param(at, "focus") == [chosen[1]] and param(at, "threshold") == ["0.321"]
+
+    link = {k: param(at, k) for k in ("runs", "set", "tab", "focus", "threshold")}
+    fresh = open_compare(link)  # a reload, or the link copied into another browser
+    assert fresh.selectbox(key="compare_focus").value == chosen[1]
+    (slider,) = [s for s in fresh.slider if s.label == "Threshold"]
+    assert slider.value == pytest.approx(0.321)
