@@ -442,10 +442,17 @@ def _shift(chosen: list[Run], evalset: EvalSet) -> None:
         )
         return
     st.plotly_chart(plots.shift(frames), key="shift")
+    outside = next(iter(frames.values())).query("where == 'outside'")["name"].iloc[0]
     st.caption(
         "The internal test split comes from the training folder (the same hospital, the "
-        "same years); an outside set shows what a run does on new films."
+        f"same years); the outside set, **{outside}** for every run shown, is what a run "
+        "does on new films."
     )
+    if missing := [r.id for r in chosen if r.id not in frames]:
+        st.caption(
+            f"Not shown: {', '.join(missing)} (no internal test split, or not scored on "
+            f"{outside} yet)."
+        )
     with st.expander("Each run's numbers, with intervals", expanded=len(frames) <= 3):
         for run_id, frame in frames.items():
             st.markdown(f"**{run_id}**")

@@ -234,3 +234,22 @@ def test_click_a_cell_in_the_browser(browser, tmp_path, tiny_run_dir, isolated_s
         assert page.locator("[data-testid=stException]").count() == 0
         shot(page, "gallery-confusion-cell")
         page.close()
+
+
+def test_the_shift_puts_every_run_on_one_outside_set(runs, tmp_path, tiny_run_dir):
+    """While runs were being scored on an outside folder, the Shift tab drew the ones not
+    scored yet against the 16 official val films under the same 'outside set' label."""
+    from cxr_core.analysis import comparison
+
+    shutil.copytree(tiny_run_dir, runs.root / "tiny3")
+    scored = [runs.get("tiny"), runs.get("tiny2")]
+    folder = tmp_path / "outside"
+    outside = _outside_set(scored[0], folder)
+    evalsets.save(scored[1], evalsets.score_folder(load_model(scored[1].path), folder, "test"))
+    chosen = [*scored, runs.get("tiny3")]  # tiny3 has only its official val/ films outside
+    for compared in (_internal(scored[0]), outside):
+        assert comparison.shift_key(chosen, compared) == outside.key
+        frames = comparison.shifts(chosen, compared)
+        assert set(frames) == {"tiny", "tiny2"}
+        for frame in frames.values():
+            assert set(frame.query("where == 'outside'")["name"]) == {outside.name}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -113,17 +114,6 @@ def split_set(run: Run, split: str) -> EvalSet | None:
     """The run's scores on one of its own splits ("val", "internal_test"), or None."""
     found = [s for s in scored_sets(run).values() if s.split == split]
     return max(found, key=lambda s: s.n) if found else None
-
-
-def outside_set(run: Run, prefer: str | None = None) -> EvalSet | None:
-    """The run's scores on images from outside its training folder's split: the set
-    ``prefer`` when it is one, else the biggest (the 16-film official val/ only when there
-    is nothing else); None when it has none."""
-    outside = [s for s in scored_sets(run).values() if not s.internal]
-    for s in outside:
-        if s.key == prefer:
-            return s
-    return max(outside, key=lambda s: (s.split != "official_val", s.n), default=None)
 
 
 def outside_sets(run: Run) -> list[EvalSet]:
@@ -284,12 +274,33 @@ def shift_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def shift_key(runs: list[Run], compared: EvalSet) -> str | None:
+    """The one outside set the shift puts every run on: the compared set when it is
+    outside, else the outside set most of ``runs`` were scored on (a test/ folder before
+    the 16 official val films). One set for all, so that a run not scored on it yet is
+    left out rather than drawn on other films under the same label."""
+    if not compared.internal:
+        return compared.key
+    counts: Counter[str] = Counter()
+    found: dict[str, EvalSet] = {}
+    for run in runs:
+        for key, evalset in scored_sets(run).items():
+            if not evalset.internal:
+                counts[key] += 1
+                found[key] = evalset
+    if not counts:
+        return None
+    return max(counts, key=lambda k: (found[k].split != "official_val", counts[k], found[k].n))
+
+
 def shifts(runs: list[Run], compared: EvalSet) -> dict[str, pd.DataFrame]:
-    """:func:`shift_frame` of each run that has both an internal test split and an outside
-    set (the compared one when it is outside)."""
+    """:func:`shift_frame` of each run that has an internal test split and was scored on
+    the outside set :func:`shift_key` chooses."""
+    key = shift_key(runs, compared)
     out = {}
     for run in runs:
-        internal, outside = split_set(run, "internal_test"), outside_set(run, compared.key)
+        internal = split_set(run, "internal_test")
+        outside = scored_sets(run).get(key) if key else None
         if internal is not None and outside is not None:
             out[run.id] = shift_frame(internal, outside)
     return out
