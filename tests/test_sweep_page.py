@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxr_core.execution.sweeps import SWEEP_KEY, describe, sweep_jobs
+from cxr_core.execution.sweeps import SWEEP_KEY, describe, summarize, sweep_jobs, sweep_runs
 from cxr_core.scoring.metrics import full_report
 from cxr_core.store.runs import ACTIVE, RunStore
 from cxr_core.training.config import TrainConfig
@@ -173,4 +173,9 @@ def test_train_page_launches_a_sweep_owned_by_the_session():
     at.switch_page("pages/sweeps.py").run()
     assert not at.exception
     assert at.selectbox(key="sweep_id").value == sweep_id
-    assert len(at.dataframe[0].value) == 2 and at.success  # a best point, on validation
+    assert len(at.dataframe[0].value) == 2
+    (best,) = [p for p in summarize(sweep_runs(RunStore(), sweep_id)) if p["best"]]
+    if best["chance"]:  # two 1-epoch runs at 32 px may learn nothing validation can see
+        assert any("No better than chance" in w.value for w in at.warning)
+    else:
+        assert at.success  # a best point, on validation

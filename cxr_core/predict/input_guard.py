@@ -189,7 +189,7 @@ class Reference:
     threshold: float
     template: np.ndarray
     """The validation films' mean thumbnail (unit norm)."""
-    layout_threshold: float
+    layout_floor: float
     digest: str
 
     @classmethod
@@ -221,7 +221,7 @@ class Reference:
         header = {
             "k": self.k,
             "threshold": self.threshold,
-            "layout_threshold": self.layout_threshold,
+            "layout_floor": self.layout_floor,
         }
         header = {k: json.dumps(v) for k, v in header.items()}
         return save_tensors(
@@ -246,7 +246,7 @@ class Reference:
             int(meta["k"]),
             float(meta["threshold"]),
             tensors["template"],
-            float(meta["layout_threshold"]),
+            float(meta["layout_floor"]),
             digest,
         )
 
@@ -329,10 +329,10 @@ def guard_pixels(
     layouts = thumbnails(pixels) @ reference.template
     scores = reference.score(penultimate_features(model, pixels))
     for reasons, layout, score in zip(all_reasons, layouts, scores):
-        if layout < reference.layout_threshold:
+        if layout < reference.layout_floor:
             reasons.append(
                 f"not laid out like a chest film (correlation {layout:.2f} with the mean "
-                f"validation film; every validation film {reference.layout_threshold:.2f} "
+                f"validation film; every validation film {reference.layout_floor:.2f} "
                 "or more)"
             )
         if score > reference.threshold:
