@@ -221,7 +221,7 @@ class Reference:
         header = {
             "k": self.k,
             "threshold": self.threshold,
-            "layout_floor": self.layout_floor,
+            "layout_threshold": self.layout_floor,  # the stored key, as shipped,
         }
         header = {k: json.dumps(v) for k, v in header.items()}
         return save_tensors(
@@ -246,7 +246,7 @@ class Reference:
             int(meta["k"]),
             float(meta["threshold"]),
             tensors["template"],
-            float(meta["layout_floor"]),
+            float(meta["layout_threshold"]),
             digest,
         )
 
