@@ -166,3 +166,24 @@ def cli_main(capsys, *argv: str) -> tuple[int, str, str]:
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def film_with_a_map(model, make, seed: int, target: int | None = None) -> bytes:
+    """The first film ``make(seed + 1000 k)`` on which ``model``'s Grad-CAM is not flat.
+
+    A two-epoch model finds no evidence at all on some films (every gradient negative, so
+    the CAM's ReLU leaves an empty map), and which films depends on the CPU path it was
+    trained on; tests of the overlay need a film that has one.
+    """
+    import io
+
+    from cxr_core.predict import cam_checks
+    from cxr_core.predict.inference import explain, predict
+
+    for k in range(50):
+        data = make(seed + 1000 * k)
+        (prediction,) = predict(model, [io.BytesIO(data)])
+        heat = explain(model, prediction.pixels.copy(), "gradcam", target)
+        if not cam_checks.is_flat(heat):
+            return data
+    raise AssertionError(f"no film with a Grad-CAM map among 50 from seed {seed}")

@@ -21,6 +21,7 @@ import pytest
 import requests
 import torch
 from appserver import streamlit_app
+from conftest import film_with_a_map
 from PIL import Image
 from requests.adapters import HTTPAdapter
 from streamlit.proto.BackMsg_pb2 import BackMsg
@@ -267,7 +268,7 @@ def test_eight_sessions_predicting_with_gradcam_through_the_server(server):
                 data, refusal = hostile_bytes(s * 100 + i)
                 plan[s, i] = (name, data, {"refusal": refusal})
                 continue
-            data = image_bytes(s * 100 + i)
+            data = film_with_a_map(model, image_bytes, s * 100 + i)
             (prediction,) = predict(model, [data])
             heat = explain(model, prediction.pixels.copy(), "gradcam")
             expected = {

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import film_with_a_map
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -54,7 +55,9 @@ def _predict_page(uploads: list[tuple[str, bytes, str]]) -> AppTest:
 
 
 def test_threshold_duplicates_and_cam_checks(tiny):
-    chest, other = _png(True, 3), _png(False, 4)
+    model = load_model(tiny)
+    chest = film_with_a_map(model, lambda seed: _png(True, seed), 3)
+    other = film_with_a_map(model, lambda seed: _png(False, seed), 4)
     at = _predict_page(
         [
             ("chest.png", chest, "image/png"),
@@ -68,7 +71,6 @@ def test_threshold_duplicates_and_cam_checks(tiny):
     )
     assert len([m for m in at.metric if m.label == "P(pneumonia)"]) == 2
 
-    model = load_model(tiny)
     (pred,) = predict(model, [io.BytesIO(chest)])
     bars = [h.proto.body for h in at.get("html") if "threshold" in h.proto.body]
     assert f"width:{100 * pred.probability:.2f}%" in bars[0]
@@ -91,11 +93,11 @@ def test_threshold_duplicates_and_cam_checks(tiny):
 
 
 def test_road_on_request(tiny):
-    image = _png(True, 5)
+    model = load_model(tiny)
+    image = film_with_a_map(model, lambda seed: _png(True, seed), 5)
     at = _predict_page([("chest.png", image, "image/png")])
     at.toggle(key="predict_road").set_value(True).run()
     assert not at.exception, [e.value for e in at.exception]
-    model = load_model(tiny)
     (pred,) = predict(model, [io.BytesIO(image)])
     heat = explain(model, pred.pixels.copy(), "gradcam", pred.predicted)
     scores = cam_checks.road(model, pred.pixels.copy(), heat, pred.predicted)
