@@ -3,6 +3,8 @@ what each trains, what it ships, that a resumed run continues it, and the launch
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,6 +18,7 @@ from cxr_core.training.config import TrainConfig
 from cxr_core.training.engine import fit
 from cxr_core.training.recipes import averaged_from, start_epoch
 
+ROOT = Path(__file__).resolve().parents[1]
 LITE = {"arch": "efficientnet_lite0", "data": "synthetic:40", "img_size": 64, "pretrained": True}
 
 
@@ -83,7 +86,7 @@ def test_lp_ft_then_wise_ft_ships_the_average_of_probe_and_fine_tuned_weights():
     assert evaluation["splits"]["val"]["n"] > 0
 
 
-def test_swa_averages_the_second_half_once_even_when_an_epoch_is_replayed():
+def test_swa_averages_the_second_half_once_even_when_an_epoch_is_replayed(tmp_path, monkeypatch):
     cfg = _cfg(epochs=4, weight_averaging="swa")
     assert averaged_from(cfg) == 3
     run = RunStore().create(cfg.to_dict(), "swa")

@@ -157,6 +157,8 @@ class Evaluation(TypedDict, total=False):
     threshold: float
     threshold_method: str
     best_epoch: int | None
+    averaged: str
+    """What the shipped weights average (SWA, WiSE-FT), in words; absent: the best epoch's."""
     epochs_run: int
     train_time_s: float
     test_split: str | None
