@@ -74,11 +74,12 @@ def _final_results(run: Run) -> None:
     evaluation = run.evaluation()
     if not evaluation:
         return
-    trained = (
-        f"best epoch {evaluation['best_epoch']}"
-        if evaluation.get("best_epoch") is not None
-        else "an ensemble of its members, no training of its own"
-    )
+    if evaluation.get("averaged"):
+        trained = f"weights {evaluation['averaged']}"
+    elif evaluation.get("best_epoch") is not None:
+        trained = f"best epoch {evaluation['best_epoch']}"
+    else:
+        trained = "an ensemble of its members, no training of its own"
     st.markdown(
         f"**{run.label}**: {run.status().get('status')}, {trained}, threshold "
         f"{evaluation.get('threshold', 0.5):.3f}"

@@ -4,6 +4,7 @@ A run folder holds everything needed to audit, compare, resume or reuse a run::
 
     config.json  env.json  split.json  status.json  history.jsonl
     model.safetensors (best weights)  last.safetensors + last.json (resume state)
+    probe.safetensors, average.safetensors (LP-FT's probe, SWA's running average)
     evaluation.json  evaluations/ (sets scored later)  meta.json (name, tags, note)
     cam_checks/  calibration.json  cancel (a flag file)
 
@@ -42,6 +43,10 @@ CALIBRATION = "calibration.json"
 WEIGHTS = "model.safetensors"
 LAST_WEIGHTS = "last.safetensors"
 LAST_STATE = "last.json"
+PROBE_WEIGHTS = "probe.safetensors"
+"""LP-FT: the weights at the end of the linear probe (WiSE-FT averages them in)."""
+AVERAGE_WEIGHTS = "average.safetensors"
+"""SWA: the running average of the fine-tuning epochs' weights, and how many it holds."""
 CANCEL = "cancel"
 """A flag file: its presence asks the training process to stop."""
 GUARD = "input_guard.safetensors"
@@ -152,6 +157,8 @@ class Evaluation(TypedDict, total=False):
     threshold: float
     threshold_method: str
     best_epoch: int | None
+    averaged: str
+    """What the shipped weights average (SWA, WiSE-FT), in words; absent: the best epoch's."""
     epochs_run: int
     train_time_s: float
     test_split: str | None

@@ -22,6 +22,7 @@ SCHEDULERS = ("none", "cosine", "step", "plateau", "onecycle")
 IMBALANCE = ("none", "weighted", "sampler")
 MONITORS = ("val_auc", "val_loss", "val_f1")
 THRESHOLD_METHODS = ("youden", "sensitivity", "specificity", "fixed")
+WEIGHT_AVERAGING = ("none", "swa", "wise")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 GROUPS = ("model", "budget", "optimisation", "augmentation", "advanced")
@@ -171,6 +172,34 @@ class TrainConfig:
     label_smoothing: float = option(
         0.0, "Label smoothing.", low=0, high=0.4, step=0.05, group="optimisation"
     )
+    probe_epochs: int = option(
+        0,
+        "LP-FT (Kumar et al. 2022): the first N epochs train the head alone on the pretrained "
+        "backbone (a linear probe), then every trainable layer. Fine-tuning from a fitted head "
+        "distorts the pretrained features less, which holds up better on other sites' films.",
+        label="Linear-probe epochs first (LP-FT)",
+        low=0,
+        high=100,
+        group="optimisation",
+    )
+    weight_averaging: str = option(
+        "none",
+        "The weights that ship: none, the best epoch's; swa, the average of every epoch's from "
+        "the second half of fine-tuning (Izmailov et al. 2018); wise, the average of the "
+        "probed and the fine-tuned weights (WiSE-FT, Wortsman et al. 2022; needs probe "
+        "epochs). Averages land in flatter minima that move less under a site's shift; "
+        "BatchNorm statistics are re-estimated on the training films after averaging.",
+        label="Weight averaging",
+        choices=WEIGHT_AVERAGING,
+        group="optimisation",
+    )
+    freeze_bn_stats: bool = option(
+        False,
+        "Keep the pretrained BatchNorm statistics while fine-tuning (every BatchNorm layer "
+        "in eval mode): the backbone's normalisation stays ImageNet's, as it was learned.",
+        label="Keep pretrained BatchNorm statistics",
+        group="optimisation",
+    )
     augment: Augmentation = field(default_factory=Augmentation, metadata={"user": False})
     clahe: bool = option(
         False,
@@ -259,6 +288,33 @@ class TrainConfig:
                 f"{self.arch} from scratch has no learned backbone to freeze: set trainable "
                 "backbone stages to -1 (all), or start from ImageNet weights (pretrained)"
             )
+        self._check_recipe()
+
+    def _check_recipe(self) -> None:
+        """LP-FT, WiSE-FT and frozen statistics presuppose a pretrained backbone to keep."""
+        if (self.probe_epochs or self.freeze_bn_stats) and not self.pretrained:
+            raise UserError(
+                "linear-probe epochs and pretrained BatchNorm statistics need a pretrained "
+                "backbone: start from ImageNet weights, or set probe epochs 0 and keep "
+                "BatchNorm statistics off"
+            )
+        if self.probe_epochs and self.unfreeze_last == 0:
+            raise UserError(
+                "linear-probe epochs fine-tune the backbone afterwards, but it is frozen: set "
+                "trainable backbone stages to -1 (all) or N"
+            )
+        if self.probe_epochs >= self.epochs:
+            raise UserError(
+                f"{self.probe_epochs} linear-probe epochs leave none of {self.epochs} to "
+                "fine-tune: give more epochs or fewer probe epochs"
+            )
+        if self.weight_averaging != "none" and self.unfreeze_last == 0:
+            raise UserError(
+                "weight averaging needs a fine-tuned backbone; a frozen one trains a linear "
+                "head, which averaging does not change: set trainable backbone stages"
+            )
+        if self.weight_averaging == "wise" and not self.probe_epochs:
+            raise UserError("WiSE-FT averages the probed and fine-tuned weights: set probe epochs")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

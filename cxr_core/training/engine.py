@@ -26,7 +26,7 @@ from cxr_core.models import weights_file
 from cxr_core.models.zoo import Network, count_parameters
 from cxr_core.scoring import metrics
 from cxr_core.store.runs import Run
-from cxr_core.training import features
+from cxr_core.training import features, recipes
 from cxr_core.training.config import TrainConfig
 from cxr_core.training.inputs import Data, load_data
 from cxr_core.training.optim import make_optimizer, make_scheduler
@@ -67,7 +67,7 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over the training split; ``on_step`` may raise :class:`Cancelled`."""
     model = network.model
-    model.train()
+    recipes.start_epoch(network, cfg, epoch)
     _freeze_frozen_batchnorm(model)
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout, replayed identically on resume
@@ -298,6 +298,8 @@ def run_epochs(
         if t.scheduler is not None and t.scheduler_unit == "epoch":
             t.scheduler.step(monitored) if cfg.scheduler == "plateau" else t.scheduler.step()
         state["epoch"] = epoch
+        if epoch == cfg.probe_epochs + 1:  # LP-FT ships a fine-tuned network, not the probe
+            state.update(best=None, bad_epochs=0)
         if _improved(cfg, monitored, state["best"]):
             state.update(best=monitored, best_epoch=epoch, bad_epochs=0)
             weights_file.save_weights(
@@ -308,6 +310,7 @@ def run_epochs(
             )
         else:
             state["bad_epochs"] += 1
+        recipes.end_epoch(run, t.network, cfg, epoch)
         state["train_time_s"] = clock()
         save_resume_state(run, t.network, t.optimizer, t.scheduler, t.scaler, state)
         if state["bad_epochs"] >= cfg.patience:
@@ -355,6 +358,7 @@ def fit(run: Run, cfg: TrainConfig, resume: bool = False, half_weights: bool = F
             run.set_status(status, message="stopped before any epoch finished")
             return {}
         run.set_status("running", phase="final evaluation")
+        recipes.ship_average(run, t.network, cfg, t.images, precision)
         t.state["train_time_s"] = clock()
         scored = t.images if precision != "fp32" else t.data
         evaluation = final_evaluation(run, scored, t.device, cfg, t.state, t.info, precision)
@@ -392,6 +396,7 @@ def final_evaluation(
         "threshold": threshold,
         "threshold_method": cfg.threshold_method,
         "best_epoch": meta.get("epoch"),
+        **({"averaged": meta["averaged"]} if "averaged" in meta else {}),
         "epochs_run": state["epoch"],
         "train_time_s": round(state["train_time_s"], 1),
         "test_split": data.manifest.test_split,
