@@ -22,7 +22,9 @@ from cxr_core.errors import UserError
 from cxr_core.execution import scoring_jobs
 from cxr_core.predict import evalsets
 from cxr_core.scoring.metrics import CATALOGUE, choose_threshold, threshold_choice
+from cxr_core.scoring.selection import Selection
 from cxr_core.store.runs import RunStore
+from cxr_core.training.engine import EPOCH_RULE
 from pages.common import runview
 
 CHECKPOINTS = ROOT / "checkpoints"
@@ -392,3 +394,19 @@ def test_runs_page_final_results_say_the_plateau_and_old_records_say_nothing(fiv
         "Youden's J, within its sampling noise (one standard error)."
     ]
     assert sum(new in m.value or old in m.value for m in at.markdown if "threshold" in m.value) == 2
+
+
+def test_runs_page_says_when_validation_could_not_choose_the_epoch(five):
+    run = RunStore().get(five[0])
+    choice = Selection("epoch 9", "epoch 4", "epoch 4", 0.0003, (-0.001, 0.002), 0.41, EPOCH_RULE)
+    run.save_evaluation({**run.evaluation(), "epoch_choice": choice.to_dict()})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.switch_page("pages/runs.py").run()
+    at.multiselect(key="runs_selected").set_value(five[:2]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = [c.value for c in at.caption if "Validation cannot tell" in c.value]
+    assert said == [
+        "Best epoch: Validation cannot tell epoch 9 from epoch 4 (AUC difference 0.0003, 95% CI "
+        "-0.0010 to 0.0020, p = 0.41); by the rule declared in advance (the shorter-trained "
+        "one: the earlier epoch), epoch 4 is chosen."
+    ]

@@ -95,7 +95,7 @@ def test_specificity_threshold_is_the_lowest_that_keeps_the_target(target):
 
 def test_full_report_counts_at_the_threshold():
     labels, probs = _scores(3, n=100)
-    threshold = choose_threshold(labels, probs)
+    threshold = choose_threshold(labels, probs, "plateau")
     report = full_report(labels, probs, threshold, [f"img{i}.png" for i in range(100)])
     (tn, fp), (fn, tp) = report["confusion_matrix"]
     pred = probs >= threshold

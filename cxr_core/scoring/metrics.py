@@ -281,7 +281,7 @@ def _plateau(criterion: np.ndarray, allowed: np.ndarray, se: float) -> tuple[int
 def threshold_choice(
     labels: np.ndarray,
     probs: np.ndarray,
-    method: str = "youden",
+    method: str,
     target_sensitivity: float = 0.95,
     target_specificity: float = 0.90,
 ) -> ThresholdChoice:
@@ -335,14 +335,10 @@ def threshold_choice(
 
 
 def choose_threshold(
-    labels: np.ndarray,
-    probs: np.ndarray,
-    method: str = "youden",
-    target_sensitivity: float = 0.95,
-    target_specificity: float = 0.90,
+    labels: np.ndarray, probs: np.ndarray, *rule: str | float, **options: float
 ) -> float:
-    """The threshold alone of :func:`threshold_choice`."""
-    return threshold_choice(labels, probs, method, target_sensitivity, target_specificity).threshold
+    """The threshold alone of :func:`threshold_choice` (the same arguments)."""
+    return threshold_choice(labels, probs, *rule, **options).threshold
 
 
 def _thin(points: np.ndarray, most: int = 400) -> list[float]:
