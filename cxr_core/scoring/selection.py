@@ -57,21 +57,22 @@ class Selection:
 
     @classmethod
     def from_dict(cls, data: Mapping | None) -> Selection | None:
+        """What a record kept (None for a record without one)."""
         if not data:
             return None
         return cls(**{**data, "ci95": tuple(data["ci95"])})
 
     def sentence(self) -> str:
         """The verdict in one sentence, with the difference, its interval and p."""
-        figures = (
-            f"AUC difference {self.auc_diff:.4f}, 95% CI {self.ci95[0]:.4f} to "
-            f"{self.ci95[1]:.4f}, {format_p(self.p or math.nan)}"
-        )
         if self.p is None:
             return (
                 f"{self.best} ranks above {self.runner_up} on validation; too few validation "
                 "images of each class for a paired test."
             )
+        figures = (
+            f"AUC difference {self.auc_diff:.4f}, 95% CI {self.ci95[0]:.4f} to "
+            f"{self.ci95[1]:.4f}, {format_p(self.p)}"
+        )
         if not self.cannot_choose:
             return f"{self.best} is better than {self.runner_up} on validation ({figures})."
         verdict = (
