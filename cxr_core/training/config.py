@@ -203,7 +203,14 @@ class TrainConfig:
     patience: int = option(
         5, "Early stopping: epochs without a gain.", label="Patience", low=1, high=100
     )
-    monitor: str = option("val_auc", "Best epoch by.", label="Best epoch by", choices=MONITORS)
+    monitor: str = option(
+        "val_auc",
+        "Best epoch by. A later, better-scoring epoch replaces the kept one only when its "
+        "validation AUC is higher by a paired test (DeLong, p < 0.05); else the earlier, "
+        "shorter-trained epoch stays.",
+        label="Best epoch by",
+        choices=MONITORS,
+    )
     threshold_method: str = option(
         "plateau",
         "How the decision threshold is chosen on validation: plateau (the centre, in "
