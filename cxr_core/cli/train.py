@@ -74,6 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _print_final(run, evaluation: dict) -> None:
     from cxr_core.scoring.metrics import ThresholdChoice
+    from cxr_core.scoring.selection import Selection
 
     status = run.status()
     print(
@@ -89,6 +90,9 @@ def _print_final(run, evaluation: dict) -> None:
     plateau = ThresholdChoice.from_record(evaluation)
     if plateau is not None:
         print(f"  threshold: {plateau.sentence()}")
+    epoch_choice = Selection.from_dict(evaluation.get("epoch_choice"))
+    if epoch_choice is not None:
+        print(f"  best epoch: {epoch_choice.sentence()}")
 
 
 def _resume_arguments(p: argparse.ArgumentParser) -> None:
