@@ -17,6 +17,7 @@ from cxr_core.execution import scoring_jobs
 from cxr_core.predict import ensembles, evalsets
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.scoring.metrics import CATALOGUE
+from cxr_core.scoring.selection import Selection
 from cxr_core.scoring.stats import PairedResult
 from cxr_core.store.runs import Run
 from pages import (
@@ -157,7 +158,8 @@ def _make_ensemble(ids: list[str]) -> None:
     st.session_state["compare_ensemble_said"] = (
         "success",
         f"Made the ensemble **{run.id}** (the mean probability of {', '.join(ids)}, its "
-        "threshold chosen on their shared validation split) and added it to the runs.",
+        "threshold chosen on their shared validation split) and added it to the runs. "
+        + Selection.from_dict(run.evaluation()["selection"]).sentence(),
     )
 
 
@@ -549,8 +551,12 @@ with user_errors():
     )
     st.caption(
         f"On {evalset.name}; 95% intervals from 1000 bootstrap resamples of patients, at "
-        "each run's own threshold (chosen on its validation split)."
+        "each run's own threshold (chosen on its validation split). "
+        f"*{comparison.PLATEAU_COLUMN}*: the thresholds its validation split cannot tell "
+        "from the chosen one."
     )
+    for note in comparison.plateau_notes(chosen):
+        st.caption(note)
     if len(sets) == 2:
         (pair,) = _paired(_ident(sets), sets)
         st.info(f"**Paired test.** {pair.verdict}", icon=":material/balance:")

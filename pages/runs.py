@@ -11,7 +11,8 @@ import streamlit as st
 from cxr_core.analysis import plots
 from cxr_core.execution.jobs import log_tail
 from cxr_core.predict import ensembles, evalsets
-from cxr_core.scoring.metrics import CATALOGUE
+from cxr_core.scoring.metrics import CATALOGUE, ThresholdChoice
+from cxr_core.scoring.selection import Selection
 from cxr_core.scoring.stats import format_ci
 from cxr_core.store.runs import ACTIVE, Run, may_change
 from pages import (
@@ -84,6 +85,14 @@ def _final_results(run: Run) -> None:
         f"**{run.label}**: {run.status().get('status')}, {trained}, threshold "
         f"{evaluation.get('threshold', 0.5):.3f}"
     )
+    plateau = ThresholdChoice.from_record(evaluation)
+    if plateau is not None:
+        st.caption(f"Threshold: {plateau.sentence()}.")
+    chosen = Selection.from_dict(evaluation.get("epoch_choice") or evaluation.get("selection"))
+    if chosen is not None:
+        st.caption(
+            f"{'Best epoch' if evaluation.get('epoch_choice') else 'Ensemble'}: {chosen.sentence()}"
+        )
     synthetic_badge(bool(evaluation.get("synthetic")))
     sets = evalsets.run_sets(run).values()
     rows = []

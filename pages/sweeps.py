@@ -17,6 +17,7 @@ from cxr_core.analysis import plots
 from cxr_core.execution.sweeps import (
     SWEEP_KEY,
     VAL_METRICS,
+    choose_point,
     describe,
     run_rows,
     summarize,
@@ -58,6 +59,7 @@ def points_table(summary: list[dict], grid: dict, runs: list[Run], metric: str) 
                 "seeds done": f"{point['n']}/{len(point['runs'])}",
                 "runs": ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
                 "best on validation": point["best"],
+                "chosen": point["chosen"],
                 "no better than chance": point["chance"],
             }
         )
@@ -94,6 +96,11 @@ def _results(sweep_id: str, metric: str) -> None:
             f"**Best on validation: {describe(best['point'])}**, validation {info.label} "
             f"{plots.mean_sd(best, info.percent)} over {best['n']} seed(s).",
             icon=":material/star:",
+        )
+    choice = choose_point(runs, summary) if best is not None else None
+    if choice is not None:
+        (st.warning if choice.cannot_choose else st.info)(
+            choice.sentence(), icon=":material/balance:"
         )
     st.caption(
         "Chosen on the validation split alone: the test split takes no part in the choice, "

@@ -28,6 +28,7 @@ from cxr_core.data.folders import scan
 from cxr_core.data.synthetic import MARKER
 from cxr_core.models.zoo import REGISTRY
 from cxr_core.predict.evalsets import run_sets
+from cxr_core.scoring.metrics import threshold_choice
 from cxr_core.store.runs import RunStore
 from cxr_core.training.config import options
 
@@ -88,6 +89,12 @@ def test_train_wrote_a_complete_run_folder(tiny_run_dir):
     for key in (*EVALUATE_KEYS, "roc", "pr", "classification_report", "probs", "labels", "paths"):
         assert key in val, key
     assert sum(map(sum, val["confusion_matrix"])) == val["n"] == len(val["paths"])
+    # The threshold (the default plateau rule) and its plateau, as chosen on val.
+    choice = threshold_choice(val["labels"], val["probs"], config["threshold_method"])
+    assert config["threshold_method"] == "plateau"
+    assert (evaluation["threshold"], evaluation["threshold_low"], evaluation["threshold_high"]) == (
+        pytest.approx((choice.threshold, choice.low, choice.high))
+    )
 
 
 @pytest.mark.parametrize("opt", options(), ids=lambda o: o.name)

@@ -21,8 +21,10 @@ from cxr_core.analysis import comparison
 from cxr_core.errors import UserError
 from cxr_core.execution import scoring_jobs
 from cxr_core.predict import evalsets
-from cxr_core.scoring.metrics import CATALOGUE, choose_threshold
+from cxr_core.scoring.metrics import CATALOGUE, choose_threshold, threshold_choice
+from cxr_core.scoring.selection import Selection
 from cxr_core.store.runs import RunStore
+from cxr_core.training.engine import EPOCH_RULE
 from pages.common import runview
 
 CHECKPOINTS = ROOT / "checkpoints"
@@ -97,7 +99,7 @@ def test_two_runs_every_metric_with_its_interval_and_a_paired_verdict(five):
     summary = at.dataframe[0].value
     headline = ["accuracy", "sensitivity", "specificity", "AUC"]
     others = [i.label for i in CATALOGUE.values() if i.label not in headline]
-    assert list(summary.columns) == ["run", *headline, *others, "threshold"]
+    assert list(summary.columns) == ["run", *headline, *others, "threshold", "ties on val"]
     assert all(CI.match(v) for v in summary["accuracy"]), summary["accuracy"].tolist()
     assert all(re.match(r"^0\.\d{3} \(0\.\d{3}-[01]\.\d{3}\)$", v) for v in summary["AUC"])
     sets = comparison.sets_on(runs, shared[0].key)
@@ -181,6 +183,7 @@ def test_the_slider_moves_the_operating_point_and_never_the_run(five):
     landing = at.dataframe[-1].value
     assert list(landing["threshold"]) == [
         "run's threshold",
+        "Youden's plateau centre on val",
         "Youden's J on val",
         "95% sensitivity on val",
         "90% specificity on val",
@@ -348,3 +351,62 @@ def test_the_url_restores_the_operating_point_run_and_threshold(five):
     assert fresh.selectbox(key="compare_focus").value == chosen[1]
     (slider,) = [s for s in fresh.slider if s.label == "Threshold"]
     assert slider.value == pytest.approx(0.321)
+
+
+def with_plateau(run_id: str) -> tuple[float, float]:
+    """Give a copied bundled run's record the plateau its threshold rule has on its stored
+    validation scores, as a run evaluated today keeps it; the bounds."""
+    run = RunStore().get(run_id)
+    evaluation = run.evaluation()
+    val = comparison.split_set(run, "val")
+    choice = threshold_choice(val.labels, val.probs, evaluation["threshold_method"])
+    run.save_evaluation({**evaluation, **choice.record()})
+    return choice.low, choice.high
+
+
+def test_summary_says_which_thresholds_validation_cannot_tell_apart(five):
+    """A record with a plateau shows its bounds in the table and in plain words; one
+    written before plateaus were kept (the bundled runs') loads and shows none."""
+    new, old = five[:2]
+    low, high = with_plateau(new)
+    at = open_compare({"runs": [new, old]})
+    assert at.multiselect(key="compare_runs").value == [new, old]
+    summary = at.dataframe[0].value.set_index("run")
+    assert summary.loc[new, "ties on val"] == f"{low:.3f} to {high:.3f}"
+    assert summary.loc[old, "ties on val"] == ""
+    notes = [c.value for c in at.caption if "gives the same validation" in c.value]
+    assert notes == [
+        f"{new}: any threshold from {low:.3f} to {high:.3f} gives the same validation "
+        "Youden's J, within its sampling noise (one standard error)."
+    ]
+
+
+def test_runs_page_final_results_say_the_plateau_and_old_records_say_nothing(five):
+    new, old = five[:2]
+    low, high = with_plateau(new)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.switch_page("pages/runs.py").run()
+    at.multiselect(key="runs_selected").set_value([new, old]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    notes = [c.value for c in at.caption if "gives the same validation" in c.value]
+    assert notes == [
+        f"Threshold: any threshold from {low:.3f} to {high:.3f} gives the same validation "
+        "Youden's J, within its sampling noise (one standard error)."
+    ]
+    assert sum(new in m.value or old in m.value for m in at.markdown if "threshold" in m.value) == 2
+
+
+def test_runs_page_says_when_validation_could_not_choose_the_epoch(five):
+    run = RunStore().get(five[0])
+    choice = Selection("epoch 9", "epoch 4", "epoch 4", 0.0003, (-0.001, 0.002), 0.41, EPOCH_RULE)
+    run.save_evaluation({**run.evaluation(), "epoch_choice": choice.to_dict()})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.switch_page("pages/runs.py").run()
+    at.multiselect(key="runs_selected").set_value(five[:2]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = [c.value for c in at.caption if "Validation cannot tell" in c.value]
+    assert said == [
+        "Best epoch: Validation cannot tell epoch 9 from epoch 4 (AUC difference 0.0003, 95% CI "
+        "-0.0010 to 0.0020, p = 0.41); by the rule declared in advance (the shorter-trained "
+        "one: the earlier epoch), epoch 4 is chosen."
+    ]

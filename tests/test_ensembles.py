@@ -20,7 +20,7 @@ from cxr_core.data.synthetic import radiograph
 from cxr_core.predict import evalsets
 from cxr_core.predict.ensembles import Ensemble, load_any
 from cxr_core.predict.inference import load_model
-from cxr_core.scoring.metrics import choose_threshold, summary
+from cxr_core.scoring.metrics import choose_threshold, summary, threshold_choice
 from cxr_core.store.bundle import results_markdown
 from cxr_core.store.runs import Run, RunStore
 from pages.common import runview
@@ -95,8 +95,13 @@ def test_bundled_ensemble_reproduces_its_members_and_scores_a_test_only_folder(
 
     # Threshold and every split's metrics: the combination of the stored probabilities.
     labels, probs, _ = expected_combination("val")
-    threshold = choose_threshold(labels, probs, "youden")
+    choice = threshold_choice(labels, probs, "plateau")  # the default rule
+    threshold = choice.threshold
     assert evaluation["threshold"] == pytest.approx(threshold, abs=1e-9)
+    assert evaluation["threshold_low"] < threshold < evaluation["threshold_high"]
+    assert (evaluation["threshold_low"], evaluation["threshold_high"]) == pytest.approx(
+        (choice.low, choice.high)
+    )
     for split in evaluation["splits"]:
         labels, probs, paths = expected_combination(split)
         report = evaluation["splits"][split]
@@ -213,3 +218,29 @@ def test_members_validated_on_different_images_are_refused_and_nothing_is_made(
     shutil.rmtree(RunStore().get("same").path)  # a member removed by hand: one line, no traceback
     assert cli.main(["evaluate", "--run", ensemble, "--data", "synthetic:20"]) == 2
     assert f"ensemble {ensemble}: a member is gone (no run 'same'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("members", "tied", "chosen"),
+    [
+        # The bundled ensemble's members: 0.9997 against 0.9996 on validation.
+        (["lite0-strongaug-224-s0", "resnet18-strongaug-128-s0"], True, "lite0-strongaug-224-s0"),
+        # A weak member drags the mean down, by more than validation's noise.
+        (["mlp-scratch-64", "resnet18-strongaug-128-s0"], False, "resnet18-strongaug-128-s0"),
+    ],
+)
+def test_an_ensemble_says_whether_validation_tells_it_from_its_best_member(
+    isolated_store, capsys, members, tied, chosen
+):
+    assert make(*members, "--run-id", "pair") == 0
+    printed = capsys.readouterr().out
+    selection = RunStore().get("pair").evaluation()["selection"]
+    assert selection["chosen"] == chosen
+    if tied:
+        assert f"Validation cannot tell the ensemble from {chosen} (AUC difference" in printed
+        assert (
+            f"(the simpler one: fewer parameters, then fewer training epochs), {chosen}" in printed
+        )
+    else:
+        assert f"{chosen} is better than the ensemble on validation (AUC difference" in printed
+        assert "cannot tell" not in printed

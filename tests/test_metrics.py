@@ -16,14 +16,17 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from cxr_core.scoring.calibration import apply_temperature
 from cxr_core.scoring.metrics import (
     CATALOGUE,
     MetricInfo,
+    ThresholdChoice,
     choose_threshold,
     decide,
     decided_class,
     full_report,
     register_metric,
+    threshold_choice,
 )
 
 
@@ -92,7 +95,7 @@ def test_specificity_threshold_is_the_lowest_that_keeps_the_target(target):
 
 def test_full_report_counts_at_the_threshold():
     labels, probs = _scores(3, n=100)
-    threshold = choose_threshold(labels, probs)
+    threshold = choose_threshold(labels, probs, "plateau")
     report = full_report(labels, probs, threshold, [f"img{i}.png" for i in range(100)])
     (tn, fp), (fn, tp) = report["confusion_matrix"]
     pred = probs >= threshold
@@ -162,3 +165,96 @@ def test_the_decision_rule_is_written_once():
         if rule.search(line)
     ]
     assert [f.split(":")[0] for f in found] == ["cxr_core/scoring/metrics.py"], found
+
+
+def _plateau_scores(*highest_normals: float):
+    """100 NORMAL films (98 at 0.001-0.01, then 0.02 and 0.05) and 100 PNEUMONIA (0.6,
+    0.7, then 98 at 0.8-0.99): perfectly separated. ``highest_normals`` replace the top
+    NORMAL scores."""
+    normal = np.r_[np.linspace(0.001, 0.01, 98), 0.02, 0.05]
+    if highest_normals:
+        normal[-len(highest_normals) :] = highest_normals
+    labels = np.r_[np.zeros(100, int), np.ones(100, int)]
+    return labels, np.r_[normal, 0.6, 0.7, np.linspace(0.8, 0.99, 98)]
+
+
+def _log_odds_centre(low: float, high: float) -> float:
+    centre = (np.log(low / (1 - low)) + np.log(high / (1 - high))) / 2
+    return float(1 / (1 + np.exp(-centre)))
+
+
+@pytest.mark.parametrize(("highest_normals", "youden"), [((), 0.325), ((0.3,), 0.45)])
+def test_plateau_rule_takes_the_centre_of_a_known_plateau_in_log_odds(highest_normals, youden):
+    """J's standard error at 100 films a class (with one pseudo-count each) is 0.014: one
+    error (0.01 of J) is within it, two are not. So every threshold in (0.02, 0.7] ties:
+    (0.05, 0.6] is perfect, (0.02, 0.05] calls one NORMAL film pneumonia, (0.6, 0.7]
+    misses one pneumonia. A NORMAL film at 0.3 moves Youden's edge rule up beside it;
+    the plateau, and its log-odds centre (0.179), stay."""
+    labels, probs = _plateau_scores(*highest_normals)
+    choice = threshold_choice(labels, probs, "plateau")
+    assert (choice.low, choice.high) == pytest.approx((0.02, 0.7))
+    assert choice.threshold == pytest.approx(_log_odds_centre(0.02, 0.7))
+    edge = threshold_choice(labels, probs, "youden")
+    assert (edge.low, edge.high) == (choice.low, choice.high)
+    assert edge.threshold == pytest.approx(youden)
+    assert "from 0.020 to 0.700 gives the same validation Youden's J" in choice.sentence()
+
+
+def test_plateau_stops_where_errors_exceed_the_noise():
+    """Three NORMAL films at 0.3 cost 0.03 of J below 0.3, beyond its standard error."""
+    labels, probs = _plateau_scores(0.3, 0.3, 0.3)
+    choice = threshold_choice(labels, probs, "plateau")
+    assert (choice.low, choice.high) == pytest.approx((0.3, 0.7))
+    assert choice.threshold == pytest.approx(_log_odds_centre(0.3, 0.7))
+
+
+def test_plateau_centre_keeps_its_decisions_under_a_temperature():
+    """A temperature scales log-odds, so the log-odds centre moves with the scores: the
+    decisions on any other films are the same with or without it."""
+    labels, probs = _scores(11)
+    others = np.random.default_rng(1).uniform(0.001, 0.999, 500)
+    raw = threshold_choice(labels, probs, "plateau").threshold
+    for temperature in (0.5, 2.0):
+        scaled = threshold_choice(labels, apply_temperature(probs, temperature), "plateau")
+        assert (
+            (apply_temperature(others, temperature) >= scaled.threshold) == (others >= raw)
+        ).all()
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [
+        ("youden", {}),
+        ("plateau", {}),
+        ("sensitivity", {"target_sensitivity": 0.9}),
+        ("specificity", {"target_specificity": 0.8}),
+    ],
+)
+def test_every_threshold_on_the_plateau_meets_the_rule_within_noise(method, kwargs):
+    """Inside the bounds the criterion stays within a standard error of the best (about
+    0.05 at 200 films a class); the scores just outside fall further or break the target."""
+    labels, probs = _scores(5)
+    choice = threshold_choice(labels, probs, method, **kwargs)
+    assert choice.low < choice.threshold <= choice.high
+    assert choose_threshold(labels, probs, method, **kwargs) == choice.threshold
+    value = {
+        "youden": lambda sens, spec: sens + spec,
+        "plateau": lambda sens, spec: sens + spec,
+        "sensitivity": lambda sens, spec: spec if sens >= 0.9 else -1,
+        "specificity": lambda sens, spec: sens if spec >= 0.8 else -1,
+    }[method]
+    points = {s: value(sens, spec) for s, sens, spec in _decisions_at_every_score(labels, probs)}
+    best = max(points.values())
+    inside = [best - v for s, v in points.items() if choice.low < s <= choice.high]
+    assert len(inside) > 1 and max(inside) < 0.06
+    just_outside = [choice.low, min(s for s in points if s > choice.high)]
+    assert all(best - points[s] > max(inside) for s in just_outside)
+
+
+def test_bounds_are_recorded_and_read_back_and_old_records_have_none():
+    labels, probs = _plateau_scores()
+    choice = threshold_choice(labels, probs, "plateau")
+    record = {"threshold": choice.threshold, "threshold_method": "plateau", **choice.record()}
+    assert ThresholdChoice.from_record(record) == choice
+    assert ThresholdChoice.from_record({"threshold": 0.3, "threshold_method": "youden"}) is None
+    assert threshold_choice(labels, probs, "fixed") == ThresholdChoice(0.5, None, None, "fixed")

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxr_core.execution.sweeps import SWEEP_KEY, describe, summarize, sweep_jobs, sweep_runs
+from cxr_core.execution.sweeps import (
+    SWEEP_KEY,
+    choose_point,
+    describe,
+    summarize,
+    sweep_jobs,
+    sweep_runs,
+)
 from cxr_core.scoring.metrics import full_report
 from cxr_core.store.runs import ACTIVE, RunStore
 from cxr_core.training.config import TrainConfig
@@ -92,6 +99,12 @@ def test_sweep_view_points_heat_map_best_and_compare():
         assert row["runs"] == ("2 completed, 1 failed" if point == short else "3 completed")
         assert row["best on validation"] == (point == best)
     assert best in at.success[0].value
+    # Whether validation tells the best from the runner-up, in words, and what is chosen.
+    runs = sweep_runs(RunStore(), sweep_id)
+    choice = choose_point(runs, summarize(runs))
+    verdict = [m.value for m in (*at.warning, *at.info) if m.value == choice.sentence()]
+    assert verdict and choice.best == best and "AUC difference" in verdict[0]
+    assert table.loc[table["chosen"], ["lr", "batch_size"]].shape[0] == 1
 
     (spec,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     (heat,) = spec["data"]

@@ -22,11 +22,18 @@ from cxr_core.data.synthetic import is_synthetic, synthetic_names
 from cxr_core.errors import UserError
 from cxr_core.predict.evalsets import EvalSet, run_sets
 from cxr_core.scoring import calibration, stats
-from cxr_core.scoring.metrics import CATALOGUE, choose_threshold, confusion, full_report
+from cxr_core.scoring.metrics import (
+    CATALOGUE,
+    ThresholdChoice,
+    choose_threshold,
+    confusion,
+    full_report,
+)
 from cxr_core.store.records import Calibration
 from cxr_core.store.runs import Run
 
 VAL_THRESHOLDS = {
+    "Youden's plateau centre": {"method": "plateau"},
     "Youden's J": {"method": "youden"},
     "95% sensitivity": {"method": "sensitivity", "target_sensitivity": 0.95},
     "90% specificity": {"method": "specificity", "target_specificity": 0.90},
@@ -67,13 +74,22 @@ def run_facts(run: Run) -> dict:
 
 
 def compare_table(runs: list[Run], sets: dict[str, EvalSet]) -> pd.DataFrame:
-    """One row per run scored in ``sets`` (by run id): facts, threshold, and for each
-    catalogue metric its value and 95% interval (``<key>``, ``<key>_lo``, ``<key>_hi``)."""
+    """One row per run scored in ``sets`` (by run id): facts, threshold and its plateau on
+    validation (``threshold_low``, ``threshold_high``: None for a record without one), and
+    for each catalogue metric its value and 95% interval (``<key>``, ``<key>_lo``,
+    ``<key>_hi``)."""
     rows = []
     for run in runs:
         evalset = sets[run.id]
         values, ci = evalset.metrics(), evalset.ci95()
-        row = {**run_facts(run), "threshold": round(evalset.threshold, 4), "n": evalset.n}
+        plateau = ThresholdChoice.from_record(run.evaluation())
+        row = {
+            **run_facts(run),
+            "threshold": round(evalset.threshold, 4),
+            "threshold_low": plateau and plateau.low,
+            "threshold_high": plateau and plateau.high,
+            "n": evalset.n,
+        }
         for key in CATALOGUE:
             lo, hi = ci.get(key, (None, None))
             row |= {key: values[key], f"{key}_lo": lo, f"{key}_hi": hi}
@@ -142,7 +158,24 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
             for r in table.to_dict("records")
         ]
     out["threshold"] = table["threshold"].round(3)
+    out[PLATEAU_COLUMN] = [
+        f"{r['threshold_low']:.3f} to {r['threshold_high']:.3f}"
+        if pd.notna(r.get("threshold_low")) and pd.notna(r.get("threshold_high"))
+        else ""
+        for r in table.to_dict("records")
+    ]
     return out
+
+
+PLATEAU_COLUMN = "ties on val"
+"""The readable table's column of each threshold's plateau on validation."""
+
+
+def plateau_notes(runs: list[Run]) -> list[str]:
+    """One line per run whose record keeps its threshold's plateau, in plain words: "run:
+    any threshold from 0.090 to 0.710 gives the same validation Youden's J ..."."""
+    found = {run.id: ThresholdChoice.from_record(run.evaluation()) for run in runs}
+    return [f"{run_id}: {plateau.sentence()}." for run_id, plateau in found.items() if plateau]
 
 
 def paired(sets: dict[str, EvalSet]) -> list[stats.PairedResult]:

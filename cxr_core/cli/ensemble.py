@@ -38,7 +38,8 @@ def _ensemble_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from cxr_core.predict.ensembles import THRESHOLD_OPTIONS, create
     from cxr_core.predict.evalsets import run_sets
-    from cxr_core.scoring.metrics import CATALOGUE
+    from cxr_core.scoring.metrics import CATALOGUE, ThresholdChoice
+    from cxr_core.scoring.selection import Selection
     from cxr_core.scoring.stats import format_ci
 
     command = "python -m cxr_core " + shlex.join(sys.argv[1:])
@@ -50,7 +51,16 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     by_split = {s.split: s for s in run_sets(run).values() if s.split in evaluation["splits"]}
     shown = ("accuracy", "sensitivity", "specificity", "roc_auc")
     if args.json:
-        out = {k: evaluation[k] for k in ("members", "weights", "threshold", "test_split")}
+        kept = (
+            "members",
+            "weights",
+            "threshold",
+            "threshold_low",
+            "threshold_high",
+            "selection",
+            "test_split",
+        )
+        out = {k: evaluation.get(k) for k in kept}
         out["splits"] = {
             split: {
                 "n": s.n,
@@ -69,6 +79,10 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         f"threshold {evaluation['threshold']:.4f} ({evaluation['threshold_method']} rule on "
         "the shared validation split)"
     )
+    plateau = ThresholdChoice.from_record(evaluation)
+    if plateau is not None:
+        print(f"  {plateau.sentence()}")
+    print(Selection.from_dict(evaluation["selection"]).sentence())
     for split, s in by_split.items():
         values, ci = s.metrics(), s.ci95()
         figures = "  ".join(

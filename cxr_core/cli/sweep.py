@@ -10,10 +10,14 @@ import argparse
 import json
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
 from cxr_core.cli._verbs import register_verb
 from cxr_core.cli.train import add_train_options, config_from_args
 from cxr_core.errors import UserError
+
+if TYPE_CHECKING:  # for the hints only
+    from cxr_core.scoring.selection import Selection
 
 
 def _sweep_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +59,14 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
 )
 def cmd_sweep(args: argparse.Namespace) -> int:
     from cxr_core.execution.executors import get_executor
-    from cxr_core.execution.sweeps import parse_grid, parse_seeds, run_rows, summarize, sweep_jobs
+    from cxr_core.execution.sweeps import (
+        choose_point,
+        parse_grid,
+        parse_seeds,
+        run_rows,
+        summarize,
+        sweep_jobs,
+    )
     from cxr_core.store.runs import Run, RunStore
 
     grid = parse_grid(args.grid)
@@ -103,11 +114,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     elif not args.detach:
-        _print_table(rows, summarize(runs, args.metric), args.metric)
+        summary = summarize(runs, args.metric)
+        _print_table(rows, summary, args.metric, choose_point(runs, summary))
     return 0 if args.detach or all(r["status"] == "completed" for r in rows) else 1
 
 
-def _print_table(rows: list[dict], summary: list[dict], metric: str) -> None:
+def _print_table(
+    rows: list[dict], summary: list[dict], metric: str, choice: Selection | None = None
+) -> None:
     from cxr_core.execution.sweeps import describe
 
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
@@ -127,3 +141,5 @@ def _print_table(rows: list[dict], summary: list[dict], metric: str) -> None:
         )
         stats = f"{fmt(s['mean']):>18s} {fmt(s['sd']):>7s} {s['n']:>3d}"
         print(f"{stats}  {describe(s['point'])}{flag}")
+    if choice is not None:
+        print(f"\n{choice.sentence()}")

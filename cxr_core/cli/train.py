@@ -73,6 +73,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_final(run, evaluation: dict) -> None:
+    from cxr_core.scoring.metrics import ThresholdChoice
+    from cxr_core.scoring.selection import Selection
+
     status = run.status()
     print(
         f"run {run.id}: {status['status']}"
@@ -84,6 +87,12 @@ def _print_final(run, evaluation: dict) -> None:
             f"auc {report['roc_auc']:.3f}  sens {report['sensitivity']:.3f}  "
             f"spec {report['specificity']:.3f}  (threshold {report['threshold']:.3f})"
         )
+    plateau = ThresholdChoice.from_record(evaluation)
+    if plateau is not None:
+        print(f"  threshold: {plateau.sentence()}")
+    epoch_choice = Selection.from_dict(evaluation.get("epoch_choice"))
+    if epoch_choice is not None:
+        print(f"  best epoch: {epoch_choice.sentence()}")
 
 
 def _resume_arguments(p: argparse.ArgumentParser) -> None:

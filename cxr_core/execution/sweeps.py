@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 import uuid
 from collections.abc import Sequence
@@ -19,7 +20,8 @@ from datetime import datetime
 
 from cxr_core.errors import UserError
 from cxr_core.execution.jobs import Job
-from cxr_core.predict.evalsets import val_beats_chance
+from cxr_core.predict.evalsets import fingerprint, val_beats_chance
+from cxr_core.scoring.selection import Pair, Selection, select
 from cxr_core.store import records
 from cxr_core.store.runs import Run, RunStore
 from cxr_core.training.config import Option, TrainConfig, options
@@ -191,9 +193,11 @@ def run_rows(runs: Sequence[Run]) -> list[dict]:
 
 def summarize(runs: Sequence[Run], metric: str = "roc_auc") -> list[dict]:
     """Per grid point: its runs, and ``metric`` on validation as mean and sd (n - 1) over
-    the seeds whose run completed; the point with the highest mean is ``best``. A point is
-    ``chance`` when no completed run of it beats chance on validation (its AUC interval
-    includes 0.5): the best of such points is the luckiest draw, not a choice.
+    the seeds whose run completed; the point with the highest mean is ``best``, and
+    ``chosen`` is the best unless validation cannot tell it from the runner-up and the
+    runner-up is simpler (:func:`choose_point`). A point is ``chance`` when no completed
+    run of it beats chance on validation (its AUC interval includes 0.5): the best of such
+    points is the luckiest draw, not a choice.
 
     A cancelled run's evaluation is of an unfinished training: it is left out.
     """
@@ -220,13 +224,57 @@ def summarize(runs: Sequence[Run], metric: str = "roc_auc") -> list[dict]:
                 "mean": statistics.fmean(values) if values else None,
                 "sd": statistics.stdev(values) if len(values) > 1 else None,
                 "best": False,
+                "chosen": False,
                 "chance": bool(beats) and not any(beats),
             }
         )
     scored = [s for s in summary if s["mean"] is not None]
     if scored:
-        max(scored, key=lambda s: s["mean"])["best"] = True
+        best = max(scored, key=lambda s: s["mean"])
+        best["best"] = True
+        choice = choose_point(runs, summary)
+        chosen = choice.chosen if choice else describe(best["point"])
+        next(s for s in scored if describe(s["point"]) == chosen)["chosen"] = True
     return summary
+
+
+def _val_scores(run: Run) -> tuple[str, list[int], list[float]] | None:
+    """(fingerprint, labels, probabilities) of a completed run's validation split."""
+    if run.status().get("status") != "completed":
+        return None
+    report = records.split_report(run.evaluation(), "val")
+    if not {"paths", "labels", "probs"} <= set(report):
+        return None
+    return fingerprint(report["paths"]), report["labels"], report["probs"]
+
+
+def _cost(runs: Sequence[Run]) -> tuple[float, float]:
+    """A point's size for the tie rule: mean parameters, then mean epochs trained."""
+    evaluations = [r.evaluation() or {} for r in runs]
+    return (
+        statistics.fmean(e.get("params", math.inf) for e in evaluations),
+        statistics.fmean(e.get("epochs_run", math.inf) for e in evaluations),
+    )
+
+
+def choose_point(runs: Sequence[Run], summary: list[dict]) -> Selection | None:
+    """The best point against the runner-up (by mean) on validation, paired seed by seed
+    (a seed's runs share its validation split): :func:`cxr_core.scoring.selection.select`.
+    None with fewer than two scored points."""
+    ranked = sorted((s for s in summary if s["mean"] is not None), key=lambda s: -s["mean"])
+    if len(ranked) < 2:
+        return None
+    by_id = {r.id: r for r in runs}
+    top = ranked[:2]
+    names = [describe(s["point"]) for s in top]
+    by_seed = [{by_id[i].config()[SWEEP_KEY]["seed"]: by_id[i] for i in s["runs"]} for s in top]
+    pairs: list[Pair] = []
+    for seed in set(by_seed[0]) & set(by_seed[1]):
+        a, b = (_val_scores(side[seed]) for side in by_seed)
+        if a and b and a[0] == b[0]:
+            pairs.append((a[1], a[2], b[2]))
+    cost = {name: _cost([by_id[i] for i in s["runs"]]) for name, s in zip(names, top)}
+    return select(names[0], names[1], pairs, cost)
 
 
 def describe(point: dict) -> str:

@@ -3,7 +3,7 @@
 An ensemble is a normal run folder whose ``config.json`` says ``"arch": "ensemble"`` and
 lists its members by run id with their weights. It holds no weights of its own (bundled
 members are referenced, never copied), so making one takes a second: its threshold is
-chosen (Youden's J, or a target sensitivity or specificity) on the members' stored
+chosen (by TrainConfig's threshold rules) on the members' stored
 validation probabilities, and its evaluation covers every image set all members were
 scored on.
 
@@ -41,7 +41,8 @@ from cxr_core.predict.inference import (
     overlay,
     predict,
 )
-from cxr_core.scoring.metrics import choose_threshold, decided_class, full_report
+from cxr_core.scoring.metrics import decided_class, full_report, roc_auc, threshold_choice
+from cxr_core.scoring.selection import Selection, select
 from cxr_core.settings import CLASSES
 from cxr_core.store import records
 from cxr_core.store.runs import Run, RunStore
@@ -208,13 +209,14 @@ def _evaluation(members: list[Run], weights: list[float], rule: dict) -> tuple[d
     by_key = {fingerprint(r["paths"]): s for s, r in recorded["splits"].items() if "paths" in r}
     val = fingerprint(records.split_report(recorded, "val")["paths"])
     val_set = combine([sets[val] for sets in per_run], weights, 0.5)
-    threshold = choose_threshold(
+    choice = threshold_choice(
         val_set.labels,
         val_set.probs,
         rule["threshold_method"],
         rule["target_sensitivity"],
         rule["target_specificity"],
     )
+    threshold = choice.threshold
     combined = {k: combine([sets[k] for sets in per_run], weights, threshold) for k in shared}
     splits = {
         split: full_report(combined[k].labels, combined[k].probs, threshold, combined[k].paths)
@@ -222,9 +224,11 @@ def _evaluation(members: list[Run], weights: list[float], rule: dict) -> tuple[d
         if k in combined
     }
     evaluations = [m.evaluation() for m in members]
+    member_val = {m.id: sets[val] for m, sets in zip(members, per_run)}
     evaluation = {
         "threshold": threshold,
         **rule,
+        **choice.record(),
         "members": [m.id for m in members],
         "weights": weights,
         "test_split": recorded.get("test_split") if recorded.get("test_split") in splits else None,
@@ -236,7 +240,34 @@ def _evaluation(members: list[Run], weights: list[float], rule: dict) -> tuple[d
         },
         "splits": splits,
     }
+    params = {m.id: e.get("params", math.inf) for m, e in zip(members, evaluations)}
+    evaluation["selection"] = against_best_member(val_set, member_val, params).to_dict()
     return evaluation, [s for k, s in combined.items() if k not in by_key]
+
+
+ENSEMBLE = "the ensemble"
+
+
+def against_best_member(
+    val_set: EvalSet, member_val: dict[str, EvalSet], member_params: dict[str, float]
+) -> Selection:
+    """The ensemble against its best member (by validation AUC) on their shared
+    validation split: whether validation can tell them apart and, when it cannot, the
+    simpler one by the declared rule (the member: fewer parameters)."""
+    row = {path: i for i, path in enumerate(val_set.paths)}
+    scores = {ENSEMBLE: val_set.probs}
+    for run_id, evalset in member_val.items():
+        aligned = np.empty(len(val_set.paths))
+        aligned[[row[path] for path in evalset.paths if path in row]] = [
+            prob for path, prob in zip(evalset.paths, evalset.probs) if path in row
+        ]
+        scores[run_id] = aligned
+    auc = {name: roc_auc(val_set.labels, probs) for name, probs in scores.items()}
+    best_member = max(member_val, key=auc.__getitem__)
+    ranked = sorted((ENSEMBLE, best_member), key=lambda name: -auc[name])
+    cost = {ENSEMBLE: (sum(member_params.values()),), best_member: (member_params[best_member],)}
+    pairs = [(val_set.labels, scores[ranked[0]], scores[ranked[1]])]
+    return select(ranked[0], ranked[1], pairs, cost)
 
 
 def create(
@@ -253,7 +284,7 @@ def create(
 
     Everything is checked and computed before the folder is made, and a failure while
     writing removes it: a refused ensemble leaves nothing behind. ``threshold``: how its
-    threshold is chosen on validation (:func:`threshold_rule`; default Youden's J)."""
+    threshold is chosen on validation (:func:`threshold_rule`; TrainConfig's default)."""
     rule = threshold_rule(**(threshold or {}))
     members = _members(store, member_ids)
     weights = _weights(weights, len(members))

@@ -204,38 +204,141 @@ def confusion(labels: np.ndarray, probs: np.ndarray, threshold: float) -> list[l
     return [[tn, fp], [fn, tp]]
 
 
-def choose_threshold(
+CRITERIA = {
+    "youden": "Youden's J",
+    "plateau": "Youden's J",
+    "sensitivity": "specificity at the target sensitivity",
+    "specificity": "sensitivity at the target specificity",
+}
+"""What each threshold rule maximises on validation (its plateau is judged on it)."""
+_EPS = 1e-6  # probabilities are kept this far from 0 and 1 (a logit must stay finite)
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """A threshold chosen on validation and its plateau: every threshold from ``low`` to
+    ``high`` scores within one standard error of the best on the rule's criterion, so the
+    split cannot tell them apart. None for the bounds where nothing was chosen (the fixed
+    rule, one class), and in records written before plateaus were kept."""
+
+    threshold: float
+    low: float | None
+    high: float | None
+    rule: str
+
+    def record(self) -> dict:
+        """The bounds as evaluation.json keeps them beside ``threshold``."""
+        return {"threshold_low": self.low, "threshold_high": self.high}
+
+    @classmethod
+    def from_record(cls, evaluation: dict | None) -> ThresholdChoice | None:
+        """What an evaluation record kept, or None for one without bounds."""
+        evaluation = evaluation or {}
+        low, high = evaluation.get("threshold_low"), evaluation.get("threshold_high")
+        if low is None or high is None or "threshold" not in evaluation:
+            return None
+        method = evaluation.get("threshold_method", "youden")
+        return cls(float(evaluation["threshold"]), float(low), float(high), method)
+
+    def sentence(self) -> str:
+        """'any threshold from 0.09 to 0.71 gives the same validation Youden's J ...'."""
+        criterion = CRITERIA.get(self.rule, "criterion")
+        return (
+            f"any threshold from {_shown(self.low)} to {_shown(self.high)} gives the same "
+            f"validation {criterion}, within its sampling noise (one standard error)"
+        )
+
+
+def _shown(p: float | None) -> str:
+    """Three decimals, or as many more as keep a value off 0 and 1 (0.99997, not 1.000)."""
+    for digits in range(3, 9):
+        text = f"{p:.{digits}f}"
+        if 0 < float(text) < 1:
+            return text
+    return f"{p:.3g}"
+
+
+def _binomial_se(successes: float, n: int) -> float:
+    """Standard error of a proportion with one pseudo-success and one pseudo-failure
+    (Agresti-Coull style): a split scored perfectly still has sampling noise."""
+    p = (successes + 1) / (n + 2)
+    return math.sqrt(p * (1 - p) / n)
+
+
+def _plateau(criterion: np.ndarray, allowed: np.ndarray, se: float) -> tuple[int, int, int]:
+    """(best, first, last): the allowed point of highest criterion (the first of ties) and
+    the contiguous stretch of allowed points around it within ``se`` of it."""
+    best = int(np.flatnonzero(allowed)[np.argmax(criterion[allowed])])
+    near = allowed & (criterion >= criterion[best] - se - 1e-12)
+    first, last = best, best
+    while first > 0 and near[first - 1]:
+        first -= 1
+    while last + 1 < len(near) and near[last + 1]:
+        last += 1
+    return best, first, last
+
+
+def threshold_choice(
     labels: np.ndarray,
     probs: np.ndarray,
-    method: str = "youden",
+    method: str,
     target_sensitivity: float = 0.95,
     target_specificity: float = 0.90,
-) -> float:
-    """Threshold from validation data: Youden's J (max sens + spec - 1), the highest
-    threshold that still reaches ``target_sensitivity``, or the lowest one that keeps
-    ``target_specificity`` (fewer false alarms where the test films look unlike the
-    training ones); "fixed" keeps 0.5.
+) -> ThresholdChoice:
+    """Threshold from validation data, with its plateau (:class:`ThresholdChoice`).
 
-    The ROC curve's thresholds are validation scores themselves. The one returned lies
-    midway between the chosen score and the next lower one (or 0): the same decisions on
-    validation, but no image sits on the threshold, where another CPU's arithmetic (a
-    change in the 7th decimal) would flip its label.
+    Rules: Youden's J (max sens + spec - 1); the highest threshold that still reaches
+    ``target_sensitivity`` (maximising specificity), or the lowest that keeps
+    ``target_specificity`` (maximising sensitivity); "fixed" keeps 0.5. The plateau is
+    the stretch of thresholds whose criterion lies within one binomial standard error
+    (at the split's class counts) of the best: Breiman's one-standard-error rule, so on
+    a saturated split, where many thresholds tie, it is wide. "plateau" takes the centre
+    of Youden's plateau in log-odds, away from both edges; a temperature (which scales
+    log-odds) moves it with the scores, so it keeps the same decisions.
+
+    The other rules return a threshold midway between the chosen score and the next
+    lower one (or 0): the same decisions on validation, but no image sits on the
+    threshold, where another CPU's arithmetic (a change in the 7th decimal) would flip
+    its label.
     """
     if method == "fixed" or len(np.unique(labels)) < 2:
-        return 0.5
+        return ThresholdChoice(0.5, None, None, method)
+    labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=float)
     fpr, tpr, thresholds = roc_curve(labels, probs, drop_intermediate=False)
     finite = np.isfinite(thresholds)
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
-    if method == "sensitivity":
-        index = int(np.argmax(tpr >= target_sensitivity))
-    elif method == "specificity":
-        index = int(np.flatnonzero(1 - fpr >= target_specificity)[-1])
+    n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
+    if method == "sensitivity":  # thresholds fall along the curve: allowed is a suffix
+        allowed, criterion = tpr >= target_sensitivity, 1 - fpr
+        se = _binomial_se(n_neg * criterion[np.argmax(allowed)], n_neg)
+    elif method == "specificity":  # allowed is a prefix, its last point the best
+        allowed, criterion = 1 - fpr >= target_specificity, tpr
+        se = _binomial_se(n_pos * criterion[np.flatnonzero(allowed)[-1]], n_pos)
     else:
-        index = int(np.argmax(tpr - fpr))
-    chosen = thresholds[index]
-    below = probs[probs < chosen].max(initial=0.0)
-    return float(np.clip((chosen + below) / 2, 1e-6, 1 - 1e-6))
+        allowed, criterion = np.ones(len(tpr), bool), tpr - fpr
+        top = int(np.argmax(criterion))
+        se = math.hypot(
+            _binomial_se(n_pos * tpr[top], n_pos), _binomial_se(n_neg * (1 - fpr[top]), n_neg)
+        )
+    best, first, last = _plateau(criterion, allowed, se)
+    if method == "specificity":  # the lowest threshold keeping the target, of equal tpr
+        best = int(np.flatnonzero(allowed)[-1])
+    below = np.append(thresholds[1:], 0.0)
+    low, high = float(below[last]), float(thresholds[first])
+    if method == "plateau":
+        log_odds = [math.log(p / (1 - p)) for p in np.clip([low, high], _EPS, 1 - _EPS)]
+        chosen = 1 / (1 + math.exp(-sum(log_odds) / 2))
+    else:
+        chosen = (thresholds[best] + below[best]) / 2
+    return ThresholdChoice(float(np.clip(chosen, _EPS, 1 - _EPS)), low, high, method)
+
+
+def choose_threshold(
+    labels: np.ndarray, probs: np.ndarray, *rule: str | float, **options: float
+) -> float:
+    """The threshold alone of :func:`threshold_choice` (the same arguments)."""
+    return threshold_choice(labels, probs, *rule, **options).threshold
 
 
 def _thin(points: np.ndarray, most: int = 400) -> list[float]:

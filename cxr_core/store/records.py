@@ -156,9 +156,18 @@ class Evaluation(TypedDict, total=False):
 
     threshold: float
     threshold_method: str
+    threshold_low: float | None
+    threshold_high: float | None
+    """The plateau around the threshold (:class:`cxr_core.scoring.metrics.ThresholdChoice`);
+    absent in records written before it was kept."""
     best_epoch: int | None
     averaged: str
     """What the shipped weights average (SWA, WiSE-FT), in words; absent: the best epoch's."""
+    epoch_choice: dict | None
+    """The kept epoch against its last challenger on validation, and an ensemble's
+    ``selection``, against its best member: :class:`cxr_core.scoring.selection.Selection`
+    as a dict (absent in older records)."""
+    selection: dict
     epochs_run: int
     train_time_s: float
     test_split: str | None

@@ -21,7 +21,7 @@ OPTIMIZERS = ("adam", "adamw", "nadam", "sgd")
 SCHEDULERS = ("none", "cosine", "step", "plateau", "onecycle")
 IMBALANCE = ("none", "weighted", "sampler")
 MONITORS = ("val_auc", "val_loss", "val_f1")
-THRESHOLD_METHODS = ("youden", "sensitivity", "specificity", "fixed")
+THRESHOLD_METHODS = ("plateau", "youden", "sensitivity", "specificity", "fixed")
 WEIGHT_AVERAGING = ("none", "swa", "wise")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -232,11 +232,20 @@ class TrainConfig:
     patience: int = option(
         5, "Early stopping: epochs without a gain.", label="Patience", low=1, high=100
     )
-    monitor: str = option("val_auc", "Best epoch by.", label="Best epoch by", choices=MONITORS)
+    monitor: str = option(
+        "val_auc",
+        "Best epoch by. A later, better-scoring epoch replaces the kept one only when its "
+        "validation AUC is higher by a paired test (DeLong, p < 0.05); else the earlier, "
+        "shorter-trained epoch stays.",
+        label="Best epoch by",
+        choices=MONITORS,
+    )
     threshold_method: str = option(
-        "youden",
-        "How the decision threshold is chosen on validation: Youden's J, a target "
-        "sensitivity, a target specificity, or a fixed 0.5.",
+        "plateau",
+        "How the decision threshold is chosen on validation: plateau (the centre, in "
+        "log-odds, of the thresholds whose Youden's J is within one standard error of the "
+        "best), youden (the best J's own edge), a target sensitivity, a target "
+        "specificity, or a fixed 0.5.",
         label="Threshold",
         choices=THRESHOLD_METHODS,
     )

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from cxr_core.errors import UserError
 from cxr_core.models import weights_file
 from cxr_core.models.zoo import Network, count_parameters
-from cxr_core.scoring import metrics
+from cxr_core.scoring import metrics, selection
 from cxr_core.store.runs import Run
 from cxr_core.training import features, recipes
 from cxr_core.training.config import TrainConfig
@@ -179,6 +179,28 @@ def _improved(cfg: TrainConfig, value: float, best: float | None) -> bool:
     return value < best if cfg.monitor == "val_loss" else value > best
 
 
+EPOCH_RULE = "the shorter-trained one: the earlier epoch"
+"""Which epoch is kept when validation cannot tell a later, better-scoring one from it."""
+
+
+def _replaces_kept_epoch(state: dict, epoch: int, labels: np.ndarray, probs: np.ndarray) -> bool:
+    """Whether ``epoch``, better on the monitored metric, replaces the epoch kept so far:
+    only when validation tells it apart (:func:`cxr_core.scoring.selection.select`,
+    :data:`EPOCH_RULE`); the verdict goes to ``state["epoch_choice"]``, and the kept
+    epoch's validation scores to ``state["kept_val"]`` (so a resumed run decides alike)."""
+    kept = state.get("kept_val")
+    if kept is not None and len(kept["probs"]) == len(probs):
+        names = (f"epoch {epoch}", f"epoch {kept['epoch']}")
+        pairs = [(labels, probs, np.asarray(kept["probs"]))]
+        cost = {names[0]: (epoch,), names[1]: (kept["epoch"],)}
+        choice = selection.select(*names, pairs, cost, EPOCH_RULE)
+        state["epoch_choice"] = choice.to_dict()
+        if choice.chosen != names[0]:
+            return False
+    state.update(best_epoch=epoch, kept_val={"epoch": epoch, "probs": np.asarray(probs).tolist()})
+    return True
+
+
 # --------------------------------------------------------------------------- preparing
 
 
@@ -299,15 +321,16 @@ def run_epochs(
             t.scheduler.step(monitored) if cfg.scheduler == "plateau" else t.scheduler.step()
         state["epoch"] = epoch
         if epoch == cfg.probe_epochs + 1:  # LP-FT ships a fine-tuned network, not the probe
-            state.update(best=None, bad_epochs=0)
+            state.update(best=None, bad_epochs=0, kept_val=None)
         if _improved(cfg, monitored, state["best"]):
-            state.update(best=monitored, best_epoch=epoch, bad_epochs=0)
-            weights_file.save_weights(
-                run.weights,
-                t.network.model,
-                {"config": cfg.to_dict(), "epoch": epoch},
-                precision,
-            )
+            state.update(best=monitored, bad_epochs=0)
+            if _replaces_kept_epoch(state, epoch, labels, probs):
+                weights_file.save_weights(
+                    run.weights,
+                    t.network.model,
+                    {"config": cfg.to_dict(), "epoch": epoch},
+                    precision,
+                )
         else:
             state["bad_epochs"] += 1
         recipes.end_epoch(run, t.network, cfg, epoch)
@@ -383,9 +406,10 @@ def final_evaluation(
     weights_file.load_state_into(network.model, state_dict, cfg.arch, run.weights)
     scorer = features.head_only(network) if features.is_cached(data) else network
     val_probs, val_labels, _ = evaluate(scorer, data, "val", cfg, device)
-    threshold = metrics.choose_threshold(
+    choice = metrics.threshold_choice(
         val_labels, val_probs, cfg.threshold_method, cfg.target_sensitivity, cfg.target_specificity
     )
+    threshold = choice.threshold
     splits = {}
     for split in data.rows:
         if split == "train":
@@ -395,7 +419,9 @@ def final_evaluation(
     evaluation = {
         "threshold": threshold,
         "threshold_method": cfg.threshold_method,
+        **choice.record(),
         "best_epoch": meta.get("epoch"),
+        "epoch_choice": state.get("epoch_choice"),
         **({"averaged": meta["averaged"]} if "averaged" in meta else {}),
         "epochs_run": state["epoch"],
         "train_time_s": round(state["train_time_s"], 1),

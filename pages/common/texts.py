@@ -21,7 +21,9 @@ GLOSSARY = {
     "instead of random ones, then training only the head (frozen backbone) or fine-tuning "
     "some or all layers on the radiographs.",
     "threshold": "The probability above which an image is labelled PNEUMONIA. Each run "
-    "chooses it on its validation split (Youden's J by default), never on the test split.",
+    "chooses it on its validation split, never on the test split: by default the centre, "
+    "in log-odds, of the thresholds whose Youden's J (sensitivity + specificity - 1) is "
+    "within one standard error of the best.",
     "Grad-CAM": "A heat map of the image regions that raised the score of the explained "
     "class most, from the gradients at the model's last convolutional (or attention) layer.",
     "synthetic": "Procedurally drawn radiograph-like images made by CXR Lab for offline "
