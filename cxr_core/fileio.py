@@ -50,8 +50,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write_files({path: data})
 
 
+def json_bytes(obj: Any) -> bytes:
+    """A JSON record as every record file holds it."""
+    return json.dumps(obj, indent=1, allow_nan=True).encode()
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, allow_nan=True).encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def read_json(path: Path) -> Any:

@@ -114,9 +114,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     run = run_store(args).get(args.run)
     was = run.evaluation() or {}
     evaluation = store_weights_as(run, args.precision)
-    record = run.config()
-    record["command"] = f"{record.get('command')} && python -m cxr_core " + shlex.join(sys.argv[1:])
-    run.save_config(record)
+    _append_command(run)
     val, before = evaluation["splits"]["val"], was.get("splits", {}).get("val", {})
     print(
         f"{run.id}: {args.precision} weights, {evaluation['file_mb']:.1f} MB "
@@ -124,4 +122,47 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         f"(was {before.get('roc_auc', float('nan')):.4f}), accuracy {val['accuracy']:.1%} "
         f"(was {before.get('accuracy', float('nan')):.1%})"
     )
+    return 0
+
+
+def _append_command(run) -> None:
+    """The run's recorded command gains this one: its record says how it came to be."""
+    record = run.config()
+    record["command"] = f"{record.get('command')} && python -m cxr_core " + shlex.join(sys.argv[1:])
+    run.save_config(record)
+
+
+def _threshold_arguments(p: argparse.ArgumentParser) -> None:
+    from cxr_core.training.config import options
+
+    p.add_argument("run")
+    for opt in options():
+        if opt.name in ("threshold_method", "target_sensitivity", "target_specificity"):
+            opt.add_flag(p)
+    p.add_argument("--json", action="store_true")
+
+
+@register_verb(
+    "threshold",
+    "choose a trained run's threshold again on its recorded validation scores",
+    order=125,
+    arguments=_threshold_arguments,
+    description="No forward pass: the run's validation scores are in its record. Every "
+    "split's report is recomputed at the new threshold; the weights stay as they are.",
+)
+def cmd_threshold(args: argparse.Namespace) -> int:
+    from cxr_core.store.thresholds import rethreshold
+    from cxr_core.training.config import TrainConfig
+
+    run = run_store(args).get(args.run)
+    was = (run.evaluation() or {}).get("threshold")
+    method = args.threshold_method or TrainConfig.threshold_method
+    choice = rethreshold(run, method, args.target_sensitivity, args.target_specificity)
+    _append_command(run)
+    if args.json:
+        print_json({"run": run.id, "was": was, **choice.record(), "threshold": choice.threshold})
+        return 0
+    plateau = f"; {choice.sentence()}" if choice.low is not None else ""
+    before = f" (was {was:.4f})" if was is not None else ""
+    print(f"{run.id}: threshold {choice.threshold:.4f} by the {method} rule{before}{plateau}")
     return 0

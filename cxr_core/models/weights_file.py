@@ -69,6 +69,16 @@ def save_weights(
     atomic_write_bytes(path, save_bytes(tensors, metadata=header))
 
 
+def with_metadata(path: Path, changes: dict[str, Any]) -> bytes:
+    """The checkpoint's bytes with its metadata changed (a new threshold) and its tensors
+    as they are: the weights, their digest and what is keyed by it stay valid."""
+    tensors, header = read_safetensors(path)
+    if header.get("format") != FORMAT:
+        raise UserError(f"{path}: not a CXR Lab checkpoint (no {FORMAT} header)")
+    changed = {k: json.dumps(v) for k, v in changes.items()}
+    return save_bytes(tensors, metadata={**header, **changed})
+
+
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
     digest = hashlib.sha256()
