@@ -19,7 +19,6 @@ from datetime import datetime
 
 from cxr_core.errors import UserError
 from cxr_core.execution.jobs import Job
-from cxr_core.predict.evalsets import val_beats_chance
 from cxr_core.store import records
 from cxr_core.store.runs import Run, RunStore
 from cxr_core.training.config import Option, TrainConfig, options
@@ -171,6 +170,9 @@ def val_metrics(run: Run) -> dict[str, float]:
 
 def run_rows(runs: Sequence[Run]) -> list[dict]:
     """One row per run: id, status, grid point, seed and validation metrics."""
+    # Imported here: it imports torch, which the CLI's parser must not need.
+    from cxr_core.predict.evalsets import val_beats_chance
+
     rows = []
     for run in runs:
         tag, status = run.config().get(SWEEP_KEY, {}), run.status()

@@ -12,15 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytorch_grad_cam
 import torch
-from pytorch_grad_cam import (
-    EigenCAM,
-    GradCAM,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    XGradCAM,
-)
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
@@ -28,6 +21,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from cxr_core.data.imaging import ImageSource, load_and_preprocess
 from cxr_core.errors import UserError
 from cxr_core.models import weights_file
+from cxr_core.predict.cam_catalogue import CAM_METHODS
 from cxr_core.scoring.metrics import decide, decided_class
 from cxr_core.settings import CLASSES
 from cxr_core.store import records
@@ -94,15 +88,19 @@ class TopChannelScoreCAM(BaseCAM):
         return torch.stack(cams).cpu().numpy()
 
 
-CAM_METHODS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,
-    "scorecam": TopChannelScoreCAM,
-}
+def cam_class(method: str) -> type[BaseCAM]:
+    """The class that computes the CAM method named ``method``."""
+    try:
+        name = CAM_METHODS[method]
+    except KeyError:
+        raise UserError(
+            f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}"
+        ) from None
+    return (
+        TopChannelScoreCAM
+        if name == TopChannelScoreCAM.__name__
+        else getattr(pytorch_grad_cam, name)
+    )
 
 
 @dataclass
@@ -210,12 +208,7 @@ def explain(
     enters the graph as a fresh tensor, and the weights never require gradients. (For
     resnet18 at 224 px that backward is a 7x7 map's, not the whole network's.)
     """
-    try:
-        cam_class = CAM_METHODS[method]
-    except KeyError:
-        raise UserError(
-            f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}"
-        ) from None
+    cam_type = cam_class(method)
     net = model.network
     x = model.input_for(pixels)
     if target is None:
@@ -227,7 +220,7 @@ def explain(
             lambda module, args, out: out.detach().requires_grad_(True).clone()
         )
         try:
-            with cam_class(
+            with cam_type(
                 model=net.model,
                 target_layers=[net.cam_layer],
                 reshape_transform=net.reshape_transform,
