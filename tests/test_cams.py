@@ -20,11 +20,11 @@ from cxr_core.predict import cam_checks
 from cxr_core.predict.inference import (
     CAM_METHODS,
     LoadedModel,
-    TopChannelScoreCAM,
     explain,
     load_model,
     predict,
 )
+from cxr_core.predict.score_cam import TopChannelScoreCAM
 from cxr_core.training.config import TrainConfig
 from cxr_core.training.runtime import build_network
 

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torchvision
 from torch import nn
 
 from cxr_core.errors import UserError
@@ -103,14 +102,19 @@ def _one_logit(linear: nn.Linear) -> nn.Linear:
     return nn.Linear(linear.in_features, 1)
 
 
-def _torchvision(builder: Callable, weights_enum, pretrained: bool, **kwargs) -> nn.Module:
-    """A torchvision model, with ImageNet weights from the torch hub cache when asked.
+def _torchvision(name: str, weights_name: str, pretrained: bool, **kwargs) -> nn.Module:
+    """The torchvision model ``name``, with ImageNet weights (``weights_name``) from the torch
+    hub cache when asked. torchvision's zoo is imported here, when a model is built: it takes
+    seconds, which listing or scoring through an exported graph need not pay.
 
     Offline with an empty cache this is a :class:`UserError` that says how to fix it.
     """
+    import torchvision.models
+
+    builder = getattr(torchvision.models, name)
     if not pretrained:
         return builder(weights=None, **kwargs)
-    weights = weights_enum.DEFAULT
+    weights = getattr(torchvision.models, weights_name).DEFAULT
     try:
         return builder(weights=weights, **kwargs)
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
@@ -203,8 +207,8 @@ def complex_cnn(pretrained: bool, img_size: int) -> Network:
     return Network(model, [*model.features, model.classifier], model.fc, model.features[-1][-2])
 
 
-def _resnet(builder: Callable, weights_enum, pretrained: bool) -> Network:
-    model = _torchvision(builder, weights_enum, pretrained)
+def _resnet(name: str, weights_name: str, pretrained: bool) -> Network:
+    model = _torchvision(name, weights_name, pretrained)
     model.conv1 = _gray_conv(model.conv1)
     model.fc = _one_logit(model.fc)
     stem = nn.ModuleList([model.conv1, model.bn1])
@@ -214,17 +218,17 @@ def _resnet(builder: Callable, weights_enum, pretrained: bool) -> Network:
 
 @register("resnet18")
 def resnet18(pretrained: bool, img_size: int) -> Network:
-    return _resnet(torchvision.models.resnet18, torchvision.models.ResNet18_Weights, pretrained)
+    return _resnet("resnet18", "ResNet18_Weights", pretrained)
 
 
 @register("resnet50")
 def resnet50(pretrained: bool, img_size: int) -> Network:
-    return _resnet(torchvision.models.resnet50, torchvision.models.ResNet50_Weights, pretrained)
+    return _resnet("resnet50", "ResNet50_Weights", pretrained)
 
 
 @register("vgg16")
 def vgg16(pretrained: bool, img_size: int) -> Network:
-    model = _torchvision(torchvision.models.vgg16, torchvision.models.VGG16_Weights, pretrained)
+    model = _torchvision("vgg16", "VGG16_Weights", pretrained)
     model.features[0] = _gray_conv(model.features[0])
     model.classifier[-1] = _one_logit(model.classifier[-1])
     cuts = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
@@ -237,9 +241,7 @@ def vgg16(pretrained: bool, img_size: int) -> Network:
 @register("googlenet")
 def googlenet(pretrained: bool, img_size: int) -> Network:
     kwargs = {} if pretrained else {"aux_logits": False, "init_weights": True}
-    model = _torchvision(
-        torchvision.models.googlenet, torchvision.models.GoogLeNet_Weights, pretrained, **kwargs
-    )
+    model = _torchvision("googlenet", "GoogLeNet_Weights", pretrained, **kwargs)
     model.transform_input = False  # that expects 3 ImageNet channels; we feed 1
     model.conv1.conv = _gray_conv(model.conv1.conv)
     model.fc = _one_logit(model.fc)
@@ -255,9 +257,7 @@ def googlenet(pretrained: bool, img_size: int) -> Network:
 
 @register("densenet121")
 def densenet121(pretrained: bool, img_size: int) -> Network:
-    model = _torchvision(
-        torchvision.models.densenet121, torchvision.models.DenseNet121_Weights, pretrained
-    )
+    model = _torchvision("densenet121", "DenseNet121_Weights", pretrained)
     f = model.features
     f.conv0 = _gray_conv(f.conv0)
     model.classifier = _one_logit(model.classifier)
@@ -281,9 +281,7 @@ def _vit_tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
 @register("vit_b_16")
 def vit_b_16(pretrained: bool, img_size: int) -> Network:
     kwargs = {} if pretrained else {"image_size": img_size}
-    model = _torchvision(
-        torchvision.models.vit_b_16, torchvision.models.ViT_B_16_Weights, pretrained, **kwargs
-    )
+    model = _torchvision("vit_b_16", "ViT_B_16_Weights", pretrained, **kwargs)
     model.conv_proj = _gray_conv(model.conv_proj)
     model.heads.head = _one_logit(model.heads.head)
     layers = list(model.encoder.layers)

@@ -13,7 +13,7 @@ CAM_METHODS: dict[str, str] = {
     "scorecam": "TopChannelScoreCAM",
 }
 """Each method's name and its class: pytorch-grad-cam's, or
-:class:`cxr_core.predict.inference.TopChannelScoreCAM`."""
+:class:`cxr_core.predict.score_cam.TopChannelScoreCAM`."""
 
 SAMPLE = 16
 """Images per run and set of a CAM check: about a minute per run at 224 px with ROAD on 2
