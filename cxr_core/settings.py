@@ -31,6 +31,7 @@ SETTINGS = (
     "CXR_RAY_NUM_GPUS",
     "CXR_KEEP_FREED_MEMORY",
     "CXR_CPU_BF16",
+    "CXR_ENGINE",
 )
 """Every deployment setting, read from the environment: declared here once, so the app
 copies each from ``st.secrets`` and a test finds any other name used."""
@@ -83,6 +84,13 @@ def cpu_bf16_setting() -> bool | None:
     """``$CXR_CPU_BF16``: 0 keeps CPUs in fp32; else bf16 where the CPU has native units
     (``training.runtime``)."""
     return _switch("CXR_CPU_BF16")
+
+
+def engine_setting() -> str:
+    """``$CXR_ENGINE``: ``onnx`` scores with ONNX Runtime on a run's exported graph (2-4x
+    PyTorch's speed on a CPU), ``torch`` with PyTorch; unset, onnx where onnxruntime is
+    installed (``predict.graphs``)."""
+    return (os.environ.get("CXR_ENGINE") or "onnx").strip().lower()
 
 
 def shared_setting() -> bool | None:

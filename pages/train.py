@@ -21,7 +21,7 @@ from cxr_core.errors import UserError
 from cxr_core.execution.executors import EXECUTORS, RAY_INSTALL, RayExecutor, launch_runs
 from cxr_core.execution.jobs import Job
 from cxr_core.execution.sweeps import NOT_GRIDDED, parse_grid, parse_seeds, sweep_jobs
-from cxr_core.models.zoo import REGISTRY
+from cxr_core.models.catalogue import REGISTRY
 from cxr_core.store.runs import ACTIVE, normalise_tags
 from cxr_core.training import estimates
 from cxr_core.training.config import TrainConfig, options

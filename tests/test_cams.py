@@ -15,16 +15,16 @@ from conftest import ROOT, SHARED_DATA, run_cli
 
 from cxr_core.data.synthetic import radiograph
 from cxr_core.errors import UserError
-from cxr_core.models.zoo import REGISTRY
+from cxr_core.models.catalogue import REGISTRY
 from cxr_core.predict import cam_checks
 from cxr_core.predict.inference import (
     CAM_METHODS,
     LoadedModel,
-    TopChannelScoreCAM,
     explain,
     load_model,
     predict,
 )
+from cxr_core.predict.score_cam import TopChannelScoreCAM
 from cxr_core.training.config import TrainConfig
 from cxr_core.training.runtime import build_network
 

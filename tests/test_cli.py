@@ -26,7 +26,7 @@ from cxr_core import cli
 from cxr_core.cli.train import config_from_args
 from cxr_core.data.folders import scan
 from cxr_core.data.synthetic import MARKER
-from cxr_core.models.zoo import REGISTRY
+from cxr_core.models.catalogue import REGISTRY
 from cxr_core.predict.evalsets import run_sets
 from cxr_core.scoring.metrics import threshold_choice
 from cxr_core.store.runs import RunStore

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, cli_main
 
 from cxr_core import cli
-from cxr_core.cli._verbs import CAM_METHOD_NAMES, VERBS, register_verb
+from cxr_core.cli._verbs import VERBS, register_verb
 
 VERB_LIST = cli.verbs()
 
@@ -38,19 +38,25 @@ def test_a_verb_is_registered_once():
     assert before == VERBS
 
 
-def test_the_cam_method_names_are_inferences():
-    from cxr_core.predict.inference import CAM_METHODS
+def test_every_cam_method_name_has_its_class():
+    from cxr_core.predict.cam_catalogue import CAM_METHODS
+    from cxr_core.predict.inference import cam_class
 
-    assert tuple(CAM_METHODS) == CAM_METHOD_NAMES
+    assert [cam_class(name).__name__ for name in CAM_METHODS] == list(CAM_METHODS.values())
 
 
-def test_building_the_parser_imports_no_torch():
-    """Nor torchvision or pytorch-grad-cam: every verb's flags but those that list
-    architectures or training options are built without them (predict's CAM choices too)."""
+@pytest.mark.parametrize("argv", [[], ["runs", "list"], ["archs"]], ids=" ".join)
+def test_building_the_parser_imports_no_torch(argv):
+    """Nor torchvision or pytorch-grad-cam: every verb's flags (architectures, training
+    options, CAM methods) are built from names, and listing runs or architectures needs no
+    model either."""
     code = (
-        "import sys; from cxr_core import cli; "
-        "cli.build_parser().parse_args(['predict', '--checkpoint', 'x', 'a.png', '--cam', "
-        "'gradcam']); "
+        "import contextlib, io, sys; from cxr_core import cli\n"
+        "for verb in [v.name for v in cli.verbs()]:\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        cli.build_parser().parse_args([verb, '--help'])\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    cli.main({argv!r}) if {argv!r} else None\n"
         "print(sorted({'torch', 'torchvision', 'pytorch_grad_cam'} & set(sys.modules)))"
     )
     result = subprocess.run(

@@ -178,9 +178,11 @@ def test_unknown_arch_and_impossible_options_are_user_errors():
         create_network("small_cnn", img_size=16)
 
 
-def test_register_refuses_a_name_taken():
-    from cxr_core.models.zoo import register
+def test_register_refuses_a_name_taken_or_not_in_the_catalogue():
+    from cxr_core.models.zoo import BUILDERS, register
 
     with pytest.raises(ValueError, match="registered twice"):
-        register("mlp", default_img_size=64, description="a second mlp")
-    assert REGISTRY["mlp"].description != "a second mlp"
+        register("mlp")
+    with pytest.raises(ValueError, match=r"not in cxr_core\.models\.catalogue"):
+        register("resnet9")
+    assert list(BUILDERS) == list(REGISTRY)

@@ -22,6 +22,7 @@ from cxr_core.data.allowed_roots import check_data_root
 from cxr_core.data.synthetic import is_synthetic
 from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_json, read_json
+from cxr_core.predict.cam_catalogue import CAM_METHODS, SAMPLE
 from cxr_core.predict.cam_checks import (
     ImageCheck,
     OpacityCheck,
@@ -34,12 +35,9 @@ from cxr_core.predict.cam_checks import (
 )
 from cxr_core.predict.ensembles import Ensemble, load_any
 from cxr_core.predict.evalsets import EvalSet
-from cxr_core.predict.inference import CAM_METHODS, LoadedModel
+from cxr_core.predict.inference import LoadedModel
 from cxr_core.settings import CLASSES
 from cxr_core.store.runs import Run
-
-SAMPLE = 16
-"""Images per run and set: about a minute per run at 224 px with ROAD on 2 cores."""
 
 SECONDS_PER_IMAGE = {True: 4.0, False: 0.2}
 """Cost of one image at 224 px on 2 idle cores, with and without ROAD (check_run's figure;

@@ -34,18 +34,6 @@ if TYPE_CHECKING:  # for the hints only: these import torch
 
 EXIT_USAGE = 2
 
-CAM_METHOD_NAMES = (
-    "gradcam",
-    "gradcam++",
-    "hirescam",
-    "xgradcam",
-    "layercam",
-    "eigencam",
-    "scorecam",
-)
-"""The names of :data:`cxr_core.predict.inference.CAM_METHODS`, for choices that should not
-import pytorch-grad-cam (tests/test_cli_registry.py checks they are the same)."""
-
 
 @dataclass(frozen=True)
 class Verb:

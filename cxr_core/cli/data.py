@@ -52,7 +52,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 @register_verb("archs", "list the architectures", order=160)
 def cmd_archs(args: argparse.Namespace) -> int:
-    from cxr_core.models.zoo import REGISTRY
+    from cxr_core.models.catalogue import REGISTRY
 
     for spec in REGISTRY.values():
         weights = f"pretrained: {spec.pretrained_source}" if spec.pretrained_source else "scratch"

@@ -10,8 +10,7 @@ from cxr_core.cli._verbs import print_json, register_verb, run_store
 
 
 def _ensemble_arguments(p: argparse.ArgumentParser) -> None:
-    from cxr_core.predict.ensembles import THRESHOLD_OPTIONS
-    from cxr_core.training.config import options
+    from cxr_core.training.config import THRESHOLD_OPTIONS, options
 
     p.add_argument("runs", nargs="+", metavar="RUN", help="two or more completed runs")
     p.add_argument(
@@ -36,11 +35,12 @@ def _ensemble_arguments(p: argparse.ArgumentParser) -> None:
     "referenced by id, never copied.",
 )
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from cxr_core.predict.ensembles import THRESHOLD_OPTIONS, create
+    from cxr_core.predict.ensembles import create
     from cxr_core.predict.evalsets import run_sets
     from cxr_core.scoring.metrics import CATALOGUE, ThresholdChoice
     from cxr_core.scoring.selection import Selection
     from cxr_core.scoring.stats import format_ci
+    from cxr_core.training.config import THRESHOLD_OPTIONS
 
     command = "python -m cxr_core " + shlex.join(sys.argv[1:])
     rule = {k: getattr(args, k) for k in THRESHOLD_OPTIONS}

@@ -10,7 +10,6 @@ import argparse
 import math
 
 from cxr_core.cli._verbs import (
-    CAM_METHOD_NAMES,
     add_scoring_options,
     metrics_json,
     print_json,
@@ -18,6 +17,7 @@ from cxr_core.cli._verbs import (
     scored_set,
 )
 from cxr_core.errors import UserError
+from cxr_core.predict.cam_catalogue import CAM_METHODS, SAMPLE
 
 
 def _model_and_set_options(p: argparse.ArgumentParser) -> None:
@@ -129,11 +129,9 @@ def cmd_errors(args: argparse.Namespace) -> int:
 
 
 def _cam_check_arguments(p: argparse.ArgumentParser) -> None:
-    from cxr_core.analysis.cam_report import SAMPLE
-
     _model_and_set_options(p)
-    p.add_argument("--method", default="gradcam", choices=list(CAM_METHOD_NAMES))
-    p.add_argument("--images", type=int, default=SAMPLE, help="sample size (default 16)")
+    p.add_argument("--method", default="gradcam", choices=list(CAM_METHODS))
+    p.add_argument("--images", type=int, default=SAMPLE, help="sample size (default %(default)s)")
     p.add_argument(
         "--no-road", action="store_true", help="skip ROAD (about 4 s per image at 224 px)"
     )

@@ -7,8 +7,9 @@ import re
 import sys
 from pathlib import Path
 
-from cxr_core.cli._verbs import CAM_METHOD_NAMES, EXIT_USAGE, print_json, register_verb
+from cxr_core.cli._verbs import EXIT_USAGE, print_json, register_verb
 from cxr_core.errors import UserError
+from cxr_core.predict.cam_catalogue import CAM_METHODS
 
 
 def _safe_stem(name: str) -> str:
@@ -18,7 +19,7 @@ def _safe_stem(name: str) -> str:
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="run folder or model.safetensors")
     p.add_argument("images", nargs="+")
-    p.add_argument("--cam", choices=list(CAM_METHOD_NAMES))
+    p.add_argument("--cam", choices=list(CAM_METHODS))
     p.add_argument("--out", help="folder for overlay PNGs")
     p.add_argument("--opacity", type=float, default=0.45)
     p.add_argument("--device", default="cpu")

@@ -133,11 +133,11 @@ def _append_command(run) -> None:
 
 
 def _threshold_arguments(p: argparse.ArgumentParser) -> None:
-    from cxr_core.training.config import options
+    from cxr_core.training.config import THRESHOLD_OPTIONS, options
 
     p.add_argument("run")
     for opt in options():
-        if opt.name in ("threshold_method", "target_sensitivity", "target_specificity"):
+        if opt.name in THRESHOLD_OPTIONS:
             opt.add_flag(p)
     p.add_argument("--json", action="store_true")
 

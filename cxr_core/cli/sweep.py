@@ -24,7 +24,7 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     """The train options, with ``--arch`` repeatable, plus the grid."""
     from cxr_core.execution.executors import EXECUTORS
     from cxr_core.execution.sweeps import VAL_METRICS
-    from cxr_core.models.zoo import REGISTRY
+    from cxr_core.models.catalogue import REGISTRY
 
     add_train_options(p)
     p.add_argument(

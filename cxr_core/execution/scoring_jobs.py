@@ -1,10 +1,11 @@
 """Scoring runs on a labelled folder in the background, for the Compare page.
 
-One detached process works through the list, one run at a time, each run an
-``evaluate --run ID --data D --split S --save`` process of its own, exactly as a user
-would type it: the app stays responsive, a refresh or a closed tab loses nothing, and
-two scorings never share the CPU. A bundled run's set goes to the writable store, as
-``evaluate --save`` always does.
+One detached process works through the list, one run at a time, scoring each as
+``evaluate --run ID --data D --split S --save`` would: the app stays responsive, a refresh
+or a closed tab loses nothing, and two scorings never share the CPU. One process for the
+whole list pays the imports once, and its runs share the decoded films (the decode cache
+the training path fills) and each run's exported graph (``predict.graphs``). A bundled
+run's set goes to the writable store, as ``evaluate --save`` always does.
 
 A job is ``<runs>/.logs/<job>.json`` (what to score), ``<job>.outcome.json`` (what the
 driver has done so far, rewritten after each run) and one log per run. The driver holds
@@ -14,10 +15,9 @@ without trusting process ids (a dead child of the app stays a zombie until reape
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +27,10 @@ from filelock import FileLock, Timeout
 from cxr_core.data.folders import labelled_images
 from cxr_core.data.sources import resolve_data
 from cxr_core.errors import UserError
-from cxr_core.execution.jobs import logs_dir, spawn, tail
+from cxr_core.execution.jobs import logs_dir, spawn
 from cxr_core.fileio import atomic_write_json, read_json
 from cxr_core.predict.evalsets import fingerprint
-from cxr_core.settings import PROJECT_ROOT, default_runs_dir
+from cxr_core.settings import default_runs_dir
 
 FOLDER_SPLITS = {"test": "test", "official_val": "val"}
 """The ``evaluate --split`` choices that name a folder of the data, and that folder."""
@@ -195,19 +195,25 @@ def launch(
 
 
 def _score_one(job: EvalJob, run_id: str) -> dict:
-    """One ``evaluate --save`` process; its fingerprint, or the error it ended with."""
-    command = [sys.executable, "-m", "cxr_core", "--runs-dir", str(job.runs_dir), "evaluate"]
-    command += ["--run", run_id, "--data", job.data, "--split", job.split, "--save", "--json"]
+    """Score one run and save the set, as ``evaluate --run ID --save`` does; its
+    fingerprint, or the error it ended with (also written to its log)."""
+    from cxr_core.predict import evalsets
+    from cxr_core.predict.ensembles import load_chosen
+
     log = job.log(run_id)
-    with open(log, "wb") as err:
-        done = subprocess.run(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=err)
-    if done.returncode == 0:
-        try:
-            return {"key": json.loads(done.stdout)["fingerprint"]}
-        except (json.JSONDecodeError, KeyError):
-            pass
-    last = tail(log, 1) or f"evaluate exited with status {done.returncode}"
-    return {"error": last, "log": str(log)}
+    try:
+        run, model = load_chosen(job.runs_dir, run_id, None, "cpu")
+        folder = FOLDER_SPLITS[job.split]
+        evalset = evalsets.score_folder(model, resolve_data(job.data), folder)
+        evalsets.save(run, evalset)
+    except Exception as exc:  # one run's failure is its own: the others are scored
+        error = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        log.write_text(
+            (traceback.format_exc() if not isinstance(exc, UserError) else "") + error + "\n"
+        )
+        return {"error": error, "log": str(log)}
+    log.write_text(f"scored {evalset.name}: {evalset.key}\n")
+    return {"key": evalset.key}
 
 
 def run_job(job: EvalJob) -> Progress:

@@ -20,7 +20,6 @@ from datetime import datetime
 
 from cxr_core.errors import UserError
 from cxr_core.execution.jobs import Job
-from cxr_core.predict.evalsets import fingerprint, val_beats_chance
 from cxr_core.scoring.selection import Pair, Selection, select
 from cxr_core.store import records
 from cxr_core.store.runs import Run, RunStore
@@ -173,6 +172,9 @@ def val_metrics(run: Run) -> dict[str, float]:
 
 def run_rows(runs: Sequence[Run]) -> list[dict]:
     """One row per run: id, status, grid point, seed and validation metrics."""
+    # Imported here: it imports torch, which the CLI's parser must not need.
+    from cxr_core.predict.evalsets import val_beats_chance
+
     rows = []
     for run in runs:
         tag, status = run.config().get(SWEEP_KEY, {}), run.status()
@@ -240,6 +242,8 @@ def summarize(runs: Sequence[Run], metric: str = "roc_auc") -> list[dict]:
 
 def _val_scores(run: Run) -> tuple[str, list[int], list[float]] | None:
     """(fingerprint, labels, probabilities) of a completed run's validation split."""
+    from cxr_core.predict.evalsets import fingerprint
+
     if run.status().get("status") != "completed":
         return None
     report = records.split_report(run.evaluation(), "val")

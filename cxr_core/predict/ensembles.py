@@ -46,7 +46,7 @@ from cxr_core.scoring.selection import Selection, select
 from cxr_core.settings import CLASSES
 from cxr_core.store import records
 from cxr_core.store.runs import Run, RunStore
-from cxr_core.training.config import TrainConfig
+from cxr_core.training.config import THRESHOLD_OPTIONS, TrainConfig
 
 ARCH = "ensemble"
 SUMMED = ("params", "trainable_params", "size_mb", "file_mb", "train_time_s", "latency_ms")
@@ -186,10 +186,6 @@ def _shared_split(members: list[Run]) -> dict | None:
         "splits": {n: first["splits"][n] for n in names},
         "counts": {n: c for n, c in first.get("counts", {}).items() if n in names},
     }
-
-
-THRESHOLD_OPTIONS = ("threshold_method", "target_sensitivity", "target_specificity")
-"""The TrainConfig options that say how an ensemble's threshold is chosen on validation."""
 
 
 def threshold_rule(**given: float | str | None) -> dict:

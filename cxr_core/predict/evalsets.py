@@ -17,17 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cxr_core.data.decode_cache import decode_images
 from cxr_core.data.folders import Sample, labelled_images, patient_id
 from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_json, read_json
-from cxr_core.predict.inference import LoadedModel
+from cxr_core.predict.inference import LoadedModel, probabilities
 from cxr_core.scoring import metrics, stats
 from cxr_core.store import records
 from cxr_core.store.runs import Run
-from cxr_core.training.runtime import predict_pixels
 
 INTERNAL = ("val", "internal_test")
 """Carved from train/ by patient: the training distribution, easier than an outside set."""
@@ -179,9 +177,7 @@ def score(model: LoadedModel, root: Path, samples: list[Sample], name: str, spli
     kept = [s for s in samples if s.path not in images.skipped]
     if not kept:
         raise UserError("no readable images to evaluate")
-    pixels = torch.from_numpy(images.pixels[images.rows(kept)])
-    with model.lock:
-        probs = predict_pixels(model.network.model, pixels, cfg, model.device)
+    probs = probabilities(model, images.pixels[images.rows(kept)])
     paths = [s.path for s in kept]
     return EvalSet(
         fingerprint(paths),

@@ -10,99 +10,43 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from pytorch_grad_cam import (
-    EigenCAM,
-    GradCAM,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    XGradCAM,
-)
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from cxr_core.data.imaging import ImageSource, load_and_preprocess
 from cxr_core.errors import UserError
 from cxr_core.models import weights_file
+from cxr_core.predict import graphs
+from cxr_core.predict.cam_catalogue import CAM_METHODS
 from cxr_core.scoring.metrics import decide, decided_class
 from cxr_core.settings import CLASSES
 from cxr_core.store import records
 from cxr_core.training.config import TrainConfig
 from cxr_core.training.runtime import build_network, predict_pixels, select_device, to_input
 
-
-class TopChannelScoreCAM(BaseCAM):
-    """Score-CAM (Wang et al. 2020) on the CAM layer's ``channels`` most varied channels.
-
-    Each channel's activation map, upsampled and scaled to 0..1, masks the input; the
-    channel's weight is how much that masked input raises the explained class's logit
-    above the mean over the chosen channels' masked inputs; the map is
-    ReLU(sum of weight x mask).
-
-    pytorch-grad-cam's ScoreCAM gave an all-zero map in ~37 s per image on the bundled
-    EfficientNet-Lite0 at 224 px (2 cores). Its CAM layer is the last BatchNorm, before
-    the ReLU6: 87% of its values are negative, and ScoreCAM's weights (a softmax over
-    channels) are all positive, so the weighted sum of activations was negative
-    everywhere and the final ReLU left zeros. And it masked the input with every one of
-    the 1280 channels (1280 forward passes). Here:
-
-    - the map sums the masks the network was shown (0..1), not raw activations, so it is
-      defined at any layer, before or after a non-linearity, and for ViT tokens;
-    - weights are signed gains (a mask that lowers the score counts against its region),
-      not a softmax, whose weights are all positive and, on logits several units apart, go
-      to one channel. They are taken against the mean masked score, which, like the
-      softmax, does not depend on a baseline image: a blank (mean-gray) input was no
-      neutral reference, since the bundled small_cnn calls it PNEUMONIA with 88%, so every
-      masked film scored below it and the pneumonia map was flat on every film (a single
-      channel, as the MLP's input layer, is its own map);
-    - only the ``channels`` channels whose masks vary most over space are used (a flat
-      mask says nothing about where): 32 forward passes instead of 1280.
-    """
-
-    channels = 32
-    batch_size = 32
-
-    def __init__(self, model, target_layers, reshape_transform=None) -> None:
-        super().__init__(model, target_layers, reshape_transform, uses_gradients=False)
-
-    def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth):
-        acts = torch.from_numpy(activations).to(input_tensor.device)
-        masks = torch.nn.functional.interpolate(
-            acts, size=input_tensor.shape[-2:], mode="bilinear", align_corners=False
-        )
-        low = masks.amin(dim=(2, 3), keepdim=True)
-        masks = (masks - low) / (masks.amax(dim=(2, 3), keepdim=True) - low + 1e-8)
-        cams = []
-        with torch.no_grad():
-            for x, target, image_masks in zip(input_tensor, targets, masks):
-                spread = image_masks.flatten(1).std(dim=1)
-                chosen = image_masks[spread.topk(min(self.channels, len(spread))).indices]
-                scores = torch.cat(
-                    [
-                        target(self.model(x[None] * batch[:, None])).flatten()
-                        for batch in chosen.split(self.batch_size)
-                    ]
-                )
-                # One channel (the MLP's CAM layer is its input) has nothing to be weighed
-                # against: its mask is the map, as Score-CAM's softmax would make it.
-                gains = scores - scores.mean() if len(scores) > 1 else torch.ones_like(scores)
-                cams.append(torch.einsum("k,khw->hw", gains, chosen))
-        return torch.stack(cams).cpu().numpy()
+if TYPE_CHECKING:  # pytorch-grad-cam is imported when a CAM is asked for: it takes seconds
+    from pytorch_grad_cam.base_cam import BaseCAM
 
 
-CAM_METHODS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,
-    "scorecam": TopChannelScoreCAM,
-}
+def cam_class(method: str) -> type[BaseCAM]:
+    """The class that computes the CAM method named ``method``."""
+    import pytorch_grad_cam
+
+    from cxr_core.predict.score_cam import TopChannelScoreCAM
+
+    try:
+        name = CAM_METHODS[method]
+    except KeyError:
+        raise UserError(
+            f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}"
+        ) from None
+    return (
+        TopChannelScoreCAM
+        if name == TopChannelScoreCAM.__name__
+        else getattr(pytorch_grad_cam, name)
+    )
 
 
 @dataclass
@@ -176,13 +120,36 @@ def prepare(model: LoadedModel, source: ImageSource) -> np.ndarray:
     return load_and_preprocess(source, model.config.img_size, model.config.clahe)
 
 
+def _torch_probabilities(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+    with model.lock:  # a CAM of another session may have hooks on this very module now
+        return predict_pixels(
+            model.network.model, torch.from_numpy(pixels), model.config, model.device
+        )
+
+
+def probabilities(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+    """Pneumonia probabilities for preprocessed uint8 films ``[N, H, W]``: by ONNX Runtime
+    on the run's exported graph on a CPU (:mod:`cxr_core.predict.graphs`), else PyTorch."""
+    session = None
+    if model.device.type == "cpu":
+        with model.lock:  # exporting traces the shared module
+            session = graphs.session_for(
+                model.source,
+                model.network.model,
+                model.config,
+                lambda films: predict_pixels(
+                    model.network.model, torch.from_numpy(films), model.config, model.device
+                ),
+            )
+    if session is None:
+        return _torch_probabilities(model, pixels)
+    return graphs.run(session, pixels)
+
+
 def predict(model: LoadedModel, sources: list[ImageSource]) -> list[Prediction]:
     """Probability of pneumonia and the label at the run's threshold, per image."""
     pixels = [prepare(model, s) for s in sources]
-    with model.lock:  # a CAM of another session may have hooks on this very module now
-        probs = predict_pixels(
-            model.network.model, torch.from_numpy(np.stack(pixels)), model.config, model.device
-        )
+    probs = probabilities(model, np.stack(pixels))
     return [
         Prediction(float(p), decided_class(p, model.threshold), model.threshold, px)
         for p, px in zip(probs, pixels)
@@ -210,12 +177,9 @@ def explain(
     enters the graph as a fresh tensor, and the weights never require gradients. (For
     resnet18 at 224 px that backward is a 7x7 map's, not the whole network's.)
     """
-    try:
-        cam_class = CAM_METHODS[method]
-    except KeyError:
-        raise UserError(
-            f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}"
-        ) from None
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    cam_type = cam_class(method)
     net = model.network
     x = model.input_for(pixels)
     if target is None:
@@ -227,7 +191,7 @@ def explain(
             lambda module, args, out: out.detach().requires_grad_(True).clone()
         )
         try:
-            with cam_class(
+            with cam_type(
                 model=net.model,
                 target_layers=[net.cam_layer],
                 reshape_transform=net.reshape_transform,
@@ -240,5 +204,7 @@ def explain(
 
 def overlay(pixels: np.ndarray, heat: np.ndarray, opacity: float = 0.45) -> np.ndarray:
     """RGB uint8 image: the radiograph with the heat map blended on top."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
     rgb = np.repeat(pixels[..., None], 3, axis=2).astype(np.float32) / 255
     return show_cam_on_image(rgb, heat, use_rgb=True, image_weight=1 - opacity)

@@ -51,8 +51,6 @@ SHA-256 so that it is never used once the weights change.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,10 +67,11 @@ from cxr_core.data.imaging import ImageSource, colour_saturation, load_and_prepr
 from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_bytes
 from cxr_core.models import weights_file
+from cxr_core.models.weights_file import weights_digest
 from cxr_core.predict.ensembles import Ensemble, load_any
 from cxr_core.predict.inference import LoadedModel
 from cxr_core.store import records
-from cxr_core.store.runs import Run, RunStore
+from cxr_core.store.runs import Run, run_of_weights
 from cxr_core.training.runtime import to_input
 
 FORMAT = "cxr-lab-guard/1"
@@ -251,31 +250,6 @@ class Reference:
         )
 
 
-def weights_digest(weights: Path) -> str:
-    """The SHA-256 of the tensors, from the checkpoint's header (of the file without one)."""
-    stat = weights.stat()
-    return _digest(weights, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _digest(weights: Path, mtime_ns: int, size: int) -> str:
-    """Read once per version of the file: every prediction asks."""
-    sha = weights_file.read_safetensors(weights)[1].get("sha256")
-    return sha or hashlib.sha256(weights.read_bytes()).hexdigest()
-
-
-def _run_of(weights: Path) -> Run:
-    """The run folder of a weights file; a bundled one with its writable overlay."""
-    folder = weights.parent
-    store = RunStore()
-    if store.bundled is not None and folder.resolve().parent == store.bundled.resolve():
-        try:
-            return store.get(folder.name)
-        except UserError:
-            pass
-    return Run(folder)
-
-
 def _validation_pixels(run: Run, model: LoadedModel) -> tuple[np.ndarray | None, str]:
     """The run's carved validation films as the model sees them, or None and why not."""
     split = run.split()
@@ -300,7 +274,7 @@ def reference_for(model: LoadedModel) -> tuple[Reference | None, str]:
     key = (str(model.source.resolve()), digest)
     if key in _REFERENCES:
         return _REFERENCES[key], ""
-    run = _run_of(model.source)
+    run = run_of_weights(model.source)
     target = run.added / records.GUARD  # a bundled run's: in its overlay
     for file in dict.fromkeys([run.path / records.GUARD, target]):
         if (reference := Reference.from_file(file, digest)) is not None:

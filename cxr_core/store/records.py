@@ -53,15 +53,19 @@ GUARD = "input_guard.safetensors"
 """The input guard's reference for these weights (keyed by their digest): what the run's
 validation films look like to it (:mod:`cxr_core.predict.input_guard`)."""
 
+GRAPHS = "graphs"
+"""A folder: the weights exported as an ONNX graph for CPU inference, one
+``<weights digest>.onnx``, remade when the weights change (:mod:`cxr_core.predict.graphs`)."""
+
 CHECKPOINT = (LAST_WEIGHTS, LAST_STATE)
 """The resume state: written together, read together, never one without the other."""
 SHARED = (CONFIG, ENVIRONMENT, SPLIT, STATUS, HISTORY, EVALUATION, WEIGHTS, GUARD)
 """What a run needs to be listed, compared, evaluated and used for prediction, and its
 input guard's reference (a run without one computes it from its validation films when they
 are present); the resume state, 2-3x the model's size, and what a user added stay behind."""
-DERIVED = (EVALUATIONS, CAM_CHECKS, CALIBRATION)
+DERIVED = (EVALUATIONS, CAM_CHECKS, CALIBRATION, GRAPHS)
 """Records computed from a run's weights after training (scores on added image sets, CAM
-checks, a fitted temperature): stale once the weights change."""
+checks, a fitted temperature, the exported graph): stale once the weights change."""
 
 
 class Config(TypedDict, total=False):
@@ -314,3 +318,8 @@ def evaluation_set_file(base: Path, key: str) -> Path:
 def cam_check_file(base: Path, set_key: str, method: str, n: int) -> Path:
     """Where a CAM check of ``n`` images of a set by ``method`` is kept."""
     return base / CAM_CHECKS / f"{set_key}-{method}-{n}.json"
+
+
+def graph_file(base: Path, digest: str) -> Path:
+    """Where the ONNX graph of the weights whose tensors hash to ``digest`` is kept."""
+    return base / GRAPHS / f"{digest[:32]}.onnx"

@@ -429,3 +429,15 @@ class RunStore:
                     raise UserError(f"run {run.id} was cancelled while queued")
                 run.set_status("queued", phase=f"waiting: {running} running, {len(older)} ahead")
             time.sleep(poll_s)
+
+
+def run_of_weights(weights: Path) -> Run:
+    """The run folder of a weights file; a bundled one with its writable overlay."""
+    folder = weights.parent
+    store = RunStore()
+    if store.bundled is not None and folder.resolve().parent == store.bundled.resolve():
+        try:
+            return store.get(folder.name)
+        except UserError:
+            pass
+    return Run(folder)

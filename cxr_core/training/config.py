@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
 from cxr_core.errors import UserError
-from cxr_core.models.zoo import REGISTRY, check_build, get_architecture
+from cxr_core.models.catalogue import REGISTRY, check_build, get_architecture
 
 OPTIMIZERS = ("adam", "adamw", "nadam", "sgd")
 SCHEDULERS = ("none", "cosine", "step", "plateau", "onecycle")
@@ -23,6 +23,8 @@ IMBALANCE = ("none", "weighted", "sampler")
 MONITORS = ("val_auc", "val_loss", "val_f1")
 THRESHOLD_METHODS = ("plateau", "youden", "sensitivity", "specificity", "fixed")
 WEIGHT_AVERAGING = ("none", "swa", "wise")
+THRESHOLD_OPTIONS = ("threshold_method", "target_sensitivity", "target_specificity")
+"""The options that say how a threshold is chosen on validation (an ensemble's too)."""
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 GROUPS = ("model", "budget", "optimisation", "augmentation", "advanced")

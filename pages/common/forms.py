@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cxr_core.data.sources import DataSpec
 from cxr_core.errors import UserError
-from cxr_core.models.zoo import get_architecture
+from cxr_core.models.catalogue import get_architecture
 from cxr_core.training.config import TrainConfig
 
 

@@ -1,0 +1,108 @@
+"""ONNX Runtime on a run's exported graph gives PyTorch's probabilities, for single runs
+and ensembles; a graph is remade when its weights change or it is damaged, and
+CXR_ENGINE=torch (or an unknown engine, refused in one line) is honoured."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from cxr_core.errors import UserError
+from cxr_core.models import weights_file
+from cxr_core.predict import graphs
+from cxr_core.predict.ensembles import load
+from cxr_core.predict.inference import load_model, probabilities
+from cxr_core.settings import bundled_runs_dir
+from cxr_core.store import records
+from cxr_core.store.runs import Run, run_of_weights
+
+ATOL = 1e-4
+
+
+def _films(size: int, n: int = 6) -> np.ndarray:
+    """Smooth gradients and noise: films whose probabilities spread over 0..1."""
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    smooth = [np.add.outer(ramp * a, ramp * (1 - a)) / 2 for a in (0.2, 0.5, 0.8)]
+    noise = rng.integers(0, 256, (n - len(smooth), size, size))
+    return np.concatenate([np.stack(smooth), noise]).astype(np.uint8)
+
+
+def _both(monkeypatch, model, films) -> tuple[np.ndarray, np.ndarray]:
+    monkeypatch.setenv("CXR_ENGINE", "torch")
+    by_torch = probabilities(model, films)
+    monkeypatch.setenv("CXR_ENGINE", "onnx")
+    return by_torch, probabilities(model, films)
+
+
+def _graph(model) -> object:
+    return records.graph_file(
+        run_of_weights(model.source).added, weights_file.weights_digest(model.source)
+    )
+
+
+@pytest.fixture
+def tiny(tmp_path, tiny_run_dir) -> Run:
+    shutil.copytree(tiny_run_dir, tmp_path / "tiny")
+    return Run(tmp_path / "tiny")
+
+
+@pytest.mark.parametrize(
+    "run", ["tiny", "small_cnn-scratch-128", "efficientnet_lite0-pretrained-224"]
+)
+def test_both_engines_give_the_same_probabilities(monkeypatch, request, run):
+    path = request.getfixturevalue("tiny").path if run == "tiny" else bundled_runs_dir() / run
+    model = load_model(path)
+    by_torch, by_onnx = _both(monkeypatch, model, _films(model.config.img_size))
+    assert _graph(model).is_file()  # made, and kept (a bundled run's in its overlay)
+    # films a bundled model tells apart, not one constant (the two-epoch tiny run says ~0.5)
+    assert run == "tiny" or by_torch.std() > 1e-3
+    np.testing.assert_allclose(by_onnx, by_torch, atol=ATOL, rtol=0)
+
+
+def test_an_ensemble_scores_the_same_on_both_engines(monkeypatch):
+    ensemble = load(bundled_runs_dir() / "ensemble-lite0-resnet18-strongaug")
+    for model in ensemble.members.values():
+        by_torch, by_onnx = _both(monkeypatch, model, _films(model.config.img_size, 4))
+        np.testing.assert_allclose(by_onnx, by_torch, atol=ATOL, rtol=0)
+        assert _graph(model).is_file()
+
+
+def test_a_stale_graph_is_remade_for_the_new_weights(monkeypatch, tiny):
+    model = load_model(tiny.path)
+    films = _films(model.config.img_size)
+    monkeypatch.setenv("CXR_ENGINE", "onnx")
+    before = probabilities(model, films)
+    old = _graph(model)
+    state, meta = weights_file.load_weights(tiny.weights)
+    changed = {k: v * 1.5 if k.startswith("fc.") else v for k, v in state.items()}
+    model.network.model.load_state_dict(changed)
+    weights_file.save_weights(tiny.weights, model.network.model, meta)
+    reloaded = load_model(tiny.path)
+    by_torch, by_onnx = _both(monkeypatch, reloaded, films)
+    assert _graph(reloaded) != old and _graph(reloaded).is_file() and not old.exists()
+    assert np.abs(by_onnx - before).max() > 1e-3  # the new weights' graph, not the old one
+    np.testing.assert_allclose(by_onnx, by_torch, atol=ATOL, rtol=0)
+
+
+def test_a_damaged_graph_is_made_again(monkeypatch, tiny):
+    model = load_model(tiny.path)
+    films = _films(model.config.img_size)
+    by_torch, _ = _both(monkeypatch, model, films)
+    file = _graph(model)
+    file.write_bytes(b"not a graph")
+    graphs._SESSIONS.clear()  # a new process: only the file is left
+    np.testing.assert_allclose(probabilities(model, films), by_torch, atol=ATOL, rtol=0)
+    assert file.stat().st_size > 1000
+
+
+def test_torch_engine_makes_no_graph_and_an_unknown_engine_is_one_line(monkeypatch, tiny):
+    model = load_model(tiny.path)
+    monkeypatch.setenv("CXR_ENGINE", "torch")
+    probabilities(model, _films(model.config.img_size))
+    assert not (tiny.path / records.GRAPHS).exists()
+    monkeypatch.setenv("CXR_ENGINE", "tensorrt")
+    with pytest.raises(UserError, match="CXR_ENGINE must be one of onnx, torch"):
+        graphs.available()
