@@ -264,7 +264,7 @@ def _digest(weights: Path, mtime_ns: int, size: int) -> str:
     return sha or hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
-def _run_of(weights: Path) -> Run:
+def run_of(weights: Path) -> Run:
     """The run folder of a weights file; a bundled one with its writable overlay."""
     folder = weights.parent
     store = RunStore()
@@ -276,7 +276,7 @@ def _run_of(weights: Path) -> Run:
     return Run(folder)
 
 
-def _validation_pixels(run: Run, model: LoadedModel) -> tuple[np.ndarray | None, str]:
+def validation_pixels(run: Run, model: LoadedModel) -> tuple[np.ndarray | None, str]:
     """The run's carved validation films as the model sees them, or None and why not."""
     split = run.split()
     if not split or "val" not in split.get("splits", {}):
@@ -300,13 +300,13 @@ def reference_for(model: LoadedModel) -> tuple[Reference | None, str]:
     key = (str(model.source.resolve()), digest)
     if key in _REFERENCES:
         return _REFERENCES[key], ""
-    run = _run_of(model.source)
+    run = run_of(model.source)
     target = run.added / records.GUARD  # a bundled run's: in its overlay
     for file in dict.fromkeys([run.path / records.GUARD, target]):
         if (reference := Reference.from_file(file, digest)) is not None:
             _REFERENCES[key] = reference
             return reference, ""
-    pixels, why = _validation_pixels(run, model)
+    pixels, why = validation_pixels(run, model)
     if pixels is None:
         return None, f"feature check unavailable: no reference stored and {why}"
     reference = Reference.build(penultimate_features(model, pixels), pixels, digest)

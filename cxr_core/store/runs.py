@@ -26,6 +26,7 @@ from cxr_core.errors import UserError
 from cxr_core.settings import bundled_runs_dir, default_runs_dir
 from cxr_core.store import processes, records
 from cxr_core.store.records import (
+    Adaptation,
     Calibration,
     Config,
     Evaluation,
@@ -162,6 +163,13 @@ class Run:
 
     def save_calibration(self, calibration: Calibration) -> None:
         records.write(self.added, records.CALIBRATION, calibration)
+
+    def adaptation(self) -> Adaptation | None:
+        """What was adapted without labels, on which films; None for an inductive run."""
+        return records.read(self.path, records.ADAPTATION, run_id=self.id)
+
+    def save_adaptation(self, adaptation: Adaptation) -> None:
+        records.write(self.path, records.ADAPTATION, adaptation)
 
     @property
     def calibration_file(self) -> Path:
