@@ -93,6 +93,18 @@ def figures_label(run: Run, set_key: str | None = None) -> str:
     return f"adapted without labels on other films ({site.get('name')})"
 
 
+def describe(run: Run) -> str:
+    """One line on what an adapted run is ("" for an inductive run)."""
+    adaptation = run.adaptation()
+    if adaptation is None:
+        return ""
+    site = adaptation.get("site", {})
+    return (
+        f"adapted from {adaptation.get('source_run')} ({adaptation.get('method')}) on "
+        f"{site.get('name')} without their labels"
+    )
+
+
 def learned_batchnorm(model: LoadedModel) -> list[str]:
     """The BatchNorm layers whose statistics were learned on the training films; a
     UserError says why AdaBN does not apply when there are none."""
