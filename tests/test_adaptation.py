@@ -16,6 +16,7 @@ from conftest import ROOT, run_cli
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from cxr_core.data.folders import UNLABELLED, labelled_images, site_images
 from cxr_core.data.synthetic import make_synthetic_dataset
 from cxr_core.errors import UserError
 from cxr_core.predict import adaptation, evalsets
@@ -48,6 +49,20 @@ def tiny(tiny_run_dir) -> str:
     """The session's tiny small_cnn run, copied into this test's store."""
     shutil.copytree(tiny_run_dir, RunStore().root / "tiny")
     return "tiny"
+
+
+def test_a_sites_films_are_read_without_their_labels(site, tmp_path):
+    _, labelled, _ = labelled_images(site)
+    base, films, name = site_images(site)
+    assert base == site and [s.path for s in films] == [s.path for s in labelled]
+    assert {s.label for s in films} == {UNLABELLED} and "48 images" in name
+    flat = tmp_path / "flat"
+    shutil.copytree(site, flat / "day1")  # any sub-folders, no class folders at the top
+    base, films, _ = site_images(flat)
+    assert len(films) == 48 and all(s.path.startswith("day1/") for s in films)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no images found"):
+        site_images(tmp_path / "empty")
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -158,6 +173,7 @@ def test_the_shift_and_adapt_verbs(tiny, site):
         ("adapt", "--run", tiny, "--data", str(site / "nowhere")),
         ("adapt", "--run", tiny, "--data", str(site), "--method", "tta"),
         ("shift", "--data", str(site)),  # no run
+        ("shift", "--run", tiny, "--data", "synthetic:40"),  # a Kaggle root without test/
     ):
         bad = run_cli(*args)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1, (args, bad.stderr)

@@ -204,6 +204,11 @@ def site_images(root: str | Path, split: str = "test") -> tuple[Path, list[Sampl
     try:
         base, samples, name = labelled_images(base, split)
     except UserError:
+        if any(_child(b, "train") for b in (base, base / "chest_xray") if b.is_dir()):
+            raise UserError(
+                f"{root}: a Kaggle-layout folder without {split}/ films; name the site's "
+                "folder itself, or another --split"
+            ) from None
         files, _ = _image_files(base, allowed_data_roots())
         if not files:
             raise UserError(
