@@ -137,7 +137,8 @@ def learned_batchnorm(model: LoadedModel) -> list[str]:
 @torch.no_grad()
 def adapt_batchnorm(model: LoadedModel, pixels: torch.Tensor, layers: list[str]) -> None:
     """AdaBN: the running statistics of ``layers`` replaced by their cumulative average over
-    ``pixels`` (batches of about 64, none of a single film); every other layer as it was."""
+    ``pixels`` (shuffled batches of about 64, none of a single film); every other layer as
+    it was."""
     net = model.network.model
     chosen = [m for n, m in batchnorm_layers(net).items() if n in layers]
     momenta = [m.momentum for m in chosen]
@@ -148,7 +149,10 @@ def adapt_batchnorm(model: LoadedModel, pixels: torch.Tensor, layers: list[str])
         m.train()
     try:
         with model.lock:
-            for rows in np.array_split(np.arange(len(pixels)), -(-len(pixels) // 64)):
+            # Shuffled (seeded): a batch of one class would normalise its class away for
+            # the layers after it, and give each layer a variance without the other's.
+            order = np.random.default_rng(0).permutation(len(pixels))
+            for rows in np.array_split(order, -(-len(pixels) // 64)):
                 net(to_input(pixels[rows], model.config, model.device))
     finally:
         for m, momentum in zip(chosen, momenta):
