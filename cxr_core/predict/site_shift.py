@@ -272,7 +272,7 @@ def reading(r: ShiftReport, why_no_reference: str = "") -> list[str]:
                 "; re-estimating their statistics (--method bn) is the lever, to be checked "
                 "on labelled films of the site before it is trusted."
                 if ratio >= ALIKE
-                else "."
+                else ": nothing for re-estimating them to correct, and doing so can cost accuracy."
             )
         )
     else:
