@@ -36,6 +36,9 @@ BatchNorm = torch.nn.modules.batchnorm._BatchNorm
 ALIKE, APART = 1.5, 4.0
 """Site BatchNorm shift over the validation films': below ALIKE the network sees the
 films as it saw its validation films; above APART, as very different inputs."""
+MIX = 0.15
+"""An EM prevalence this far from the training split's says the mix of cases differs, which
+AdaBN would take for a change in the films."""
 
 
 @dataclass
@@ -242,6 +245,11 @@ def reading(r: ShiftReport, why_no_reference: str = "") -> list[str]:
         f"puts the share of pneumonia here at {r.estimated_prevalence:.0%} (if only the mix "
         "of cases changed, --method prior moves the threshold by it)."
     ]
+    if abs(r.estimated_prevalence - r.training_prevalence) > MIX:
+        lines.append(
+            "The mix of cases seems to differ: re-estimating BatchNorm statistics on these "
+            "films (--method bn) would fold that mix into them and move every score."
+        )
     if not EDGE < r.estimated_prevalence < 1 - EDGE:
         lines.append(
             "EM ran to the edge: the run's probabilities are not calibrated on these films, "
