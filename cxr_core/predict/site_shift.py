@@ -245,7 +245,8 @@ def reading(r: ShiftReport, why_no_reference: str = "") -> list[str]:
         f"puts the share of pneumonia here at {r.estimated_prevalence:.0%} (if only the mix "
         "of cases changed, --method prior moves the threshold by it)."
     ]
-    if abs(r.estimated_prevalence - r.training_prevalence) > MIX:
+    mixed = abs(r.estimated_prevalence - r.training_prevalence) > MIX
+    if mixed:
         lines.append(
             "The mix of cases seems to differ: re-estimating BatchNorm statistics on these "
             "films (--method bn) would fold that mix into them and move every score."
@@ -277,10 +278,12 @@ def reading(r: ShiftReport, why_no_reference: str = "") -> list[str]:
             f"Its BatchNorm layers see these films {how}: shift {r.batchnorm_shift:.3f} "
             f"against {r.batchnorm_shift_val:.3f} on its validation films ({ratio:.1f}x)"
             + (
-                "; re-estimating their statistics (--method bn) is the lever, to be checked "
-                "on labelled films of the site before it is trusted."
-                if ratio >= ALIKE
-                else ": nothing for re-estimating them to correct, and doing so can cost accuracy."
+                ": nothing for re-estimating them to correct, and doing so can cost accuracy."
+                if ratio < ALIKE
+                else "; with the mix of cases changed too, this is no case for --method bn."
+                if mixed
+                else "; re-estimating their statistics (--method bn) is the lever, to be "
+                "checked on labelled films of the site before it is trusted."
             )
         )
     else:
