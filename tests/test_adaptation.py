@@ -24,6 +24,7 @@ from cxr_core.predict.inference import load_model
 from cxr_core.predict.site_shift import batchnorm_layers
 from cxr_core.scoring.prior_shift import em_prevalence, reweighted, shifted_threshold
 from cxr_core.store.runs import RunStore
+from pages.common import runview
 
 CHECKPOINTS = ROOT / "checkpoints"
 
@@ -148,6 +149,10 @@ def test_an_adapted_run_stands_beside_its_source_on_compare_with_a_paired_test(t
     assert any("Adapted without labels" in w.value for w in at.warning)
     (verdict,) = [i.value for i in at.info if "Paired test" in i.value]
     assert "McNemar" in verdict
+    # On Runs, the run's label in every picker and its row say it was adapted.
+    assert runview.run_label(run).endswith("adapted without labels)")
+    rows = runview.runs_table([store.get(tiny), run]).set_index("run")["adapted"]
+    assert rows[tiny] == "" and rows[run.id].startswith(f"adapted from {tiny} (bn) on ")
 
 
 def test_the_shift_and_adapt_verbs(tiny, site):
