@@ -14,7 +14,7 @@ import streamlit as st
 from cxr_core.analysis import comparison, html_report, plots
 from cxr_core.errors import UserError
 from cxr_core.execution import scoring_jobs
-from cxr_core.predict import ensembles, evalsets
+from cxr_core.predict import adaptation, ensembles, evalsets
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.scoring.metrics import CATALOGUE
 from cxr_core.scoring.selection import Selection
@@ -535,6 +535,14 @@ with user_errors():
             f"Evaluated on **synthetic** images: {', '.join(synthetic)}. "
             "Their scores say nothing about real radiographs.",
             icon=":material/science:",
+        )
+    adapted = [r.id for r in chosen if adaptation.is_adapted(r)]
+    if adapted:
+        st.warning(
+            f"Adapted without labels: {', '.join(adapted)}. Their figures on the films they "
+            f"were adapted on are marked *{adaptation.ON_THESE_FILMS}* (see the figures "
+            "column): transductive, not to be read as the inductive runs' are.",
+            icon=":material/tune:",
         )
     sets = comparison.sets_on(chosen, evalset.key)
     table = comparison.compare_table(chosen, sets)

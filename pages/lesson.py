@@ -112,6 +112,35 @@ def _lesson(run: Run, inside: EvalSet, outside: EvalSet) -> None:
   often the first sign that the films have changed.
 """
     )
+    _adapting(run, outside)
+
+
+def _adapting(run: Run, outside: EvalSet) -> None:
+    st.subheader("5. Adapting to the site without its labels")
+    st.markdown(
+        f"""
+With films from the new site but no labels, two levers remain. See first how the site
+differs (`python -m cxr_core shift --run {run.id} --data DIR`), then adapt
+(`adapt --run {run.id} --data DIR --method bn|prior|both`): a new run, beside the old one.
+
+- **Re-estimated BatchNorm statistics (AdaBN)** help when the films *look* different
+  (exposure, contrast, another machine) and the network's layers receive inputs on another
+  scale than in training. They hurt when the site's films are few (noisy estimates), when
+  they are not one population (a mix of machines), or when the difference is what the
+  model should see (a sicker population shifts the statistics too, and AdaBN normalises
+  part of the disease away). Refused for a frozen ImageNet backbone, whose head was
+  trained on ImageNet's statistics.
+- **A threshold moved by the site's prevalence (EM)** helps when only the mix of cases
+  differs (a clinic with fewer pneumonias) and the probabilities are calibrated. It hurts
+  when the films themselves changed: the scores of normal films rise, EM reads that as
+  more pneumonia, and the threshold moves the wrong way.
+
+An adapted run's figures on the films it was adapted on are **adapted on these films
+without their labels**: never read them as the inductive figures of the table above.
+Whether adaptation helped is only known on labelled films of the site: score both runs on
+them and compare with the paired tests (here: {outside.name}).
+"""
+    )
 
 
 st.title("A lesson on distribution shift")

@@ -187,12 +187,14 @@ def test_lesson_with_an_outside_set(runs, tmp_path):
     outside = _outside_set(run, tmp_path / "other-hospital")
     at = _lesson()
     assert at.selectbox(key="lesson_run").value == "tiny2"  # the run that has one
-    assert [s.value for s in at.subheader][:4] == [
+    assert [s.value for s in at.subheader][:5] == [
         "1. The same model, two sets of films",
         "2. The ranking survives; the threshold does not",
         "3. The normal films it now calls pneumonia",
         "4. What to do about it",
+        "5. Adapting to the site without its labels",
     ]
+    assert any("shift --run tiny2" in m.value for m in at.markdown)
     specificity = f"{outside.metrics()['specificity']:.0%}"
     assert any(f"to **{specificity}**" in m.value for m in at.markdown)
     table = at.dataframe[0].value

@@ -40,7 +40,7 @@ def test_the_probe_trains_the_head_alone_then_every_layer():
     # While probing, the frozen backbone's BatchNorm layers keep ImageNet's statistics.
     start_epoch(network, cfg, 3)
     assert all(p.requires_grad for p in network.model.parameters())
-    assert all(layer.training for layer in batchnorm_layers(network.model))
+    assert all(layer.training for layer in batchnorm_layers(network.model).values())
 
 
 def test_kept_statistics_leave_batchnorm_in_eval_mode():
@@ -48,7 +48,7 @@ def test_kept_statistics_leave_batchnorm_in_eval_mode():
     network = create_network(cfg.arch, True, cfg.img_size)
     start_epoch(network, cfg, 1)
     assert network.model.training
-    assert not any(layer.training for layer in batchnorm_layers(network.model))
+    assert not any(layer.training for layer in batchnorm_layers(network.model).values())
 
 
 def test_reestimated_statistics_are_the_films_own():

@@ -20,6 +20,7 @@ import pandas as pd
 
 from cxr_core.data.synthetic import is_synthetic, synthetic_names
 from cxr_core.errors import UserError
+from cxr_core.predict.adaptation import INDUCTIVE, figures_label
 from cxr_core.predict.evalsets import EvalSet, run_sets
 from cxr_core.scoring import calibration, stats
 from cxr_core.scoring.metrics import (
@@ -74,7 +75,8 @@ def run_facts(run: Run) -> dict:
 
 
 def compare_table(runs: list[Run], sets: dict[str, EvalSet]) -> pd.DataFrame:
-    """One row per run scored in ``sets`` (by run id): facts, threshold and its plateau on
+    """One row per run scored in ``sets`` (by run id): facts, whether its figures are
+    inductive or adapted without labels (``figures``), threshold and its plateau on
     validation (``threshold_low``, ``threshold_high``: None for a record without one), and
     for each catalogue metric its value and 95% interval (``<key>``, ``<key>_lo``,
     ``<key>_hi``)."""
@@ -85,6 +87,7 @@ def compare_table(runs: list[Run], sets: dict[str, EvalSet]) -> pd.DataFrame:
         plateau = ThresholdChoice.from_record(run.evaluation())
         row = {
             **run_facts(run),
+            "figures": figures_label(run, evalset.key),
             "threshold": round(evalset.threshold, 4),
             "threshold_low": plateau and plateau.low,
             "threshold_high": plateau and plateau.high,
@@ -149,8 +152,11 @@ def internal_set(run: Run) -> EvalSet | None:
 def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     """A :func:`compare_table` as people read it: one column per catalogue metric, named
     by its label, holding "91.2% (88.9-93.3)"; the headline metrics first (on a narrow
-    screen the last columns are the ones scrolled out of sight)."""
+    screen the last columns are the ones scrolled out of sight), and whether the figures
+    are inductive when a run adapted without labels is among them."""
     out = pd.DataFrame({"run": table["run"]})
+    if (table["figures"] != INDUCTIVE).any():  # a run adapted without labels: say so
+        out["figures"] = table["figures"]
     for key in dict.fromkeys([*HEADLINE, *CATALOGUE]):
         info = CATALOGUE[key]
         out[info.label] = [

@@ -42,10 +42,12 @@ def _compared_sets(args: argparse.Namespace, runs: list) -> dict:
 
 def _text_table(table):
     """The comparison as a terminal shows it: headline metrics with their intervals."""
+    from cxr_core.predict.adaptation import INDUCTIVE
     from cxr_core.scoring.metrics import CATALOGUE
     from cxr_core.scoring.stats import format_ci
 
-    out = table[["run", "arch", "threshold"]].copy()
+    adapted = (table["figures"] != INDUCTIVE).any()
+    out = table[["run", "arch", *(["figures"] if adapted else []), "threshold"]].copy()
     for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):
         info = CATALOGUE[key]
         out[info.label] = [
@@ -71,6 +73,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Runs side by side; with ``--data``, every run scored on the same images and each
     pair tested (McNemar on the decisions, DeLong on the AUCs, Holm-corrected)."""
     from cxr_core.analysis.comparison import compare_table, run_facts
+    from cxr_core.predict.adaptation import figures_label
     from cxr_core.scoring import stats
 
     store = run_store(args)
@@ -89,7 +92,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
             {
                 "set": first.name,
                 "fingerprint": first.key,
-                "runs": [{**run_facts(r), **metrics_json(sets[r.id])} for r in runs],
+                "runs": [
+                    {
+                        **run_facts(r),
+                        "figures": figures_label(r, first.key),
+                        **metrics_json(sets[r.id]),
+                    }
+                    for r in runs
+                ],
                 "paired": [row.to_dict() for row in paired],
             }
         )

@@ -189,6 +189,36 @@ def labelled_images(root: str | Path, split: str = "test") -> tuple[Path, list[S
     )
 
 
+UNLABELLED = -1
+"""The label of a film whose class is not known (or not to be used)."""
+
+
+def site_images(root: str | Path, split: str = "test") -> tuple[Path, list[Sample], str]:
+    """The films of another site, their labels never used: a labelled folder in any layout
+    :func:`labelled_images` takes (the same paths, so the set keeps the fingerprint a
+    labelled evaluation of it has), else every image below ``root``. Every sample carries
+    :data:`UNLABELLED`."""
+    base = check_data_root(root)
+    if not base.is_dir():
+        raise UserError(f"{root}: no such folder")
+    try:
+        base, samples, name = labelled_images(base, split)
+    except UserError:
+        if any(_child(b, "train") for b in (base, base / "chest_xray") if b.is_dir()):
+            raise UserError(
+                f"{root}: a Kaggle-layout folder without {split}/ films; name the site's "
+                "folder itself, or another --split"
+            ) from None
+        files, _ = _image_files(base, allowed_data_roots())
+        if not files:
+            raise UserError(
+                f"{root}: no images found (.jpeg/.jpg/.png/.dcm files, in any sub-folders)"
+            ) from None
+        samples = [Sample(str(f.relative_to(base)), UNLABELLED, patient_id(f.name)) for f in files]
+        return base, samples, f"{base} ({len(samples)} images)"
+    return base, [Sample(s.path, UNLABELLED, s.patient) for s in samples], name
+
+
 def _carve(
     samples: list[Sample], fraction: float, rng: np.random.Generator
 ) -> tuple[list[Sample], list[Sample]]:

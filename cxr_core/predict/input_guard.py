@@ -250,7 +250,7 @@ class Reference:
         )
 
 
-def _validation_pixels(run: Run, model: LoadedModel) -> tuple[np.ndarray | None, str]:
+def validation_pixels(run: Run, model: LoadedModel) -> tuple[np.ndarray | None, str]:
     """The run's carved validation films as the model sees them, or None and why not."""
     split = run.split()
     if not split or "val" not in split.get("splits", {}):
@@ -280,7 +280,7 @@ def reference_for(model: LoadedModel) -> tuple[Reference | None, str]:
         if (reference := Reference.from_file(file, digest)) is not None:
             _REFERENCES[key] = reference
             return reference, ""
-    pixels, why = _validation_pixels(run, model)
+    pixels, why = validation_pixels(run, model)
     if pixels is None:
         return None, f"feature check unavailable: no reference stored and {why}"
     reference = Reference.build(penultimate_features(model, pixels), pixels, digest)

@@ -7,6 +7,7 @@ A run folder holds everything needed to audit, compare, resume or reuse a run::
     probe.safetensors, average.safetensors (LP-FT's probe, SWA's running average)
     evaluation.json  evaluations/ (sets scored later)  meta.json (name, tags, note)
     cam_checks/  calibration.json  cancel (a flag file)
+    adaptation.json (a run adapted to another site's films without their labels)
 
 The records are typed as ``TypedDict``: they stay the plain dicts that the JSON files
 hold (every reader of a dict keeps working, and an older record with fewer keys still
@@ -56,10 +57,13 @@ validation films look like to it (:mod:`cxr_core.predict.input_guard`)."""
 GRAPHS = "graphs"
 """A folder: the weights exported as an ONNX graph for CPU inference, one
 ``<weights digest>.onnx``, remade when the weights change (:mod:`cxr_core.predict.graphs`)."""
+ADAPTATION = "adaptation.json"
+"""What a run adapted without labels changed, on which films, from which run: its
+figures are never inductive (:mod:`cxr_core.predict.adaptation`)."""
 
 CHECKPOINT = (LAST_WEIGHTS, LAST_STATE)
 """The resume state: written together, read together, never one without the other."""
-SHARED = (CONFIG, ENVIRONMENT, SPLIT, STATUS, HISTORY, EVALUATION, WEIGHTS, GUARD)
+SHARED = (CONFIG, ENVIRONMENT, SPLIT, STATUS, HISTORY, EVALUATION, WEIGHTS, GUARD, ADAPTATION)
 """What a run needs to be listed, compared, evaluated and used for prediction, and its
 input guard's reference (a run without one computes it from its validation films when they
 are present); the resume state, 2-3x the model's size, and what a user added stay behind."""
@@ -204,6 +208,21 @@ class SplitRecord(TypedDict, total=False):
     notes: list[str]
     synthetic: bool
     root: str
+
+
+class Adaptation(TypedDict, total=False):
+    """adaptation.json: a run adapted to a site's films without their labels."""
+
+    method: str  # bn, prior or both
+    source_run: str
+    site: dict  # fingerprint, name, root, n: the films adapted on
+    bn_layers: int
+    training_prevalence: float
+    learned_prior: float  # the prevalence the source's probabilities assume
+    site_prevalence: float  # estimated by EM
+    threshold_before: float
+    threshold_after: float
+    created: float
 
 
 class Calibration(TypedDict):

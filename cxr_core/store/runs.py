@@ -8,6 +8,7 @@ the training process itself, with a heartbeat, so a process that died without a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -26,6 +27,7 @@ from cxr_core.errors import UserError
 from cxr_core.settings import bundled_runs_dir, default_runs_dir
 from cxr_core.store import processes, records
 from cxr_core.store.records import (
+    Adaptation,
     Calibration,
     Config,
     Evaluation,
@@ -162,6 +164,13 @@ class Run:
 
     def save_calibration(self, calibration: Calibration) -> None:
         records.write(self.added, records.CALIBRATION, calibration)
+
+    def adaptation(self) -> Adaptation | None:
+        """What was adapted without labels, on which films; None for an inductive run."""
+        return records.read(self.path, records.ADAPTATION, run_id=self.id)
+
+    def save_adaptation(self, adaptation: Adaptation) -> None:
+        records.write(self.path, records.ADAPTATION, adaptation)
 
     @property
     def calibration_file(self) -> Path:
@@ -433,11 +442,8 @@ class RunStore:
 
 def run_of_weights(weights: Path) -> Run:
     """The run folder of a weights file; a bundled one with its writable overlay."""
-    folder = weights.parent
-    store = RunStore()
+    folder, store = weights.parent, RunStore()
     if store.bundled is not None and folder.resolve().parent == store.bundled.resolve():
-        try:
+        with contextlib.suppress(UserError):  # gone from the bundle: the folder as it is
             return store.get(folder.name)
-        except UserError:
-            pass
     return Run(folder)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from cxr_core.data.sources import is_synthetic_spec
 from cxr_core.errors import UserError
-from cxr_core.predict import ensembles
+from cxr_core.predict import adaptation, ensembles
 from cxr_core.predict.evalsets import fingerprint, run_sets
 from cxr_core.scoring.metrics import roc_auc
 from cxr_core.store import records
@@ -70,6 +70,8 @@ def run_label(run: Run) -> str:
         tags.append("bundled")
     if is_synthetic_run(run):
         tags.append("synthetic")
+    if adaptation.is_adapted(run):
+        tags.append("adapted without labels")
     return f"{run.id} ({', '.join(tags)})"
 
 
@@ -121,6 +123,7 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
                 if created
                 else "",
                 "bundled": row["bundled"],
+                "adapted": adaptation.describe(run),
                 "message": row["message"] or "",
             }
         )

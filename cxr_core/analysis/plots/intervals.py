@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from cxr_core.analysis.plots._palette import color
+from cxr_core.predict.adaptation import INDUCTIVE
 from cxr_core.scoring.metrics import CATALOGUE
 
 _SHIFT_STYLE = {
@@ -76,12 +77,19 @@ def _panels(keys: Sequence[str]) -> go.Figure:
     )
 
 
+def _run_labels(table: pd.DataFrame) -> list[str]:
+    """Each row's run, marked where its figures are not inductive (a run adapted without
+    labels), so a chart never shows them as the others'."""
+    figures = table["figures"] if "figures" in table else [INDUCTIVE] * len(table)
+    return [r if f == INDUCTIVE else f"{r} ({f})" for r, f in zip(table["run"], figures)]
+
+
 def forest(table: pd.DataFrame, keys: Sequence[str]) -> go.Figure:
     """A forest plot: each run's value and 95% interval (error bars), one panel per metric
     of the catalogue, the runs down a shared axis, each x axis fitted to its intervals.
     ``table`` holds ``run``, ``<key>``, ``<key>_lo`` and ``<key>_hi`` per metric."""
     fig = _panels(keys)
-    runs = list(table["run"])
+    runs = _run_labels(table)
     colors = [color(i) for i in range(len(runs))]
     traces = []
     for col, key in enumerate(keys, start=1):
