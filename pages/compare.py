@@ -87,17 +87,19 @@ def _select_comparable(key: str, runs: list[Run]) -> None:
 
 def _pick_runs(runs: list[Run]) -> list[Run]:
     """The runs to compare (all / none in one click), kept in the URL."""
-    picker, everything, nothing = st.columns([10, 1, 1], vertical_alignment="bottom")
-    everything.button(
+    # One row that wraps: fixed column shares left All and None slivers on a narrow screen.
+    row = st.container(horizontal=True, vertical_alignment="bottom")
+    with row:
+        chosen = run_picker("Runs", runs, runs[:2], "compare_runs", wrap=True)
+    row.button(
         "All",
         on_click=_select_comparable,
         args=("compare_runs", runs),
         help="Choose every run scored on the same images as the most others (real films "
         "before synthetic ones): runs that share no images cannot be compared",
     )
-    nothing.button("None", on_click=_select_all, args=("compare_runs", []), help="Clear")
-    with picker:
-        return run_picker("Runs", runs, runs[:2], "compare_runs", wrap=True)
+    row.button("None", on_click=_select_all, args=("compare_runs", []), help="Clear")
+    return chosen
 
 
 def _just_scored() -> str | None:
@@ -291,6 +293,13 @@ def _roc_and_pr(sets: dict[str, EvalSet]) -> None:
 
 
 def _metrics_and_tests(table: pd.DataFrame, sets: dict[str, EvalSet]) -> None:
+    st.markdown("**Every metric**")
+    st.dataframe(
+        comparison.metrics_by_run(table),
+        hide_index=True,
+        width="stretch",
+        column_config={"metric": st.column_config.TextColumn(pinned=True)},
+    )
     keys = st.multiselect(
         "Metrics",
         list(CATALOGUE),
@@ -313,6 +322,7 @@ def _metrics_and_tests(table: pd.DataFrame, sets: dict[str, EvalSet]) -> None:
         + (f"; p-values adjusted by Holm over the {len(pairs)} pairs." if len(pairs) > 1 else ".")
     )
     st.dataframe(comparison.pairs_table(pairs), hide_index=True, width="stretch")
+    st.markdown("\n".join(f"- **{p.a} vs {p.b}**: {p.verdict}" for p in pairs))
 
 
 def _focus(sets: dict[str, EvalSet]) -> str:
@@ -380,9 +390,10 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
     )
     keep_in_url(threshold=f"{threshold:.3f}")
     point = comparison.operating_point(evalset, threshold)
-    cols = st.columns(5)
-    for col, name in zip(cols, ("sensitivity", "specificity", "PPV", "NPV", "accuracy")):
-        col.metric(name, f"{100 * point[name]:.1f}%")
+    # A row that wraps: five fixed columns cut the numbers ("99.…") on a narrow screen.
+    figures = st.container(horizontal=True)
+    for name in ("sensitivity", "specificity", "PPV", "NPV", "accuracy"):
+        figures.metric(name, f"{100 * point[name]:.1f}%", width="content")
     st.markdown(page_words.per_1000(point))
     left, right = st.columns([2, 3])
     with left:
@@ -539,7 +550,7 @@ with user_errors():
 
     st.subheader("Summary")
     st.dataframe(
-        comparison.readable_table(table),
+        comparison.readable_table(table, comparison.HEADLINE),
         hide_index=True,
         width="stretch",
         column_config={
@@ -549,20 +560,21 @@ with user_errors():
     )
     st.caption(
         f"On {evalset.name}; 95% intervals from 1000 bootstrap resamples of patients, at "
-        "each run's own threshold (chosen on its validation split)."
+        "each run's own threshold (chosen on its validation split). Every metric: the "
+        "Metrics & tests tab."
     )
     if len(sets) == 2:
         (pair,) = _paired(_ident(sets), sets)
         st.info(f"**Paired test.** {pair.verdict}", icon=":material/balance:")
-    left, right, _ = st.columns([1, 1, 3])
-    left.download_button(
+    buttons = st.container(horizontal=True)
+    buttons.download_button(
         "Table as CSV",
         table.to_csv(index=False).encode(),
         file_name="cxr-lab-comparison.csv",
         mime="text/csv",
         icon=":material/download:",
     )
-    right.download_button(
+    buttons.download_button(
         "Download report",
         lambda: html_report.html_report(chosen, sets).encode(),
         file_name="cxr-lab-report.html",

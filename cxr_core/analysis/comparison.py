@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -130,12 +131,13 @@ def internal_set(run: Run) -> EvalSet | None:
 # --------------------------------------------------------------------------- numbers
 
 
-def readable_table(table: pd.DataFrame) -> pd.DataFrame:
-    """A :func:`compare_table` as people read it: one column per catalogue metric, named
-    by its label, holding "91.2% (88.9-93.3)"; the headline metrics first (on a narrow
-    screen the last columns are the ones scrolled out of sight)."""
+def readable_table(table: pd.DataFrame, metrics: Sequence[str] = tuple(CATALOGUE)) -> pd.DataFrame:
+    """A :func:`compare_table` as people read it: one column per metric of ``metrics``
+    (all of the catalogue unless named), named by its label, holding "91.2% (88.9-93.3)";
+    the headline metrics first (on a narrow screen the last columns are the ones scrolled
+    out of sight)."""
     out = pd.DataFrame({"run": table["run"]})
-    for key in dict.fromkeys([*HEADLINE, *CATALOGUE]):
+    for key in dict.fromkeys([*(k for k in HEADLINE if k in metrics), *metrics]):
         info = CATALOGUE[key]
         out[info.label] = [
             stats.format_ci(r[key], (r[f"{key}_lo"], r[f"{key}_hi"]), info.percent)
@@ -143,6 +145,14 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
         ]
     out["threshold"] = table["threshold"].round(3)
     return out
+
+
+def metrics_by_run(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`readable_table` turned on its side: one row per catalogue metric, one column
+    per run, so a few runs' every metric fit a page's width."""
+    readable = readable_table(table).set_index("run")
+    readable["threshold"] = [f"{t:.3f}" for t in readable["threshold"]]  # a column of text
+    return readable.T.rename_axis("metric").reset_index().rename_axis(columns=None)
 
 
 def paired(sets: dict[str, EvalSet]) -> list[stats.PairedResult]:
@@ -158,7 +168,9 @@ def paired(sets: dict[str, EvalSet]) -> list[stats.PairedResult]:
 
 
 def pairs_table(pairs: list[stats.PairedResult]) -> pd.DataFrame:
-    """The pairwise comparisons as a readable table (differences are a - b)."""
+    """The pairwise comparisons as a readable table (differences are a - b); each pair's
+    verdict is a sentence, written beside the table rather than in a column that would
+    make it too wide to read."""
     holm = len(pairs) > 1
     suffix = " (Holm)" if holm else ""
     rows = []
@@ -172,7 +184,6 @@ def pairs_table(pairs: list[stats.PairedResult]) -> pd.DataFrame:
                 f"McNemar p{suffix}": stats.format_p(mcnemar_p),
                 "AUC a - b": stats.format_ci(p.roc_auc_diff, p.roc_auc_diff_ci95, percent=False),
                 f"DeLong p{suffix}": stats.format_p(delong_p),
-                "verdict": p.verdict,
             }
         )
     return pd.DataFrame(rows)

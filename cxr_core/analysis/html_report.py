@@ -202,7 +202,7 @@ def _paired_section(sets: dict[str, EvalSet]) -> list[str]:
         "<p class='note'>McNemar's exact test on the decisions, DeLong's test on the AUCs"
         + (", p-values adjusted by Holm over all pairs" if len(pairs) > 1 else "")
         + ".</p>",
-        _table(pairs_table(pairs).drop(columns="verdict")),
+        _table(pairs_table(pairs)),
         "<ul>"
         + "".join(f"<li><b>{esc(p.a)} vs {esc(p.b)}</b>: {esc(p.verdict)}</li>" for p in pairs)
         + "</ul>",
