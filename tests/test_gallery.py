@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from appserver import settle, streamlit_app
+from appserver import open_page, settle, shot, streamlit_app
 from streamlit.testing.v1 import AppTest
-from test_browser import browser, open_page, shot  # noqa: F401 (browser is a fixture)
 
 from cxr_core.analysis import mistakes
 from cxr_core.data.synthetic import make_synthetic_dataset
@@ -210,7 +209,7 @@ def test_lesson_with_an_outside_set(runs, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_click_a_cell_in_the_browser(browser, tmp_path, tiny_run_dir, isolated_store, monkeypatch):  # noqa: F811
+def test_click_a_cell_in_the_browser(browser, tmp_path, tiny_run_dir, isolated_store, monkeypatch):
     bundled = tmp_path / "bundled"
     shutil.copytree(tiny_run_dir, bundled / "bundled-tiny")
     monkeypatch.setenv("CXR_BUNDLED_DIR", str(bundled))

@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from appserver import ARTIFACTS
 from conftest import ROOT, run_cli
-from test_browser import ARTIFACTS, browser  # noqa: F401 (a fixture)
 
 from cxr_core.analysis import comparison, html_report
 from cxr_core.errors import UserError
@@ -63,7 +63,7 @@ def test_the_cli_report_says_it_all_in_one_file(three, tmp_path):
     assert figures_in(text) == len(three) + 5
 
 
-def test_the_report_opens_offline_with_every_chart_drawn(three, tmp_path, browser):  # noqa: F811
+def test_the_report_opens_offline_with_every_chart_drawn(three, tmp_path, browser):
     out = tmp_path / "report.html"
     runs = [RunStore().get(i) for i in three]
     sets = comparison.sets_on(runs, evalsets.shared_sets(runs)[0].key)
