@@ -366,14 +366,14 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
             )
     st.session_state.setdefault(key, round(evalset.threshold, 3))
     chosen = comparison.val_thresholds(run)
-    buttons = st.columns(len(chosen) + 1)
-    buttons[0].button(
+    buttons = st.container(horizontal=True)  # wraps: fixed columns cut the labels at 800 px
+    buttons.button(
         f"Run's threshold ({evalset.threshold:.3f})",
         on_click=_set_threshold,
         args=(key, evalset.threshold),
     )
-    for col, (name, value) in zip(buttons[1:], chosen.items()):
-        col.button(
+    for name, value in chosen.items():
+        buttons.button(
             f"{name} on val ({value:.3f})",
             on_click=_set_threshold,
             args=(key, value),

@@ -308,11 +308,11 @@ st.caption(
 
 with st.container(border=True):
     spec = data_spec()
-    left, right = st.columns([3, 1])
-    left.markdown(f"**Training data:** `{spec}`")
+    row = st.container(horizontal=True, vertical_alignment="center")  # wraps when narrow
+    row.markdown(f"**Training data:** `{spec}`", width="content")
     if is_synthetic_spec(spec):
-        left.badge("synthetic data", icon=":material/science:", color="orange")
-    right.page_link("pages/data.py", label="Change on the Data page", icon=":material/edit:")
+        row.badge("synthetic data", icon=":material/science:", color="orange")
+    row.page_link("pages/data.py", label="Change on the Data page", icon=":material/edit:")
 
 st.selectbox(
     "Preset",
