@@ -447,8 +447,8 @@ def _shift(chosen: list[Run], evalset: EvalSet) -> None:
     frames = comparison.shifts(chosen, evalset)
     if not frames:
         st.info(
-            "None of these runs has both an internal test split and an outside set: score "
-            "them on a folder with a test/ (above) to see the shift.",
+            "No run here has both an internal test split and an outside set: score them "
+            "on a folder with a test/ (above) to see the shift.",
             icon=":material/info:",
         )
         return
@@ -467,6 +467,7 @@ def _shift(chosen: list[Run], evalset: EvalSet) -> None:
     with st.expander("Each run's numbers, with intervals", expanded=len(frames) <= 3):
         for run_id, frame in frames.items():
             st.markdown(f"**{run_id}**")
+            st.caption(comparison.shift_names(frame))
             st.dataframe(comparison.shift_table(frame), hide_index=True, width="stretch")
 
 

@@ -215,7 +215,9 @@ def test_the_shift_from_the_internal_split_to_an_outside_set(five):
     assert len(tables) == 2  # both runs: internal_test and the official val/ (16 films)
     shift = tables[0].value
     assert list(shift["metric"]) == ["accuracy", "sensitivity", "specificity", "AUC"]
-    assert any(c.startswith("official_val") for c in shift.columns)
+    assert list(shift.columns) == ["metric", "internal split", "outside set", "gap"]
+    assert any(c.value.startswith("internal split: internal_test") for c in at.caption)
+    assert any(c.value.endswith("outside set: official_val (16 images)") for c in at.caption)
     assert shift.iloc[:, 1].str.match(r"^\d+\.\d+%? \(").all()
     (chart,) = specs(at)
     markers = [t for t in chart["data"] if t.get("mode") == "markers"]

@@ -195,7 +195,9 @@ def test_lesson_with_an_outside_set(runs, tmp_path):
     specificity = f"{outside.metrics()['specificity']:.0%}"
     assert any(f"to **{specificity}**" in m.value for m in at.markdown)
     table = at.dataframe[0].value
-    assert list(table.columns) == ["metric", _internal(run).name, outside.name, "gap"]
+    assert list(table.columns) == ["metric", "internal split", "outside set", "gap"]
+    said = "".join(m.value for m in at.markdown)  # the sets are named in the text above
+    assert f"**{_internal(run).name}**" in said and f"**{outside.name}**" in said
     assert list(table["metric"]) == ["accuracy", "sensitivity", "specificity", "AUC"]
     counts = _counts(outside)
     first = next(c for c, n in counts.items() if n)

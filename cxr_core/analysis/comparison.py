@@ -268,9 +268,20 @@ def shift_frame(internal: EvalSet, outside: EvalSet) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SHIFT_COLUMNS = {"internal": "internal split", "outside": "outside set"}
+
+
+def shift_names(frame: pd.DataFrame) -> str:
+    """The two sets of a :func:`shift_frame`, named: "internal: A; outside: B"."""
+    names = frame.drop_duplicates("where").set_index("where")["name"]
+    return f"internal split: {names['internal']}; outside set: {names['outside']}"
+
+
 def shift_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """A :func:`shift_frame` as people read it: per metric, both sets (named in the column
-    headers) with their intervals, and the gap."""
+    """A :func:`shift_frame` as people read it: per metric, the internal split and the
+    outside set with their intervals, and the gap. The columns say which is which, not the
+    sets' names (a folder's path made the table too wide): :func:`shift_names` gives them
+    for the text beside it."""
     rows = []
     for key in HEADLINE:
         info = CATALOGUE[key]
@@ -278,7 +289,9 @@ def shift_table(frame: pd.DataFrame) -> pd.DataFrame:
         row = {"metric": info.label}
         for where in ("internal", "outside"):
             r = both.loc[where]
-            row[r["name"]] = stats.format_ci(r["value"], (r["lo"], r["hi"]), info.percent)
+            row[SHIFT_COLUMNS[where]] = stats.format_ci(
+                r["value"], (r["lo"], r["hi"]), info.percent
+            )
         gap = both.loc["outside", "value"] - both.loc["internal", "value"]
         row["gap"] = f"{100 * gap:+.1f} points" if info.percent else f"{gap:+.3f}"
         rows.append(row)

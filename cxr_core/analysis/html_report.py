@@ -27,6 +27,7 @@ from cxr_core.analysis.comparison import (
     pairs_table,
     readable_table,
     run_facts,
+    shift_names,
     shift_table,
     shifts,
     shows_reference,
@@ -264,7 +265,11 @@ def _shift_section(runs: list[Run], compared: EvalSet, figure) -> list[str]:
         figure(plots.shift(frames)),
     ]
     for run_id, frame in frames.items():
-        parts += [f"<h3>{html.escape(run_id)}</h3>", _table(shift_table(frame))]
+        parts += [
+            f"<h3>{html.escape(run_id)}</h3>",
+            f"<p class='note'>{html.escape(shift_names(frame))}</p>",
+            _table(shift_table(frame)),
+        ]
     return parts
 
 

@@ -78,15 +78,16 @@ def _cell(i: int) -> tuple[int, int]:
 def _panels(keys: Sequence[str], n_runs: int, extra: int) -> go.Figure:
     """One panel per metric, two to a row, the runs down each row's shared y axis; the
     figure's height fits ``n_runs`` rows per panel plus ``extra`` pixels (a legend), and a
-    panel's title keeps 70 px clear of the tick labels above it."""
+    panel's title keeps 100 px clear of the panel above (its tick labels; Streamlit's theme
+    draws them larger than Plotly's)."""
     rows, cols = _cell(len(keys) - 1)[0], min(len(keys), PANELS_PER_ROW)
-    height = extra + rows * (90 + 34 * n_runs)
+    height = extra + rows * (100 + 34 * n_runs)
     fig = make_subplots(
         rows=rows,
         cols=cols,
         shared_yaxes=True,
         horizontal_spacing=0.06,
-        vertical_spacing=min(70 / height, 0.3) if rows > 1 else 0.0,
+        vertical_spacing=min(100 / height, 0.3) if rows > 1 else 0.0,
         subplot_titles=[CATALOGUE[k].label for k in keys],
     )
     fig.update_layout(height=height)
