@@ -200,8 +200,10 @@ def view(page) -> dict:
       return {
         query: location.search,
         headings: texts('[data-testid=stMain] h1, [data-testid=stMain] h2'),
-        chosen: texts('[data-testid=stMultiSelect] [data-baseweb=tag]'),
-        selected: texts('[data-testid=stSelectbox] [data-baseweb=select] > div'),
+        chosen: Array.from(document.querySelectorAll('[data-testid=stMultiSelect] [data-tag]'))
+          .map(e => e.getAttribute('aria-label')),
+        selected: Array.from(document.querySelectorAll('[data-testid=stSelectbox] input'))
+          .map(e => e.value),
         tab: texts('[role=tab][aria-selected=true]'),
       };
     }"""

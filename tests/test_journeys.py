@@ -112,7 +112,8 @@ def _choose(page, label: str, option: str) -> None:
 def _chosen(page, label: str) -> list[str]:
     """The run ids a runs multiselect holds (its tags read "<id> (<tags>)")."""
     picker = page.locator("[data-testid=stMultiSelect]").filter(has_text=label)
-    return [t.split(" (")[0] for t in picker.locator("[data-baseweb=tag]").all_inner_texts()]
+    tags = [t.get_attribute("aria-label") for t in picker.locator("[data-tag]").all()]
+    return [t.split(" (")[0] for t in tags]
 
 
 @pytest.mark.parametrize("width", WIDTHS)
