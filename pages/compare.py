@@ -393,7 +393,7 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
     # A row that wraps: five fixed columns cut the numbers ("99.…") on a narrow screen.
     figures = st.container(horizontal=True)
     for name in ("sensitivity", "specificity", "PPV", "NPV", "accuracy"):
-        figures.metric(name, f"{100 * point[name]:.1f}%", width="content")
+        figures.metric(name, comparison.percent(point[name]), width="content")
     st.markdown(page_words.per_1000(point))
     left, right = st.columns([2, 3])
     with left:

@@ -239,7 +239,7 @@ def operating_points(run: Run, evalset: EvalSet) -> pd.DataFrame:
             {
                 "threshold": name,
                 "value": round(threshold, 4),
-                **{k: _pct(point[k]) for k in ("sensitivity", "specificity", "PPV", "NPV")},
+                **{k: percent(point[k]) for k in ("sensitivity", "specificity", "PPV", "NPV")},
                 "missed / 1000": round(point["missed_per_1000"]),
                 "false alarms / 1000": round(point["false_alarms_per_1000"]),
             }
@@ -330,7 +330,9 @@ def shifts(runs: list[Run], compared: EvalSet) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _pct(value: float) -> str:
+def percent(value: float) -> str:
+    """A share as "91.2%", or "n/a" where it is undefined (NPV when nothing is called
+    normal): never "nan%"."""
     return f"{100 * value:.1f}%" if math.isfinite(value) else "n/a"
 
 
