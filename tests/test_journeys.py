@@ -239,7 +239,8 @@ def test_predict_two_runs_and_an_ensemble_every_cam_method_and_the_guard(browser
         page.locator("[data-testid=stSelectbox]").filter(has_text="Explanation method").click()
         # each map's caption, or the line saying the method found no evidence
         caption = page.get_by_text(re.compile(f"^{re.escape(method)} (for|found no) ")).first
-        timings[method] = timed(page, page.get_by_role("option", name=method).click, caption)
+        option = page.get_by_role("option", name=method, exact=True)
+        timings[method] = timed(page, option.click, caption)
         _clean(page, f"c-{method}")
         shot(page, f"journey-c-{method}")
 
