@@ -11,7 +11,7 @@ import uuid
 import pandas as pd
 import streamlit as st
 
-from cxr_core.analysis import comparison, html_report, plots
+from cxr_core.analysis import comparison, html_report, plots, run_calibration
 from cxr_core.errors import UserError
 from cxr_core.execution import scoring_jobs
 from cxr_core.predict import adaptation, ensembles, evalsets
@@ -88,17 +88,19 @@ def _select_comparable(key: str, runs: list[Run]) -> None:
 
 def _pick_runs(runs: list[Run]) -> list[Run]:
     """The runs to compare (all / none in one click), kept in the URL."""
-    picker, everything, nothing = st.columns([10, 1, 1], vertical_alignment="bottom")
-    everything.button(
+    # One row that wraps: fixed column shares left All and None slivers on a narrow screen.
+    row = st.container(horizontal=True, vertical_alignment="bottom")
+    with row:
+        chosen = run_picker("Runs", runs, runs[:2], "compare_runs", wrap=True)
+    row.button(
         "All",
         on_click=_select_comparable,
         args=("compare_runs", runs),
         help="Choose every run scored on the same images as the most others (real films "
         "before synthetic ones): runs that share no images cannot be compared",
     )
-    nothing.button("None", on_click=_select_all, args=("compare_runs", []), help="Clear")
-    with picker:
-        return run_picker("Runs", runs, runs[:2], "compare_runs", wrap=True)
+    row.button("None", on_click=_select_all, args=("compare_runs", []), help="Clear")
+    return chosen
 
 
 def _just_scored() -> str | None:
@@ -293,6 +295,13 @@ def _roc_and_pr(sets: dict[str, EvalSet]) -> None:
 
 
 def _metrics_and_tests(table: pd.DataFrame, sets: dict[str, EvalSet]) -> None:
+    st.markdown("**Every metric**")
+    st.dataframe(
+        comparison.metrics_by_run(table),
+        hide_index=True,
+        width="stretch",
+        column_config={"metric": st.column_config.TextColumn(pinned=True)},
+    )
     keys = st.multiselect(
         "Metrics",
         list(CATALOGUE),
@@ -315,6 +324,7 @@ def _metrics_and_tests(table: pd.DataFrame, sets: dict[str, EvalSet]) -> None:
         + (f"; p-values adjusted by Holm over the {len(pairs)} pairs." if len(pairs) > 1 else ".")
     )
     st.dataframe(comparison.pairs_table(pairs), hide_index=True, width="stretch")
+    st.markdown("\n".join(f"- **{p.a} vs {p.b}**: {p.verdict}" for p in pairs))
 
 
 def _focus(sets: dict[str, EvalSet]) -> str:
@@ -358,14 +368,14 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
             )
     st.session_state.setdefault(key, round(evalset.threshold, 3))
     chosen = comparison.val_thresholds(run)
-    buttons = st.columns(len(chosen) + 1)
-    buttons[0].button(
+    buttons = st.container(horizontal=True)  # wraps: fixed columns cut the labels at 800 px
+    buttons.button(
         f"Run's threshold ({evalset.threshold:.3f})",
         on_click=_set_threshold,
         args=(key, evalset.threshold),
     )
-    for col, (name, value) in zip(buttons[1:], chosen.items()):
-        col.button(
+    for name, value in chosen.items():
+        buttons.button(
             f"{name} on val ({value:.3f})",
             on_click=_set_threshold,
             args=(key, value),
@@ -382,9 +392,10 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
     )
     keep_in_url(threshold=f"{threshold:.3f}")
     point = comparison.operating_point(evalset, threshold)
-    cols = st.columns(5)
-    for col, name in zip(cols, ("sensitivity", "specificity", "PPV", "NPV", "accuracy")):
-        col.metric(name, f"{100 * point[name]:.1f}%")
+    # A row that wraps: five fixed columns cut the numbers ("99.…") on a narrow screen.
+    figures = st.container(horizontal=True)
+    for name in ("sensitivity", "specificity", "PPV", "NPV", "accuracy"):
+        figures.metric(name, comparison.percent(point[name]), width="content")
     st.markdown(page_words.per_1000(point))
     left, right = st.columns([2, 3])
     with left:
@@ -402,8 +413,8 @@ def _operating_point(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
 
 
 def _calibration(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
-    summaries = comparison.calibration_summaries([by_id[i] for i in sets], sets)
-    table = comparison.calibration_table(summaries).round(4)
+    summaries = run_calibration.calibration_summaries([by_id[i] for i in sets], sets)
+    table = run_calibration.calibration_table(summaries).round(4)
     st.dataframe(table, hide_index=True, width="stretch")
     st.caption(
         "ECE: the mean gap between predicted probability and observed share of pneumonia "
@@ -418,7 +429,7 @@ def _calibration(by_id: dict[str, Run], sets: dict[str, EvalSet]) -> None:
         "test) and kept beside the run; the weights and the threshold are unchanged.",
     ):
         with user_errors():
-            comparison.fit_temperature(run)
+            run_calibration.fit_temperature(run)
             st.rerun()
     summary = summaries[run_id]
     curves = {"as trained": summary["before"]["bins"]}
@@ -438,8 +449,8 @@ def _shift(chosen: list[Run], evalset: EvalSet) -> None:
     frames = comparison.shifts(chosen, evalset)
     if not frames:
         st.info(
-            "None of these runs has both an internal test split and an outside set: score "
-            "them on a folder with a test/ (above) to see the shift.",
+            "No run here has both an internal test split and an outside set: score them "
+            "on a folder with a test/ (above) to see the shift.",
             icon=":material/info:",
         )
         return
@@ -458,6 +469,7 @@ def _shift(chosen: list[Run], evalset: EvalSet) -> None:
     with st.expander("Each run's numbers, with intervals", expanded=len(frames) <= 3):
         for run_id, frame in frames.items():
             st.markdown(f"**{run_id}**")
+            st.caption(comparison.shift_names(frame))
             st.dataframe(comparison.shift_table(frame), hide_index=True, width="stretch")
 
 
@@ -549,7 +561,7 @@ with user_errors():
 
     st.subheader("Summary")
     st.dataframe(
-        comparison.readable_table(table),
+        comparison.readable_table(table, comparison.HEADLINE),
         hide_index=True,
         width="stretch",
         column_config={
@@ -561,22 +573,22 @@ with user_errors():
         f"On {evalset.name}; 95% intervals from 1000 bootstrap resamples of patients, at "
         "each run's own threshold (chosen on its validation split). "
         f"*{comparison.PLATEAU_COLUMN}*: the thresholds its validation split cannot tell "
-        "from the chosen one."
+        "from the chosen one. Every metric: the Metrics & tests tab."
     )
     for note in comparison.plateau_notes(chosen):
         st.caption(note)
     if len(sets) == 2:
         (pair,) = _paired(_ident(sets), sets)
         st.info(f"**Paired test.** {pair.verdict}", icon=":material/balance:")
-    left, right, _ = st.columns([1, 1, 3])
-    left.download_button(
+    buttons = st.container(horizontal=True)
+    buttons.download_button(
         "Table as CSV",
         table.to_csv(index=False).encode(),
         file_name="cxr-lab-comparison.csv",
         mime="text/csv",
         icon=":material/download:",
     )
-    right.download_button(
+    buttons.download_button(
         "Download report",
         lambda: html_report.html_report(chosen, sets).encode(),
         file_name="cxr-lab-report.html",

@@ -20,8 +20,9 @@ medical_notice()
 
 bundled = [run for run in store().list(status="completed") if run.bundled]
 st.subheader("Start here")
-first, second, third = st.columns(3)
-with first, st.container(border=True):
+# Cards of a fixed width in a row that wraps: three equal columns cut their titles at 800 px.
+cards = st.container(horizontal=True)
+with cards.container(border=True, width=250):
     st.page_link(
         "pages/compare.py",
         label="Compare the bundled runs",
@@ -30,10 +31,10 @@ with first, st.container(border=True):
         disabled=not bundled,
     )
     st.caption("Every metric with its interval, paired tests, the operating point.")
-with second, st.container(border=True):
+with cards.container(border=True, width=250):
     st.page_link("pages/predict.py", label="Upload a film", icon=":material/search:")
     st.caption("Each model's probability at its own threshold, and where it looked (CAMs).")
-with third, st.container(border=True):
+with cards.container(border=True, width=250):
     st.page_link("pages/train.py", label="Train a quick model", icon=":material/model_training:")
     st.caption('Pick the preset "quick on CPU" (about a minute) or the offline tiny demo.')
 

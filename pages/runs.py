@@ -183,13 +183,17 @@ def _live() -> None:
     active = [r for r in runs if statuses[r.id].get("status") in ACTIVE]
 
     st.dataframe(
-        runview.runs_table(runs),
+        runview.runs_table(runs, statuses),
         hide_index=True,
         width="stretch",
+        placeholder="—",
         column_config={
-            "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
+            "progress": st.column_config.ProgressColumn(
+                "progress", min_value=0, max_value=1, width="small"
+            ),
             "val AUC": st.column_config.NumberColumn(format="%.3f", help=texts.help_text("AUC")),
             "test AUC": st.column_config.NumberColumn(format="%.3f"),
+            "outside AUC": st.column_config.NumberColumn(format="%.3f"),
         },
     )
     if active:

@@ -146,6 +146,7 @@ def _expected_duration(archs: list[str], options: dict) -> None:
         options["data"], first.seed, first.val_fraction, first.test_fraction, first.max_images
     )
     lines, unknown = [], []
+    share = estimates.cpu_share()
     for cfg in configs:
         rate = estimates.measured_rate(store(), cfg)
         if rate is None and st.session_state.get("cost_probe"):
@@ -154,12 +155,21 @@ def _expected_duration(archs: list[str], options: dict) -> None:
             unknown.append(cfg.arch)
             continue
         seconds = estimates.expected_seconds(cfg, n_train, n_all, rate)
+        busy = f", about {runview.format_duration(seconds / share)} now" if share < 0.9 else ""
         lines.append(
-            f"{cfg.arch} at {cfg.img_size} px: at most {runview.format_duration(seconds)} "
-            f"({rate:.0f} img/s measured here)"
+            f"{cfg.arch} at {cfg.img_size} px: about {runview.format_duration(seconds)} on a "
+            f"quiet CPU{busy} ({rate:.0f} img/s measured here)"
         )
     if lines:
-        st.caption("Expected on this machine: " + "; ".join(lines) + ".")
+        busy = (
+            f" The CPU is busy now (a new run gets about {share:.0%} of it), so it takes longer."
+            if share < 0.9
+            else ""
+        )
+        st.caption(
+            "Expected on this machine: " + "; ".join(lines) + ", plus decoding the images "
+            "once on their first use." + busy
+        )
     if unknown:
         st.caption(
             f"No earlier run of {', '.join(unknown)} like this one on this machine to go by."
@@ -298,11 +308,11 @@ st.caption(
 
 with st.container(border=True):
     spec = data_spec()
-    left, right = st.columns([3, 1])
-    left.markdown(f"**Training data:** `{spec}`")
+    row = st.container(horizontal=True, vertical_alignment="center")  # wraps when narrow
+    row.markdown(f"**Training data:** `{spec}`", width="content")
     if is_synthetic_spec(spec):
-        left.badge("synthetic data", icon=":material/science:", color="orange")
-    right.page_link("pages/data.py", label="Change on the Data page", icon=":material/edit:")
+        row.badge("synthetic data", icon=":material/science:", color="orange")
+    row.page_link("pages/data.py", label="Change on the Data page", icon=":material/edit:")
 
 st.selectbox(
     "Preset",

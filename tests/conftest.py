@@ -52,6 +52,15 @@ def _session_cache(factory) -> Path:
     return _CACHE[0]
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, one per test module (tests/appserver.py drives it)."""
+    from appserver import chromium
+
+    with chromium() as browser:
+        yield browser
+
+
 def wait_until(predicate, timeout: float, what: str, poll: float = 0.02):
     """Poll ``predicate`` until it returns something true (returned), or fail after
     ``timeout`` seconds naming ``what`` was awaited."""

@@ -1,6 +1,6 @@
-"""End to end in headless Chromium: `streamlit run app.py` on a free port, every page
-opened (the first one by deep link), an upload predicted and explained, a tiny training
-launched and its live curve seen growing. Screenshots go to test-artifacts/.
+"""End to end in headless Chromium: `streamlit run app.py` on a free port, an upload
+predicted and explained, a tiny training launched and its live curve seen growing (every
+page at both widths: tests/test_journeys.py). Screenshots go to test-artifacts/.
 
 Uses Debian's /usr/bin/chromium (never a downloaded browser); skipped when it is missing
 unless CXR_REQUIRE_BROWSER=1 (CI), then it fails.
@@ -8,7 +8,6 @@ unless CXR_REQUIRE_BROWSER=1 (CI), then it fails.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from appserver import CHROMIUM, CHROMIUM_ARGS, settle, streamlit_app
-from conftest import ROOT, SHARED_DATA, run_cli
+from appserver import open_page, settle, shot, streamlit_app
+from conftest import SHARED_DATA, run_cli
 from PIL import Image
 
 from cxr_core.data.synthetic import radiograph
@@ -25,29 +24,6 @@ from cxr_core.errors import UserError
 from cxr_core.store.runs import ACTIVE, RunStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-
-ARTIFACTS = ROOT / "test-artifacts"
-PAGES = {"runs": "Runs", "": "CXR Lab", "data": "Data", "train": "Train", "compare": "Compare"}
-PAGES |= {"predict": "Predict & explain", "about": "About CXR Lab", "sweeps": "Sweeps"}
-PAGES |= {"lesson": "A lesson on distribution shift"}
-WAIT_MS = 180_000  # generous: the CI machine may be busy training
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if os.environ.get("CXR_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -60,26 +36,6 @@ def server(tmp_path, tiny_run_dir, isolated_store):
         yield url
 
 
-def shot(page, name: str) -> None:
-    """Screenshot of the whole page (Streamlit scrolls inside its main block)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    height = page.evaluate("document.querySelector('[data-testid=stMain]').scrollHeight")
-    page.set_viewport_size({"width": 1400, "height": min(int(height) + 40, 8000)})
-    time.sleep(0.5)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    page.set_viewport_size({"width": 1400, "height": 1000})
-
-
-def open_page(browser, url: str, path: str, title: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(WAIT_MS)
-    page.goto(f"{url}/{path}")
-    page.get_by_role("heading", name=title, exact=True).wait_for()
-    settle(page)
-    assert page.locator("[data-testid=stException]").count() == 0
-    return page
-
-
 def curve_points(page, run_id: str) -> int:
     """How many points the run's curves hold in the Plotly charts on the page."""
     traces = page.evaluate(
@@ -87,15 +43,6 @@ def curve_points(page, run_id: str) -> int:
             el => (el._fullData || []).map(t => [t.name || '', (t.x || []).length || 0]))"""
     )
     return sum(n for name, n in traces if name.startswith(run_id))
-
-
-def test_every_page_opens(browser, server):
-    for path, title in PAGES.items():  # the first request is a deep link (/runs)
-        page = open_page(browser, server, path, title)
-        nav = page.locator("[data-testid=stSidebarNav]")
-        assert nav.get_by_text("Predict & explain").count() == 1  # st.navigation, not pages/
-        shot(page, f"page-{path or 'home'}")
-        page.close()
 
 
 def test_upload_predict_and_explain(browser, server, tmp_path):

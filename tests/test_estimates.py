@@ -42,3 +42,12 @@ def test_probe_times_real_steps_and_the_estimate_scales_with_epochs():
     assert twenty == pytest.approx(2 * ten - 1400 / (3 * rate))
     frozen = _cfg(arch="efficientnet_lite0", unfreeze_last=0, augment={"enabled": False})
     assert estimates.expected_seconds(frozen, 1000, 1400, rate) == pytest.approx(1400 / rate)
+
+
+@pytest.mark.parametrize("load, share", [(0.3, 1.0), (4.0, 0.5), (8.0, 0.25)])
+def test_a_busy_cpu_lengthens_the_estimate(monkeypatch, load, share):
+    """On 2 cores a load of 4 leaves a new run about half the CPU (the estimate that
+    said 'at most 11 min' and took 18.7 beside other work)."""
+    monkeypatch.setattr(estimates.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(estimates.os, "cpu_count", lambda: 2)
+    assert estimates.cpu_share() == pytest.approx(share)

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from appserver import settle, streamlit_app
+from appserver import open_page, settle, shot, streamlit_app
 from streamlit.testing.v1 import AppTest
-from test_browser import browser, open_page, shot  # noqa: F401 (browser is a fixture)
 
 from cxr_core.analysis import mistakes
 from cxr_core.data.synthetic import make_synthetic_dataset
@@ -198,7 +197,9 @@ def test_lesson_with_an_outside_set(runs, tmp_path):
     specificity = f"{outside.metrics()['specificity']:.0%}"
     assert any(f"to **{specificity}**" in m.value for m in at.markdown)
     table = at.dataframe[0].value
-    assert list(table.columns) == ["metric", _internal(run).name, outside.name, "gap"]
+    assert list(table.columns) == ["metric", "internal split", "outside set", "gap"]
+    said = "".join(m.value for m in at.markdown)  # the sets are named in the text above
+    assert f"**{_internal(run).name}**" in said and f"**{outside.name}**" in said
     assert list(table["metric"]) == ["accuracy", "sensitivity", "specificity", "AUC"]
     counts = _counts(outside)
     first = next(c for c, n in counts.items() if n)
@@ -212,7 +213,7 @@ def test_lesson_with_an_outside_set(runs, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_click_a_cell_in_the_browser(browser, tmp_path, tiny_run_dir, isolated_store, monkeypatch):  # noqa: F811
+def test_click_a_cell_in_the_browser(browser, tmp_path, tiny_run_dir, isolated_store, monkeypatch):
     bundled = tmp_path / "bundled"
     shutil.copytree(tiny_run_dir, bundled / "bundled-tiny")
     monkeypatch.setenv("CXR_BUNDLED_DIR", str(bundled))

@@ -10,10 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from appserver import ARTIFACTS
 from conftest import ROOT, run_cli
-from test_browser import ARTIFACTS, browser  # noqa: F401 (a fixture)
 
-from cxr_core.analysis import comparison, html_report
+from cxr_core.analysis import comparison, html_report, run_calibration
 from cxr_core.errors import UserError
 from cxr_core.execution.scoring_jobs import target
 from cxr_core.predict import ensembles, evalsets
@@ -63,7 +63,7 @@ def test_the_cli_report_says_it_all_in_one_file(three, tmp_path):
     assert figures_in(text) == len(three) + 5
 
 
-def test_the_report_opens_offline_with_every_chart_drawn(three, tmp_path, browser):  # noqa: F811
+def test_the_report_opens_offline_with_every_chart_drawn(three, tmp_path, browser):
     out = tmp_path / "report.html"
     runs = [RunStore().get(i) for i in three]
     sets = comparison.sets_on(runs, evalsets.shared_sets(runs)[0].key)
@@ -134,11 +134,11 @@ def test_operating_points_and_calibration_come_from_validation(three):
     assert point["false_alarms_per_1000"] == pytest.approx(1000 * fp / compared.n)
     assert point["sensitivity"] == pytest.approx(tp / (tp + fn))
 
-    saved = comparison.fit_temperature(run)
+    saved = run_calibration.fit_temperature(run)
     assert saved["fitted_on"] == comparison.split_set(run, "val").key
     assert run.calibration_file.is_relative_to(RunStore().root)
     assert not (CHECKPOINTS / run.id / "calibration.json").exists()
-    summary = comparison.calibration_summary(compared, saved["temperature"])
+    summary = run_calibration.calibration_summary(compared, saved["temperature"])
     assert summary["after"]["brier"] != summary["before"]["brier"]
     assert sum(b["count"] for b in summary["before"]["bins"]) == compared.n
 
@@ -150,7 +150,7 @@ def test_a_run_without_validation_scores_gets_no_temperature(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     with pytest.raises(UserError, match="no validation scores"):
-        comparison.fit_temperature(Run(folder))
+        run_calibration.fit_temperature(Run(folder))
     assert not Path(folder / "calibration.json").exists()
 
 

@@ -11,8 +11,8 @@ come from each run's own validation split.
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from cxr_core.data.synthetic import is_synthetic, synthetic_names
 from cxr_core.errors import UserError
 from cxr_core.predict.adaptation import INDUCTIVE, figures_label
 from cxr_core.predict.evalsets import EvalSet, run_sets
-from cxr_core.scoring import calibration, stats
+from cxr_core.scoring import stats
 from cxr_core.scoring.metrics import (
     CATALOGUE,
     ThresholdChoice,
@@ -30,7 +30,6 @@ from cxr_core.scoring.metrics import (
     confusion,
     full_report,
 )
-from cxr_core.store.records import Calibration
 from cxr_core.store.runs import Run
 
 VAL_THRESHOLDS = {
@@ -149,15 +148,16 @@ def internal_set(run: Run) -> EvalSet | None:
 # --------------------------------------------------------------------------- numbers
 
 
-def readable_table(table: pd.DataFrame) -> pd.DataFrame:
-    """A :func:`compare_table` as people read it: one column per catalogue metric, named
-    by its label, holding "91.2% (88.9-93.3)"; the headline metrics first (on a narrow
-    screen the last columns are the ones scrolled out of sight), and whether the figures
-    are inductive when a run adapted without labels is among them."""
+def readable_table(table: pd.DataFrame, metrics: Sequence[str] = tuple(CATALOGUE)) -> pd.DataFrame:
+    """A :func:`compare_table` as people read it: one column per metric of ``metrics``
+    (all of the catalogue unless named), named by its label, holding "91.2% (88.9-93.3)";
+    the headline metrics first (on a narrow screen the last columns are the ones scrolled
+    out of sight), and whether the figures are inductive when a run adapted without labels
+    is among them."""
     out = pd.DataFrame({"run": table["run"]})
     if (table["figures"] != INDUCTIVE).any():  # a run adapted without labels: say so
         out["figures"] = table["figures"]
-    for key in dict.fromkeys([*HEADLINE, *CATALOGUE]):
+    for key in dict.fromkeys([*(k for k in HEADLINE if k in metrics), *metrics]):
         info = CATALOGUE[key]
         out[info.label] = [
             stats.format_ci(r[key], (r[f"{key}_lo"], r[f"{key}_hi"]), info.percent)
@@ -184,6 +184,14 @@ def plateau_notes(runs: list[Run]) -> list[str]:
     return [f"{run_id}: {plateau.sentence()}." for run_id, plateau in found.items() if plateau]
 
 
+def metrics_by_run(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`readable_table` turned on its side: one row per catalogue metric, one column
+    per run, so a few runs' every metric fit a page's width."""
+    readable = readable_table(table).set_index("run")
+    readable["threshold"] = [f"{t:.3f}" for t in readable["threshold"]]  # a column of text
+    return readable.T.rename_axis("metric").reset_index().rename_axis(columns=None)
+
+
 def paired(sets: dict[str, EvalSet]) -> list[stats.PairedResult]:
     """Every pair of runs on the same images: McNemar, DeLong and a verdict (Holm-adjusted
     over the pairs when there are more than one)."""
@@ -197,7 +205,9 @@ def paired(sets: dict[str, EvalSet]) -> list[stats.PairedResult]:
 
 
 def pairs_table(pairs: list[stats.PairedResult]) -> pd.DataFrame:
-    """The pairwise comparisons as a readable table (differences are a - b)."""
+    """The pairwise comparisons as a readable table (differences are a - b); each pair's
+    verdict is a sentence, written beside the table rather than in a column that would
+    make it too wide to read."""
     holm = len(pairs) > 1
     suffix = " (Holm)" if holm else ""
     rows = []
@@ -211,7 +221,6 @@ def pairs_table(pairs: list[stats.PairedResult]) -> pd.DataFrame:
                 f"McNemar p{suffix}": stats.format_p(mcnemar_p),
                 "AUC a - b": stats.format_ci(p.roc_auc_diff, p.roc_auc_diff_ci95, percent=False),
                 f"DeLong p{suffix}": stats.format_p(delong_p),
-                "verdict": p.verdict,
             }
         )
     return pd.DataFrame(rows)
@@ -267,7 +276,7 @@ def operating_points(run: Run, evalset: EvalSet) -> pd.DataFrame:
             {
                 "threshold": name,
                 "value": round(threshold, 4),
-                **{k: _pct(point[k]) for k in ("sensitivity", "specificity", "PPV", "NPV")},
+                **{k: percent(point[k]) for k in ("sensitivity", "specificity", "PPV", "NPV")},
                 "missed / 1000": round(point["missed_per_1000"]),
                 "false alarms / 1000": round(point["false_alarms_per_1000"]),
             }
@@ -296,9 +305,20 @@ def shift_frame(internal: EvalSet, outside: EvalSet) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SHIFT_COLUMNS = {"internal": "internal split", "outside": "outside set"}
+
+
+def shift_names(frame: pd.DataFrame) -> str:
+    """The two sets of a :func:`shift_frame`, named: "internal: A; outside: B"."""
+    names = frame.drop_duplicates("where").set_index("where")["name"]
+    return f"internal split: {names['internal']}; outside set: {names['outside']}"
+
+
 def shift_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """A :func:`shift_frame` as people read it: per metric, both sets (named in the column
-    headers) with their intervals, and the gap."""
+    """A :func:`shift_frame` as people read it: per metric, the internal split and the
+    outside set with their intervals, and the gap. The columns say which is which, not the
+    sets' names (a folder's path made the table too wide): :func:`shift_names` gives them
+    for the text beside it."""
     rows = []
     for key in HEADLINE:
         info = CATALOGUE[key]
@@ -306,7 +326,9 @@ def shift_table(frame: pd.DataFrame) -> pd.DataFrame:
         row = {"metric": info.label}
         for where in ("internal", "outside"):
             r = both.loc[where]
-            row[r["name"]] = stats.format_ci(r["value"], (r["lo"], r["hi"]), info.percent)
+            row[SHIFT_COLUMNS[where]] = stats.format_ci(
+                r["value"], (r["lo"], r["hi"]), info.percent
+            )
         gap = both.loc["outside", "value"] - both.loc["internal", "value"]
         row["gap"] = f"{100 * gap:+.1f} points" if info.percent else f"{gap:+.3f}"
         rows.append(row)
@@ -345,72 +367,10 @@ def shifts(runs: list[Run], compared: EvalSet) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _pct(value: float) -> str:
+def percent(value: float) -> str:
+    """A share as "91.2%", or "n/a" where it is undefined (NPV when nothing is called
+    normal): never "nan%"."""
     return f"{100 * value:.1f}%" if math.isfinite(value) else "n/a"
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-def fit_temperature(run: Run) -> Calibration:
-    """Fit a temperature on the run's VALIDATION scores (never a test set) and keep it
-    beside the run; the saved run, its weights and threshold are unchanged."""
-    val = split_set(run, "val")
-    if val is None:
-        raise UserError(f"run {run.id} kept no validation scores to fit a temperature on")
-    record: Calibration = {
-        "temperature": calibration.fit_temperature(val.labels, val.probs),
-        "fitted_on": val.key,
-        "split": val.split,
-        "n": val.n,
-        "created": time.time(),
-    }
-    run.save_calibration(record)
-    return record
-
-
-def calibration_summary(evalset: EvalSet, temperature: float | None = None) -> dict:
-    """Reliability bins, ECE and Brier score of ``evalset``, and the same after
-    temperature scaling when a temperature is given (under ``after``)."""
-
-    def assess(probs: np.ndarray) -> dict:
-        return {
-            "bins": calibration.reliability_bins(evalset.labels, probs),
-            "ece": calibration.expected_calibration_error(evalset.labels, probs),
-            "brier": calibration.brier_score(evalset.labels, probs),
-        }
-
-    out = {"before": assess(evalset.probs)}
-    if temperature is not None:
-        out["temperature"] = temperature
-        out["after"] = assess(calibration.apply_temperature(evalset.probs, temperature))
-    return out
-
-
-def calibration_summaries(runs: list[Run], sets: dict[str, EvalSet]) -> dict[str, dict]:
-    """:func:`calibration_summary` of each run on its set in ``sets`` (by run id), after
-    its saved temperature when it has one."""
-    out = {}
-    for run in runs:
-        saved = run.calibration()
-        out[run.id] = calibration_summary(sets[run.id], saved and saved["temperature"])
-    return out
-
-
-def calibration_table(summaries: dict[str, dict]) -> pd.DataFrame:
-    """One row per run of :func:`calibration_summaries`: ECE and Brier, and the temperature
-    with ECE and Brier after it for the runs that have one."""
-    rows = []
-    for run_id, summary in summaries.items():
-        row = {"run": run_id, "ECE": summary["before"]["ece"], "Brier": summary["before"]["brier"]}
-        if "after" in summary:
-            row |= {
-                "temperature": summary["temperature"],
-                "ECE after": summary["after"]["ece"],
-                "Brier after": summary["after"]["brier"],
-            }
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def shows_reference(evalset: EvalSet) -> bool:

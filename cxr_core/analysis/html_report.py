@@ -18,8 +18,6 @@ from cxr_core.analysis import plots
 from cxr_core.analysis.comparison import (
     FACT_LABELS,
     HEADLINE,
-    calibration_summaries,
-    calibration_table,
     compare_table,
     curve_report,
     operating_points,
@@ -27,10 +25,12 @@ from cxr_core.analysis.comparison import (
     pairs_table,
     readable_table,
     run_facts,
+    shift_names,
     shift_table,
     shifts,
     shows_reference,
 )
+from cxr_core.analysis.run_calibration import calibration_summaries, calibration_table
 from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_bytes
 from cxr_core.predict.evalsets import EvalSet, fingerprint
@@ -202,7 +202,7 @@ def _paired_section(sets: dict[str, EvalSet]) -> list[str]:
         "<p class='note'>McNemar's exact test on the decisions, DeLong's test on the AUCs"
         + (", p-values adjusted by Holm over all pairs" if len(pairs) > 1 else "")
         + ".</p>",
-        _table(pairs_table(pairs).drop(columns="verdict")),
+        _table(pairs_table(pairs)),
         "<ul>"
         + "".join(f"<li><b>{esc(p.a)} vs {esc(p.b)}</b>: {esc(p.verdict)}</li>" for p in pairs)
         + "</ul>",
@@ -264,7 +264,11 @@ def _shift_section(runs: list[Run], compared: EvalSet, figure) -> list[str]:
         figure(plots.shift(frames)),
     ]
     for run_id, frame in frames.items():
-        parts += [f"<h3>{html.escape(run_id)}</h3>", _table(shift_table(frame))]
+        parts += [
+            f"<h3>{html.escape(run_id)}</h3>",
+            f"<p class='note'>{html.escape(shift_names(frame))}</p>",
+            _table(shift_table(frame)),
+        ]
     return parts
 
 

@@ -8,6 +8,7 @@ are some, else by timing a few real training steps on random images.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -90,3 +91,15 @@ def expected_seconds(cfg: TrainConfig, n_train: int, n_all: int, rate: float) ->
     if features.applies(cfg):
         return n_all / rate
     return cfg.epochs * n_train / rate + n_all / (3 * rate)
+
+
+def cpu_share() -> float:
+    """The share of this machine's CPUs a new run can expect now (at most 1): the
+    one-minute load average against the core count. A rate measured on a quiet machine
+    overpromises on a busy one (an estimate of 11 minutes took 18.7 beside other work)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform: assume a quiet machine
+        return 1.0
+    cores = os.cpu_count() or 1
+    return min(1.0, cores / max(load, 1e-9))

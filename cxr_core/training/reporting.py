@@ -51,6 +51,7 @@ class Reporter:
         elapsed = time.perf_counter() - self._phase_started
         eta = elapsed / done * (total - done) if done else None
         self.status(
+            force=done == total,  # the last one: a throttled end would read as "5056/5232"
             phase=f"{phase} {done}/{total}",
             progress=round(done / max(total, 1), 4),
             eta_s=round(eta) if eta is not None else None,

@@ -36,6 +36,8 @@ SPLIT_ORDER = ("train", "val", "test", "internal_test", "official_val")
 
 
 def _count_rows(groups: dict[str, list]) -> pd.DataFrame:
+    """Per split: images per class, patients and the pneumonia share (no total column: it
+    is the two counts' sum, and the table shares its row with another)."""
     rows = []
     order = sorted(groups, key=lambda s: SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 99)
     for split in order:
@@ -46,7 +48,6 @@ def _count_rows(groups: dict[str, list]) -> pd.DataFrame:
                 "split": split,
                 "NORMAL": labels[0],
                 "PNEUMONIA": labels[1],
-                "images": len(samples),
                 "patients": len({s.patient for s in samples}),
                 "% pneumonia": round(100 * labels[1] / max(len(samples), 1), 1),
             }

@@ -4,6 +4,7 @@ and the runs table."""
 from __future__ import annotations
 
 import time
+from pathlib import PurePath
 
 import numpy as np
 import pandas as pd
@@ -100,34 +101,47 @@ def _test_figures(run: Run) -> dict:
     return out
 
 
-def runs_table(runs: list[Run]) -> pd.DataFrame:
-    """The Runs page's table: one row per run with progress and headline scores."""
+def _data_name(run: Run, data: str | None) -> str:
+    """What a run learned from, short: the synthetic demo or its folder's name (the whole
+    path made the table too wide), and whether it shipped with CXR Lab."""
+    name = "synthetic" if is_synthetic_run(run) else PurePath(data or "").name
+    return f"{name} (bundled)" if run.bundled else name
+
+
+def runs_table(runs: list[Run], statuses: dict[str, dict] | None = None) -> pd.DataFrame:
+    """The Runs page's table: one row per run with progress and headline scores, narrow
+    enough for a 1400 px screen (the architecture is in the filter and the run's id).
+
+    ``statuses`` (by run id) are the statuses the rest of the page shows: read once, so the
+    table's progress and the "Training now" bars never show two moments of a run. What a
+    running run is doing (phase, ETA) is on its bar, not here; columns no run fills (no run
+    scored on an outside set yet, no message) are left out, so the table fits its page."""
+    statuses = statuses or {}
     rows = []
     for run in runs:
         row = run.summary()
-        status = run.status()
-        fraction, detail = run_progress(status, run.config().get("epochs"))
+        status = statuses.get(run.id) or run.status()
+        fraction, _ = run_progress(status, run.config().get("epochs"))
         created = row.get("created")
         rows.append(
             {
                 "run": run.id,
-                "arch": row["arch"],
-                "status": row["status"],
+                "status": status.get("status"),
                 "progress": fraction,
                 "val AUC": row["val_auc"],
                 **_test_figures(run),
-                "detail": detail if row["status"] in ACTIVE else "",
-                "ETA": format_duration(status.get("eta_s")) if row["status"] in ACTIVE else "",
-                "data": "synthetic" if is_synthetic_run(run) else (row["data"] or ""),
+                "data": _data_name(run, row["data"]),
                 "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(created))
                 if created
                 else "",
-                "bundled": row["bundled"],
                 "adapted": adaptation.describe(run),
-                "message": row["message"] or "",
+                "message": status.get("message") or "",
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    optional = ("outside AUC", "outside set", "adapted", "message") if rows else ()
+    unfilled = [c for c in optional if not (table[c].notna() & table[c].ne("")).any()]
+    return table.drop(columns=unfilled)
 
 
 def _weights_on_disk(run: Run) -> bool:

@@ -66,15 +66,33 @@ def _fitted_range(lows: Sequence[float], highs: Sequence[float]) -> list[float]:
     return [max(lo - pad, -0.01), min(hi + pad, 1.01)]
 
 
-def _panels(keys: Sequence[str]) -> go.Figure:
-    """One panel per metric, side by side, the runs down a shared y axis."""
-    return make_subplots(
-        rows=1,
-        cols=len(keys),
+PANELS_PER_ROW = 2
+"""Forest panels side by side: beside the runs' names, four panels on a narrow page left
+each too little room for its title (they overlapped at 800 px)."""
+
+
+def _cell(i: int) -> tuple[int, int]:
+    """The (row, col) of the ``i``-th panel (from 0), both counted from 1 as Plotly does."""
+    return i // PANELS_PER_ROW + 1, i % PANELS_PER_ROW + 1
+
+
+def _panels(keys: Sequence[str], n_runs: int, extra: int) -> go.Figure:
+    """One panel per metric, two to a row, the runs down each row's shared y axis; the
+    figure's height fits ``n_runs`` rows per panel plus ``extra`` pixels (a legend), and a
+    panel's title keeps 100 px clear of the panel above (its tick labels; Streamlit's theme
+    draws them larger than Plotly's)."""
+    rows, cols = _cell(len(keys) - 1)[0], min(len(keys), PANELS_PER_ROW)
+    height = extra + rows * (100 + 34 * n_runs)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
         shared_yaxes=True,
-        horizontal_spacing=0.03,
+        horizontal_spacing=0.06,
+        vertical_spacing=min(100 / height, 0.3) if rows > 1 else 0.0,
         subplot_titles=[CATALOGUE[k].label for k in keys],
     )
+    fig.update_layout(height=height)
+    return fig
 
 
 def _run_labels(table: pd.DataFrame) -> list[str]:
@@ -88,11 +106,11 @@ def forest(table: pd.DataFrame, keys: Sequence[str]) -> go.Figure:
     """A forest plot: each run's value and 95% interval (error bars), one panel per metric
     of the catalogue, the runs down a shared axis, each x axis fitted to its intervals.
     ``table`` holds ``run``, ``<key>``, ``<key>_lo`` and ``<key>_hi`` per metric."""
-    fig = _panels(keys)
     runs = _run_labels(table)
+    fig = _panels(keys, len(runs), extra=20)
     colors = [color(i) for i in range(len(runs))]
     traces = []
-    for col, key in enumerate(keys, start=1):
+    for i, key in enumerate(keys):
         info = CATALOGUE[key]
         scale, unit, digits = (100, "%", 1) if info.percent else (1, "", 3)
         values = table[key].to_numpy(dtype=float)
@@ -132,13 +150,13 @@ def forest(table: pd.DataFrame, keys: Sequence[str]) -> go.Figure:
             if info.percent
             else ".3f",
             nticks=4,
-            row=1,
-            col=col,
+            row=_cell(i)[0],
+            col=_cell(i)[1],
         )
-    fig.add_traces(traces, rows=[1] * len(traces), cols=list(range(1, len(traces) + 1)))
+    cells = [_cell(i) for i in range(len(traces))]
+    fig.add_traces(traces, rows=[r for r, _ in cells], cols=[c for _, c in cells])
     fig.update_yaxes(categoryorder="array", categoryarray=runs[::-1], automargin=True)
     fig.update_layout(
-        height=110 + 34 * len(runs),
         margin={"t": 40, "b": 10, "l": 10, "r": 10},
         hovermode="closest",
     )
@@ -198,26 +216,25 @@ def shift(frames: Mapping[str, pd.DataFrame]) -> go.Figure:
     shared axis, each x axis fitted to the intervals. ``frames`` maps a run to its
     :func:`cxr_core.analysis.comparison.shift_frame`."""
     keys = list(dict.fromkeys(k for f in frames.values() for k in f["metric"]))
-    fig = _panels(keys)
     runs = list(frames)
-    traces, cols = [], []
-    for col, key in enumerate(keys, start=1):
+    fig = _panels(keys, len(runs), extra=60)
+    traces, cells = [], []
+    for i, key in enumerate(keys):
         rows = pd.concat(
             [f[f["metric"] == key].assign(run=run) for run, f in frames.items()]
         ).set_index(["run", "where"])
-        panel = _shift_traces(rows, runs, first=col == 1)
-        traces, cols = traces + panel, cols + [col] * len(panel)
+        panel = _shift_traces(rows, runs, first=i == 0)
+        traces, cells = traces + panel, cells + [_cell(i)] * len(panel)
         fig.update_xaxes(
             range=_fitted_range(rows["lo"].tolist() + rows["value"].tolist(), rows["hi"].tolist()),
             tickformat=".0%" if CATALOGUE[key].percent else ".2f",
             nticks=5,
-            row=1,
-            col=col,
+            row=_cell(i)[0],
+            col=_cell(i)[1],
         )
-    fig.add_traces(traces, rows=[1] * len(cols), cols=cols)
+    fig.add_traces(traces, rows=[r for r, _ in cells], cols=[c for _, c in cells])
     fig.update_yaxes(categoryorder="array", categoryarray=runs[::-1], automargin=True)
     fig.update_layout(
-        height=150 + 34 * len(runs),
         margin={"t": 40, "b": 10, "l": 10, "r": 10},
         legend={"orientation": "h", "y": -0.08, "yanchor": "top", "x": 0},
         hovermode="closest",
