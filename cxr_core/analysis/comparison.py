@@ -148,12 +148,13 @@ def internal_set(run: Run) -> EvalSet | None:
 # --------------------------------------------------------------------------- numbers
 
 
-def readable_table(table: pd.DataFrame, metrics: Sequence[str] = tuple(CATALOGUE)) -> pd.DataFrame:
+def readable_table(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """A :func:`compare_table` as people read it: one column per metric of ``metrics``
     (all of the catalogue unless named), named by its label, holding "91.2% (88.9-93.3)";
     the headline metrics first (on a narrow screen the last columns are the ones scrolled
     out of sight), and whether the figures are inductive when a run adapted without labels
     is among them."""
+    metrics = tuple(CATALOGUE) if metrics is None else metrics  # a metric added later too
     out = pd.DataFrame({"run": table["run"]})
     if (table["figures"] != INDUCTIVE).any():  # a run adapted without labels: say so
         out["figures"] = table["figures"]
