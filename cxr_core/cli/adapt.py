@@ -54,7 +54,7 @@ def cmd_shift(args: argparse.Namespace) -> int:
 
 
 def _adapt_arguments(p: argparse.ArgumentParser) -> None:
-    from cxr_core.predict.adaptation import METHODS
+    from cxr_core.predict.adaptation_catalogue import METHODS
 
     _site_options(p)
     p.add_argument(

@@ -33,6 +33,7 @@ from cxr_core.errors import UserError
 from cxr_core.models import weights_file
 from cxr_core.models.batchnorm import batchnorm_layers, reestimate_statistics
 from cxr_core.models.zoo import set_trainable
+from cxr_core.predict.adaptation_catalogue import METHODS
 from cxr_core.predict.ensembles import load_chosen
 from cxr_core.predict.inference import LoadedModel
 from cxr_core.predict.site_shift import (
@@ -50,7 +51,6 @@ from cxr_core.store.runs import Run, RunStore, run_of_weights
 from cxr_core.training.config import TrainConfig
 from cxr_core.training.runtime import to_input
 
-METHODS = ("bn", "prior", "both")
 MIN_FILMS_BN = 16
 """Fewer films estimate a layer's statistics too noisily to replace the learned ones."""
 ON_THESE_FILMS = "adapted on these films without their labels"
