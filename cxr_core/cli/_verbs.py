@@ -90,6 +90,16 @@ def add_meta_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--note", help="a free-text note")
 
 
+def add_threshold_options(p: argparse.ArgumentParser) -> None:
+    """TrainConfig's threshold options (rule and targets) as flags, for verbs that choose a
+    threshold on validation outside training."""
+    from cxr_core.training.config import THRESHOLD_OPTIONS, options
+
+    for opt in options():
+        if opt.name in THRESHOLD_OPTIONS:
+            opt.add_flag(p)
+
+
 def add_scoring_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--data``, ``--split`` and ``--device``: the set a verb scores a model on."""
     p.add_argument(

@@ -6,21 +6,17 @@ import argparse
 import shlex
 import sys
 
-from cxr_core.cli._verbs import print_json, register_verb, run_store
+from cxr_core.cli._verbs import add_threshold_options, print_json, register_verb, run_store
 
 
 def _ensemble_arguments(p: argparse.ArgumentParser) -> None:
-    from cxr_core.training.config import THRESHOLD_OPTIONS, options
-
     p.add_argument("runs", nargs="+", metavar="RUN", help="two or more completed runs")
     p.add_argument(
         "--weights", nargs="+", type=float, metavar="W", help="one per run (default: equal)"
     )
     p.add_argument("--name", help="a readable name for the ensemble")
     p.add_argument("--run-id", help="name of its run folder (default: time-ensemble-random)")
-    for opt in options():
-        if opt.name in THRESHOLD_OPTIONS:
-            opt.add_flag(p)
+    add_threshold_options(p)
     p.add_argument("--json", action="store_true")
 
 

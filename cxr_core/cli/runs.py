@@ -8,7 +8,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from cxr_core.cli._verbs import add_meta_options, print_json, register_verb, run_store
+from cxr_core.cli._verbs import (
+    add_meta_options,
+    add_threshold_options,
+    print_json,
+    register_verb,
+    run_store,
+)
 from cxr_core.errors import UserError
 
 
@@ -133,12 +139,8 @@ def _append_command(run) -> None:
 
 
 def _threshold_arguments(p: argparse.ArgumentParser) -> None:
-    from cxr_core.training.config import THRESHOLD_OPTIONS, options
-
     p.add_argument("run")
-    for opt in options():
-        if opt.name in THRESHOLD_OPTIONS:
-            opt.add_flag(p)
+    add_threshold_options(p)
     p.add_argument("--json", action="store_true")
 
 
