@@ -142,15 +142,17 @@ def test_a_sweep_says_whether_validation_can_choose_its_best_point(isolated_stor
 def test_early_stopping_keeps_the_earlier_epoch_when_validation_cannot_tell():
     probs = tied_and_distinct()
     state: dict = {}
-    assert _replaces_kept_epoch(state, 1, LABELS, probs["weak"])  # the first epoch is kept
-    assert _replaces_kept_epoch(state, 2, LABELS, probs["good"])  # clearly better: replaces
+    assert _replaces_kept_epoch(state, 1, LABELS, probs["weak"], True)  # the first epoch is kept
+    assert _replaces_kept_epoch(state, 2, LABELS, probs["good"], True)  # clearly better: replaces
     assert state["best_epoch"] == 2
     assert (
         Selection.from_dict(state["epoch_choice"])
         .sentence()
         .startswith("epoch 2 is better than epoch 1")
     )
-    assert not _replaces_kept_epoch(state, 3, LABELS, probs["twin"])  # a tie: epoch 2 stays
+    # monitoring the loss, which the paired AUC test does not measure, the loss decides
+    assert _replaces_kept_epoch(dict(state), 3, LABELS, probs["twin"], False)
+    assert not _replaces_kept_epoch(state, 3, LABELS, probs["twin"], True)  # a tie: 2 stays
     assert state["best_epoch"] == 2 and state["kept_val"]["epoch"] == 2
     said = Selection.from_dict(state["epoch_choice"]).sentence()
     assert said.startswith("Validation cannot tell epoch 3 from epoch 2")

@@ -183,13 +183,17 @@ EPOCH_RULE = "the shorter-trained one: the earlier epoch"
 """Which epoch is kept when validation cannot tell a later, better-scoring one from it."""
 
 
-def _replaces_kept_epoch(state: dict, epoch: int, labels: np.ndarray, probs: np.ndarray) -> bool:
-    """Whether ``epoch``, better on the monitored metric, replaces the epoch kept so far:
-    only when validation tells it apart (:func:`cxr_core.scoring.selection.select`,
-    :data:`EPOCH_RULE`); the verdict goes to ``state["epoch_choice"]``, and the kept
-    epoch's validation scores to ``state["kept_val"]`` (so a resumed run decides alike)."""
+def _replaces_kept_epoch(
+    state: dict, epoch: int, labels: np.ndarray, probs: np.ndarray, by_auc: bool
+) -> bool:
+    """Whether ``epoch``, better on the monitored metric, replaces the epoch kept so far.
+    Monitoring the AUC, only when validation tells them apart (DeLong's paired test,
+    :func:`cxr_core.scoring.selection.select`, :data:`EPOCH_RULE`); monitoring the loss or
+    F1, which that test does not measure, the monitored metric decides. The verdict goes
+    to ``state["epoch_choice"]``, the kept epoch's validation scores to
+    ``state["kept_val"]`` (so a resumed run decides alike)."""
     kept = state.get("kept_val")
-    if kept is not None and len(kept["probs"]) == len(probs):
+    if by_auc and kept is not None and len(kept["probs"]) == len(probs):
         names = (f"epoch {epoch}", f"epoch {kept['epoch']}")
         pairs = [(labels, probs, np.asarray(kept["probs"]))]
         cost = {names[0]: (epoch,), names[1]: (kept["epoch"],)}
@@ -324,7 +328,7 @@ def run_epochs(
             state.update(best=None, bad_epochs=0, kept_val=None)
         if _improved(cfg, monitored, state["best"]):
             state.update(best=monitored, bad_epochs=0)
-            if _replaces_kept_epoch(state, epoch, labels, probs):
+            if _replaces_kept_epoch(state, epoch, labels, probs, cfg.monitor == "val_auc"):
                 weights_file.save_weights(
                     run.weights,
                     t.network.model,
