@@ -45,7 +45,8 @@ def _graph(model) -> object:
 
 @pytest.fixture
 def tiny(tmp_path, tiny_run_dir) -> Run:
-    shutil.copytree(tiny_run_dir, tmp_path / "tiny")
+    """A copy of the session's tiny run without the graph other tests may have made."""
+    shutil.copytree(tiny_run_dir, tmp_path / "tiny", ignore=shutil.ignore_patterns(records.GRAPHS))
     return Run(tmp_path / "tiny")
 
 

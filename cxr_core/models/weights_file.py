@@ -77,7 +77,9 @@ def with_metadata(path: Path, changes: dict[str, Any]) -> bytes:
     if header.get("format") != FORMAT:
         raise UserError(f"{path}: not a CXR Lab checkpoint (no {FORMAT} header)")
     changed = {k: json.dumps(v) for k, v in changes.items()}
-    return save_bytes(tensors, metadata={**header, **changed})
+    # A file written before checksums were kept gains one: its digest (what graphs and the
+    # input guard's reference are keyed by) stays its tensors' from now on.
+    return save_bytes(tensors, metadata={"sha256": tensor_digest(tensors), **header, **changed})
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
