@@ -25,11 +25,13 @@ def batchnorm_layers(model: nn.Module) -> dict[str, BatchNorm]:
     }
 
 
-def keep_statistics(model: nn.Module) -> None:
-    """Every BatchNorm layer in eval mode: it normalises with its stored statistics and
-    does not update them (call after ``model.train()``)."""
+def keep_statistics(model: nn.Module, every: bool = True) -> None:
+    """BatchNorm layers in eval mode, normalising with their stored statistics and not
+    updating them (call after ``model.train()``): every one, or (``every=False``) those
+    whose weights are frozen, so a frozen stage keeps its pretrained statistics."""
     for layer in batchnorm_layers(model).values():
-        layer.eval()
+        if every or not any(p.requires_grad for p in layer.parameters()):
+            layer.eval()
 
 
 @torch.no_grad()

@@ -40,16 +40,6 @@ from cxr_core.training.runtime import (
     to_input,
 )
 
-
-def _freeze_frozen_batchnorm(model: torch.nn.Module) -> None:
-    """Frozen stages keep their ImageNet BatchNorm statistics (eval mode)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
-            p.requires_grad for p in module.parameters()
-        ):
-            module.eval()
-
-
 # --------------------------------------------------------------------------- loops
 
 
@@ -68,7 +58,6 @@ def train_one_epoch(
     """One pass over the training split; ``on_step`` may raise :class:`Cancelled`."""
     model = network.model
     recipes.start_epoch(network, cfg, epoch)
-    _freeze_frozen_batchnorm(model)
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout, replayed identically on resume
     rows, labels = data.rows["train"], data.labels["train"]

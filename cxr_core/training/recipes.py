@@ -32,12 +32,12 @@ BN_FILMS = 2048
 
 def start_epoch(network: Network, cfg: TrainConfig, epoch: int) -> None:
     """Put ``network`` in training mode with this epoch's trainable layers: the head alone
-    while probing, then the configured stages; BatchNorm statistics kept if asked."""
+    while probing, then the configured stages. Frozen stages keep their BatchNorm
+    statistics, and every layer does when ``freeze_bn_stats`` asks."""
     if cfg.probe_epochs:
         set_trainable(network, 0 if epoch <= cfg.probe_epochs else cfg.unfreeze_last)
     network.model.train()
-    if cfg.freeze_bn_stats:
-        keep_statistics(network.model)
+    keep_statistics(network.model, every=cfg.freeze_bn_stats)
 
 
 def averaged_from(cfg: TrainConfig) -> int:
