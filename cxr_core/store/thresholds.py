@@ -26,8 +26,8 @@ def rethreshold(
     """Choose ``run``'s threshold again by ``method`` on its recorded validation scores;
     its evaluation record and its weights file's threshold are rewritten (the weights
     themselves, and so their digest, stay). Targets default to the run's own."""
-    evaluation = run.evaluation()
-    if records.members(run.config()):
+    evaluation, config = run.evaluation(), run.config()
+    if records.members(config):
         raise UserError(
             f"{run.id} is an ensemble: its threshold is chosen when it is made; make it again "
             "with `ensemble MEMBER ... --threshold-method ...`"
@@ -35,7 +35,6 @@ def rethreshold(
     val = records.split_report(evaluation, "val")
     if "probs" not in val or not run.weights.is_file():
         raise UserError(f"run {run.id} has no recorded validation scores to choose a threshold on")
-    config = run.config()
     targets = {
         "target_sensitivity": target_sensitivity
         or evaluation.get("target_sensitivity", config.get("target_sensitivity", 0.95)),
