@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import DATA, ROOT, machine
-from tests.appserver import chromium, settle, streamlit_app
+from tests.appserver import chromium, run_over, settle, streamlit_app, timed
 
 COPIED = ("small_cnn-scratch-128", "mlp-scratch-64", "efficientnet_lite0-frozen-224")
 LITE0 = "efficientnet_lite0-pretrained-224"
@@ -38,31 +38,11 @@ TARGETS = {
     "Predict, ScoreCAM, Lite0 224 px": 1.0,
     "Predict, an ensemble of two": 1.0,
 }
-BUSY = "[data-testid=stStatusWidget], [data-testid=stSkeleton], [data-testid=stSpinner]"
 CONTENT = ", ".join(
     f"[data-testid={kind}]"
     for kind in ("stPlotlyChart", "stDataFrame", "stImage", "stMetric", "stAlert", "stTable")
 )
 """What a Compare tab draws: it is there once the tab's script run has drawn it."""
-
-
-def until_done(page, shown, timeout: float = 300) -> float:
-    """Wait for ``shown`` to be visible and then for the script run to end; the moment it
-    ended (``time.perf_counter``)."""
-    shown.wait_for(state="visible", timeout=timeout * 1000)
-    deadline = time.monotonic() + timeout
-    while page.locator(BUSY).count() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return time.perf_counter()
-
-
-def step(page, action, shown) -> float:
-    """Seconds from ``action()`` to ``shown`` with the run over; then settle, uncounted."""
-    started = time.perf_counter()
-    action()
-    ended = until_done(page, shown)
-    settle(page)
-    return ended - started
 
 
 def films(count: int) -> list[Path]:
@@ -82,13 +62,13 @@ def heading(page, name: str):
 def compare_steps(browser, url: str, runs: list[str], out: dict) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     query = "&".join(f"runs={r}" for r in runs)
-    out["Compare, 10 runs, first visit"] = step(
+    out["Compare, 10 runs, first visit"] = timed(
         page, lambda: page.goto(f"{url}/compare?{query}"), page.get_by_role("tab", name=TABS[0])
     )
     for tab in TABS[1:]:
         # only the open tab is built, on the rerun its click starts: its panel fills then
         drawn = page.locator("[role=tabpanel]:visible").locator(CONTENT).first
-        out[f"Compare tab: {tab}"] = step(
+        out[f"Compare tab: {tab}"] = timed(
             page, page.get_by_role("tab", name=tab, exact=True).click, drawn
         )
     page.get_by_role("tab", name="Operating point", exact=True).click()
@@ -102,7 +82,7 @@ def compare_steps(browser, url: str, runs: list[str], out: dict) -> None:
         thumb.press(key)
         # the script run the move starts writes the new threshold into the URL
         page.wait_for_url(f"**threshold={value.inner_text()}**")
-        moves.append(until_done(page, value) - started)
+        moves.append(run_over(page, value) - started)
         settle(page)
     out["threshold slider (median of 3 moves)"] = sorted(moves)[1]
     page.close()
@@ -111,7 +91,7 @@ def compare_steps(browser, url: str, runs: list[str], out: dict) -> None:
 def navigation_steps(browser, url: str, out: dict) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
-    until_done(page, heading(page, "CXR Lab"))
+    run_over(page, heading(page, "CXR Lab"))
     settle(page)
     switches = {}
     for title, name in (
@@ -122,7 +102,7 @@ def navigation_steps(browser, url: str, out: dict) -> None:
         ("Home", "CXR Lab"),
     ):
         link = page.locator("[data-testid=stSidebarNav]").get_by_text(title, exact=True)
-        switches[title] = step(page, link.click, heading(page, name))
+        switches[title] = timed(page, link.click, heading(page, name))
     out |= {f"page switch to {k}": v for k, v in switches.items()}
     page.close()
 
@@ -134,11 +114,11 @@ def predict_steps(browser, url: str, out: dict) -> None:
         query = "&".join(f"models={m}" for m in models) + (f"&method={method}" if method else "")
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/predict?{query}")
-        until_done(page, heading(page, "Predict & explain"))
+        run_over(page, heading(page, "Predict & explain"))
         settle(page)
         dropzone = page.locator("[data-testid=stFileUploaderDropzoneInput]")
         overlay = page.get_by_text(f"{method or 'gradcam'} for ", exact=False).nth(len(models) - 1)
-        seconds = step(page, lambda: dropzone.set_input_files(str(next(shots))), overlay)
+        seconds = timed(page, lambda: dropzone.set_input_files(str(next(shots))), overlay)
         page.close()
         return seconds
 
@@ -178,9 +158,7 @@ def main() -> None:
         with streamlit_app(env, Path(tmp) / "streamlit.log") as (url, _), chromium() as browser:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
-            out["first page of a fresh server"] = (
-                until_done(page, heading(page, "CXR Lab")) - started
-            )
+            out["first page of a fresh server"] = run_over(page, heading(page, "CXR Lab")) - started
             page.close()
             navigation_steps(browser, url, out)
             bundled = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if p.is_dir())
