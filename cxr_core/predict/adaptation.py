@@ -35,11 +35,10 @@ from cxr_core.models.batchnorm import batchnorm_layers, reestimate_statistics
 from cxr_core.models.zoo import set_trainable
 from cxr_core.predict.adaptation_catalogue import METHODS
 from cxr_core.predict.ensembles import load_chosen
-from cxr_core.predict.inference import LoadedModel
+from cxr_core.predict.inference import LoadedModel, torch_probabilities
 from cxr_core.predict.site_shift import (
     SiteFilms,
     learned_prior,
-    probabilities,
     site_films,
     trained_config,
     training_prevalence,
@@ -152,7 +151,7 @@ def adapt_batchnorm(model: LoadedModel, pixels: torch.Tensor, layers: list[str])
 def _prior(model: LoadedModel, source: Run, films: SiteFilms) -> dict:
     """The site's prevalence by EM and the threshold it moves to."""
     prior = learned_prior(source.path, model.config.imbalance)
-    site = em_prevalence(probabilities(model, films.pixels), prior)
+    site = em_prevalence(torch_probabilities(model, films.pixels), prior)
     if not EDGE < site < 1 - EDGE:
         raise UserError(
             f"EM put the share of pneumonia in these films at {site:.1%}: the run's "

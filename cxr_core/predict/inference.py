@@ -120,10 +120,13 @@ def prepare(model: LoadedModel, source: ImageSource) -> np.ndarray:
     return load_and_preprocess(source, model.config.img_size, model.config.clahe)
 
 
-def _torch_probabilities(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+def torch_probabilities(model: LoadedModel, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Probabilities by the PyTorch module itself: the fallback of :func:`probabilities`,
+    and the only path for a module changed in memory (AdaBN's statistics, hooks reading
+    its layers), which the exported graph of its weights file does not hold."""
     with model.lock:  # a CAM of another session may have hooks on this very module now
         return predict_pixels(
-            model.network.model, torch.from_numpy(pixels), model.config, model.device
+            model.network.model, torch.as_tensor(pixels), model.config, model.device
         )
 
 
@@ -142,7 +145,7 @@ def probabilities(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
                 ),
             )
     if session is None:
-        return _torch_probabilities(model, pixels)
+        return torch_probabilities(model, pixels)
     return graphs.run(session, pixels)
 
 

@@ -26,13 +26,12 @@ from cxr_core.errors import UserError
 from cxr_core.models import weights_file
 from cxr_core.models.batchnorm import batchnorm_layers
 from cxr_core.predict.evalsets import fingerprint
-from cxr_core.predict.inference import LoadedModel
+from cxr_core.predict.inference import LoadedModel, torch_probabilities
 from cxr_core.predict.input_guard import validation_pixels
 from cxr_core.scoring.metrics import decide
 from cxr_core.scoring.prior_shift import EDGE, em_prevalence
 from cxr_core.store import records
 from cxr_core.store.runs import run_of_weights
-from cxr_core.training.runtime import predict_pixels
 
 ALIKE, APART = 1.5, 4.0
 """Site BatchNorm shift over the validation films': below ALIKE the network sees the
@@ -76,11 +75,6 @@ def _decoded(model: LoadedModel, root: Path, samples: list[Sample], name: str) -
         raise UserError(f"{name}: fewer than 2 readable films; a site needs more")
     pixels = torch.from_numpy(images.pixels[images.rows(kept)])
     return SiteFilms(root, name, [s.path for s in kept], pixels, images.skipped)
-
-
-def probabilities(model: LoadedModel, pixels: torch.Tensor) -> np.ndarray:
-    with model.lock:
-        return predict_pixels(model.network.model, pixels, model.config, model.device)
 
 
 # --------------------------------------------------------------------------- priors
@@ -132,7 +126,7 @@ def batchnorm_inputs(model: LoadedModel, pixels: torch.Tensor) -> dict[str, tupl
 
     handles = [m.register_forward_hook(recorder(n)) for n, m in layers.items()]
     try:
-        probabilities(model, pixels)
+        torch_probabilities(model, pixels)
     finally:
         for handle in handles:
             handle.remove()
@@ -205,7 +199,7 @@ def diagnose(model: LoadedModel, films: SiteFilms) -> ShiftReport:
     if not isinstance(model, LoadedModel):
         raise UserError("an ensemble has no network of its own: diagnose each member")
     folder = model.source.parent
-    probs = probabilities(model, films.pixels)
+    probs = torch_probabilities(model, films.pixels)
     prior = learned_prior(folder, model.config.imbalance)
     val_probs, val_shift, why = _validation(model)
     ks = ks_2samp(probs, val_probs) if val_probs is not None and len(val_probs) else None
