@@ -14,7 +14,7 @@ import streamlit as st
 from cxr_core.analysis import comparison, html_report, plots, run_calibration
 from cxr_core.errors import UserError
 from cxr_core.execution import scoring_jobs
-from cxr_core.predict import adaptation, ensembles, evalsets
+from cxr_core.predict import adaptation_catalogue, ensembles, evalsets
 from cxr_core.predict.evalsets import EvalSet
 from cxr_core.scoring.metrics import CATALOGUE
 from cxr_core.scoring.selection import Selection
@@ -548,11 +548,11 @@ with user_errors():
             "Their scores say nothing about real radiographs.",
             icon=":material/science:",
         )
-    adapted = [r.id for r in chosen if adaptation.is_adapted(r)]
+    adapted = [r.id for r in chosen if adaptation_catalogue.is_adapted(r)]
     if adapted:
         st.warning(
             f"Adapted without labels: {', '.join(adapted)}. Their figures on the films they "
-            f"were adapted on are marked *{adaptation.ON_THESE_FILMS}* (see the figures "
+            f"were adapted on are marked *{adaptation_catalogue.ON_THESE_FILMS}* (see the figures "
             "column): transductive, not to be read as the inductive runs' are.",
             icon=":material/tune:",
         )

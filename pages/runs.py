@@ -10,7 +10,7 @@ import streamlit as st
 
 from cxr_core.analysis import plots
 from cxr_core.execution.jobs import log_tail
-from cxr_core.predict import adaptation, ensembles, evalsets
+from cxr_core.predict import adaptation_catalogue, ensembles, evalsets
 from cxr_core.scoring.metrics import CATALOGUE, ThresholdChoice
 from cxr_core.scoring.selection import Selection
 from cxr_core.scoring.stats import format_ci
@@ -94,8 +94,8 @@ def _final_results(run: Run) -> None:
             f"{'Best epoch' if evaluation.get('epoch_choice') else 'Ensemble'}: {chosen.sentence()}"
         )
     synthetic_badge(bool(evaluation.get("synthetic")))
-    if adaptation.is_adapted(run):
-        st.info(f"**Not inductive**: {adaptation.describe(run)}.", icon=":material/tune:")
+    if adaptation_catalogue.is_adapted(run):
+        st.info(f"**Not inductive**: {adaptation_catalogue.describe(run)}.", icon=":material/tune:")
     sets = evalsets.run_sets(run).values()
     rows = []
     for evalset in sorted(sets, key=lambda e: (e.split == "val", e.internal, -e.n)):
@@ -103,7 +103,7 @@ def _final_results(run: Run) -> None:
         rows.append(
             {
                 "evaluated on": evalset.name,
-                "figures": adaptation.figures_label(run, evalset.key),
+                "figures": adaptation_catalogue.figures_label(run, evalset.key),
                 **{
                     CATALOGUE[k].label: format_ci(values[k], ci[k], CATALOGUE[k].percent)
                     for k in HEADLINE

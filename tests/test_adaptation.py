@@ -20,7 +20,7 @@ from cxr_core.data.folders import UNLABELLED, labelled_images, site_images
 from cxr_core.data.synthetic import make_synthetic_dataset
 from cxr_core.errors import UserError
 from cxr_core.models.batchnorm import batchnorm_layers
-from cxr_core.predict import adaptation, evalsets
+from cxr_core.predict import adaptation, adaptation_catalogue, evalsets
 from cxr_core.predict.inference import load_model
 from cxr_core.scoring.prior_shift import em_prevalence, reweighted, shifted_threshold
 from cxr_core.store.runs import RunStore
@@ -89,8 +89,8 @@ def test_adabn_changes_a_batchnorm_networks_predictions_and_leaves_its_source_al
     assert record["threshold_after"] == record["threshold_before"] == adapted.threshold
     key = after_set.key  # the labelled set is the very films it was adapted on
     assert record["site"]["fingerprint"] == key
-    assert adaptation.figures_label(run, key) == adaptation.ON_THESE_FILMS
-    assert adaptation.figures_label(source, key) == adaptation.INDUCTIVE
+    assert adaptation_catalogue.figures_label(run, key) == adaptation_catalogue.ON_THESE_FILMS
+    assert adaptation_catalogue.figures_label(source, key) == adaptation_catalogue.INDUCTIVE
     assert run.status()["status"] == "completed" and run.meta()["tags"] == ["adapted"]
     with pytest.raises(UserError, match="already exists"):
         adaptation.adapt(load_model(source.path), str(site), "bn")
@@ -145,7 +145,10 @@ def test_an_adapted_run_stands_beside_its_source_on_compare_with_a_paired_test(t
     assert at.selectbox(key="compare_set").value == key
     summary = at.dataframe[0].value
     figures = dict(zip(summary["run"], summary["figures"]))
-    assert figures == {tiny: adaptation.INDUCTIVE, run.id: adaptation.ON_THESE_FILMS}
+    assert figures == {
+        tiny: adaptation_catalogue.INDUCTIVE,
+        run.id: adaptation_catalogue.ON_THESE_FILMS,
+    }
     assert any("Adapted without labels" in w.value for w in at.warning)
     (verdict,) = [i.value for i in at.info if "Paired test" in i.value]
     assert "McNemar" in verdict
@@ -170,7 +173,7 @@ def test_the_shift_and_adapt_verbs(tiny, site):
     result = run_cli("adapt", "--run", tiny, "--data", str(site), "--method", "bn", "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["figures"] == adaptation.ON_THESE_FILMS and out["source_run"] == tiny
+    assert out["figures"] == adaptation_catalogue.ON_THESE_FILMS and out["source_run"] == tiny
     assert load_model(RunStore().get(out["run"]).path).run_id == out["run"]
 
     for args in (

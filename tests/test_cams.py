@@ -47,7 +47,7 @@ def _untrained(arch: str, size: int = SIZE, seed: int = 0, bn_stats: bool = Fals
     """
     cfg = TrainConfig(arch=arch, data="synthetic", img_size=size, seed=seed)
     network = build_network(cfg, CPU)
-    model = LoadedModel(network, cfg, 0.5, Path(arch), None, CPU)
+    model = LoadedModel(cfg, 0.5, Path(arch), None, "cpu", built=network)
     if bn_stats:
         norms = [m for m in network.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         for norm in norms:

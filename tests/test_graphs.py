@@ -4,10 +4,16 @@ CXR_ENGINE=torch (or an unknown engine, refused in one line) is honoured."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, write_kaggle_tree
 
 from cxr_core.errors import UserError
 from cxr_core.models import weights_file
@@ -16,7 +22,7 @@ from cxr_core.predict.ensembles import load
 from cxr_core.predict.inference import load_model, probabilities
 from cxr_core.settings import bundled_runs_dir
 from cxr_core.store import records
-from cxr_core.store.runs import Run, run_of_weights
+from cxr_core.store.runs import Run
 
 ATOL = 1e-4
 
@@ -37,10 +43,8 @@ def _both(monkeypatch, model, films) -> tuple[np.ndarray, np.ndarray]:
     return by_torch, probabilities(model, films)
 
 
-def _graph(model) -> object:
-    return records.graph_file(
-        run_of_weights(model.source).added, weights_file.weights_digest(model.source)
-    )
+def _graph(model) -> Path:
+    return graphs.graph_file(model.source, model.config)
 
 
 @pytest.fixture
@@ -107,3 +111,43 @@ def test_torch_engine_makes_no_graph_and_an_unknown_engine_is_one_line(monkeypat
     monkeypatch.setenv("CXR_ENGINE", "tensorrt")
     with pytest.raises(UserError, match="CXR_ENGINE must be one of onnx, torch"):
         graphs.available()
+
+
+def test_evaluate_from_a_kept_graph_imports_no_torch_or_scipy(monkeypatch, tiny, tmp_path):
+    """A run whose graph is kept is scored, with its metrics and intervals, by numpy and
+    ONNX Runtime alone: issue 20's evaluate pays neither torch's nor scipy's imports."""
+    folder = write_kaggle_tree(tmp_path / "films", 6, 6, split="test")
+    monkeypatch.setenv("CXR_ENGINE", "onnx")
+    model = load_model(tiny.path)
+    probabilities(model, _films(model.config.img_size))  # the graph is made and kept
+    script = (
+        "import sys; from cxr_core import cli; "
+        f"code = cli.main(['evaluate', '--checkpoint', {str(tiny.path)!r}, '--data', "
+        f"{str(folder)!r}, '--json']); "
+        "print(sorted(m for m in ('torch', 'sklearn', 'scipy', 'statsmodels') "
+        "if m in sys.modules)); sys.exit(code)"
+    )
+    env = {**os.environ, "CXR_ENGINE": "onnx", "CXR_RUNS_DIR": str(tmp_path / "runs")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    out, imported = result.stdout.rsplit("\n", 2)[:2]
+    assert imported == "[]", imported
+    assert json.loads(out)["n"] == len(list(folder.rglob("*.jpeg")))
+
+
+def test_a_header_with_another_config_does_not_use_the_kept_graph(monkeypatch, tiny):
+    """The graph is named by the weights and the config it was built from: a header whose
+    config changed (here the normalisation) is exported and checked again."""
+    monkeypatch.setenv("CXR_ENGINE", "onnx")
+    model = load_model(tiny.path)
+    films = _films(model.config.img_size)
+    before = probabilities(model, films)
+    config = {**model.config.to_dict(), "norm_std": model.config.norm_std * 2}
+    tiny.weights.write_bytes(weights_file.with_metadata(tiny.weights, {"config": config}))
+    changed = load_model(tiny.path)
+    assert changed.built is not None  # no graph for this config: built, so checked, now
+    by_torch, by_onnx = _both(monkeypatch, changed, films)
+    np.testing.assert_allclose(by_onnx, by_torch, atol=ATOL, rtol=0)
+    assert np.abs(by_onnx - before).max() > 1e-4

@@ -61,7 +61,7 @@ def test_registry_entry_contract(arch):
 
     # A CAM through cxr_core.predict.inference.explain: the input's shape, values in 0..1, and the
     # two targets (pneumonia / normal) are opposite signs of one map, so one is non-zero.
-    loaded = LoadedModel(network, cfg, 0.5, Path(arch), None, CPU)
+    loaded = LoadedModel(cfg, 0.5, Path(arch), None, "cpu", built=network)
     model.eval()
     pixels = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
     heats = [explain(loaded, pixels, "gradcam", target=t) for t in (0, 1)]
@@ -91,7 +91,7 @@ def test_cam_computes_no_weight_gradients_and_matches_a_full_backward(arch):
     cfg = TrainConfig(arch=arch, data="synthetic", img_size=SIZE, seed=0)
     network = build_network(cfg, CPU)
     network.model.eval()
-    loaded = LoadedModel(network, cfg, 0.5, Path(arch), None, CPU)
+    loaded = LoadedModel(cfg, 0.5, Path(arch), None, "cpu", built=network)
     pixels = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
     x = loaded.input_for(pixels).requires_grad_(True)
     with GradCAM(

@@ -20,7 +20,7 @@ import pandas as pd
 
 from cxr_core.data.synthetic import is_synthetic, synthetic_names
 from cxr_core.errors import UserError
-from cxr_core.predict.adaptation import INDUCTIVE, figures_label
+from cxr_core.predict.adaptation_catalogue import INDUCTIVE, figures_label
 from cxr_core.predict.evalsets import EvalSet, run_sets
 from cxr_core.scoring import stats
 from cxr_core.scoring.metrics import (

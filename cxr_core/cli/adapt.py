@@ -79,7 +79,8 @@ def _adapt_arguments(p: argparse.ArgumentParser) -> None:
     "them without their labels: compare it with its source on a labelled outside set.",
 )
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from cxr_core.predict.adaptation import ON_THESE_FILMS, adapt, load_single
+    from cxr_core.predict.adaptation import adapt, load_single
+    from cxr_core.predict.adaptation_catalogue import ON_THESE_FILMS
 
     command = "python -m cxr_core " + shlex.join(sys.argv[1:])
     _, model = load_single(args.runs_dir, args.run, args.checkpoint, args.device)

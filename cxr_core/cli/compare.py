@@ -42,7 +42,7 @@ def _compared_sets(args: argparse.Namespace, runs: list) -> dict:
 
 def _text_table(table):
     """The comparison as a terminal shows it: headline metrics with their intervals."""
-    from cxr_core.predict.adaptation import INDUCTIVE
+    from cxr_core.predict.adaptation_catalogue import INDUCTIVE
     from cxr_core.scoring.metrics import CATALOGUE
     from cxr_core.scoring.stats import format_ci
 
@@ -73,7 +73,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Runs side by side; with ``--data``, every run scored on the same images and each
     pair tested (McNemar on the decisions, DeLong on the AUCs, Holm-corrected)."""
     from cxr_core.analysis.comparison import compare_table, run_facts
-    from cxr_core.predict.adaptation import figures_label
+    from cxr_core.predict.adaptation_catalogue import figures_label
     from cxr_core.scoring import stats
 
     store = run_store(args)

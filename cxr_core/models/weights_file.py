@@ -12,16 +12,14 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_bytes
+
+if TYPE_CHECKING:  # torch is imported where tensors are made or read, not for the header
+    import torch
+    from torch import nn
 
 FORMAT = "cxr-lab/1"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -30,10 +28,25 @@ under the bundle's 20 MB per file; the engine re-scores what is stored, so a run
 are those of its stored weights."""
 SCALE = ".int8_scale"
 """Suffix of the per-channel scale stored beside an int8 tensor."""
+_TORCH_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+"""safetensors' dtype names -> torch's, as :func:`tensor_digest` writes them."""
 
 
 def _int8(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8 (as PyTorch's per-channel weight observers)."""
+    import torch
+
     flat = tensor.float().reshape(tensor.shape[0], -1)
     scale = flat.abs().amax(dim=1).clamp(min=1e-12) / 127
     q = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8)
@@ -61,6 +74,8 @@ def save_weights(
     path: Path, model: nn.Module, metadata: dict[str, Any], precision: str = "fp32"
 ) -> None:
     """Atomically write the model's state dict at ``precision`` (see :data:`PRECISIONS`)."""
+    from safetensors.torch import save as save_bytes
+
     tensors = stored_tensors(model, precision)
     header = {
         "format": FORMAT,
@@ -73,6 +88,8 @@ def save_weights(
 def with_metadata(path: Path, changes: dict[str, Any]) -> bytes:
     """The checkpoint's bytes with its metadata changed (a new threshold) and its tensors
     as they are: the weights, their digest and what is keyed by it stay valid."""
+    from safetensors.torch import save as save_bytes
+
     tensors, header = read_safetensors(path)
     if header.get("format") != FORMAT:
         raise UserError(f"{path}: not a CXR Lab checkpoint (no {FORMAT} header)")
@@ -84,6 +101,8 @@ def with_metadata(path: Path, changes: dict[str, Any]) -> bytes:
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
@@ -92,8 +111,21 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and raw header of a safetensors file, or a :class:`UserError`."""
+def _stored_digest(data: bytes, entries: dict[str, dict], offset: int) -> str:
+    """:func:`tensor_digest` of the tensors as stored, from the file's bytes: no torch."""
+    digest = hashlib.sha256()
+    view = memoryview(data)
+    for name in sorted(entries):
+        entry = entries[name]
+        dtype = _TORCH_DTYPES.get(entry["dtype"], entry["dtype"])
+        digest.update(f"{name}|torch.{dtype}|{tuple(entry['shape'])}\n".encode())
+        start, stop = entry["data_offsets"]
+        digest.update(view[offset + start : offset + stop])
+    return digest.hexdigest()
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes, or a :class:`UserError` (missing, a folder, a pickle)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -112,23 +144,57 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             f"{path}: is a pickle (torch.save) file; only safetensors are loaded, "
             "since unpickling can run code"
         )
+    return data
+
+
+def _layout(path: Path, data: bytes) -> tuple[dict[str, dict], dict[str, str], int]:
+    """The tensors' entries (dtype, shape, byte range), the raw metadata and where the
+    tensor bytes start, each range checked to lie inside the file."""
     try:
-        tensors = load_bytes(data)
         header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
-    except (SafetensorError, ValueError, json.JSONDecodeError, OverflowError) as exc:
+        offset = 8 + header_len
+        if len(data) < 8 or offset > len(data):
+            raise ValueError("the header runs past the end of the file")
+        entries = json.loads(data[8:offset])
+        metadata = entries.pop("__metadata__", None) or {}
+        for name, entry in entries.items():
+            start, stop = entry["data_offsets"]
+            if not 0 <= start <= stop <= len(data) - offset:
+                raise ValueError(f"tensor {name} runs past the end of the file")
+    except (
+        ValueError,
+        json.JSONDecodeError,
+        OverflowError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as exc:
         raise UserError(
             f"{path}: not a valid safetensors checkpoint (corrupt or truncated: {exc})"
         ) from None
-    return tensors, header
+    return entries, metadata, offset
 
 
-def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """State dict (as fp32) and decoded metadata of a CXR Lab checkpoint."""
-    tensors, header = read_safetensors(path)
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and raw header of a safetensors file, or a :class:`UserError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    data = _read(path)
+    _, header, _ = _layout(path, data)
+    try:
+        return load_bytes(data), header
+    except SafetensorError as exc:
+        raise UserError(
+            f"{path}: not a valid safetensors checkpoint (corrupt or truncated: {exc})"
+        ) from None
+
+
+def _checked_metadata(path: Path, header: dict[str, str], digest: str) -> dict[str, Any]:
+    """The decoded metadata of a CXR Lab checkpoint whose tensors have ``digest``."""
     if header.get("format") != FORMAT:
         raise UserError(f"{path}: not a CXR Lab checkpoint (no {FORMAT} header)")
-    if "sha256" in header and header["sha256"] != tensor_digest(tensors):
+    if "sha256" in header and header["sha256"] != digest:
         raise UserError(f"{path}: weights do not match their checksum (the file is damaged)")
     try:
         metadata = {k: json.loads(v) for k, v in header.items() if k not in ("format", "sha256")}
@@ -141,6 +207,22 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise UserError(f"{path}: checkpoint threshold {threshold!r} is not a probability")
     if not isinstance(metadata.get("config", {}), dict):
         raise UserError(f"{path}: checkpoint config is not a JSON object")
+    return metadata
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The decoded metadata of a CXR Lab checkpoint, its tensors checked against the
+    header's checksum without loading them: all that scoring from the weights' exported
+    graph needs, with no torch imported."""
+    data = _read(path)
+    entries, header, offset = _layout(path, data)
+    return _checked_metadata(path, header, _stored_digest(data, entries, offset))
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """State dict (as fp32) and decoded metadata of a CXR Lab checkpoint."""
+    tensors, header = read_safetensors(path)
+    metadata = _checked_metadata(path, header, tensor_digest(tensors))
     scales = {k[: -len(SCALE)]: v for k, v in tensors.items() if k.endswith(SCALE)}
     state = {}
     for name, tensor in tensors.items():
@@ -174,5 +256,6 @@ def weights_digest(weights: Path) -> str:
 @functools.lru_cache(maxsize=64)
 def _digest(weights: Path, mtime_ns: int, size: int) -> str:
     """Read once per version of the file: every prediction asks."""
-    sha = read_safetensors(weights)[1].get("sha256")
+    data = _read(weights)
+    sha = _layout(weights, data)[1].get("sha256")
     return sha or hashlib.sha256(weights.read_bytes()).hexdigest()

@@ -16,7 +16,8 @@ The adapted model is a new run (``adaptation.json`` says what, on which films by
 fingerprint, from which run); the source run is never written to. Its weights file holds
 its threshold and config as any run's does, so it loads, predicts and is scored like one.
 Its figures on the films it was adapted on are transductive: they are labelled
-:data:`ON_THESE_FILMS` wherever they are shown, never mixed with inductive ones.
+:data:`~cxr_core.predict.adaptation_catalogue.ON_THESE_FILMS` wherever they are shown,
+never mixed with inductive ones.
 """
 
 from __future__ import annotations
@@ -52,10 +53,6 @@ from cxr_core.training.runtime import to_input
 
 MIN_FILMS_BN = 16
 """Fewer films estimate a layer's statistics too noisily to replace the learned ones."""
-ON_THESE_FILMS = "adapted on these films without their labels"
-"""How an adapted run's figures on the films it was adapted on are labelled everywhere."""
-INDUCTIVE = "inductive"
-
 TAG = "adapted"
 
 _CARRIED = ("best_epoch", "epochs_run", "train_time_s", "latency_ms", "params")
@@ -73,34 +70,6 @@ def load_single(
             "ensemble of the adapted runs' members"
         )
     return run, model
-
-
-def is_adapted(run: Run) -> bool:
-    return run.adaptation() is not None
-
-
-def figures_label(run: Run, set_key: str | None = None) -> str:
-    """What a run's figures on the image set ``set_key`` are: :data:`INDUCTIVE`, or
-    :data:`ON_THESE_FILMS` (the set it was adapted on), or adapted on other films."""
-    adaptation = run.adaptation()
-    if adaptation is None:
-        return INDUCTIVE
-    site = adaptation.get("site", {})
-    if set_key is None or set_key == site.get("fingerprint"):
-        return ON_THESE_FILMS
-    return f"adapted without labels on other films ({site.get('name')})"
-
-
-def describe(run: Run) -> str:
-    """One line on what an adapted run is ("" for an inductive run)."""
-    adaptation = run.adaptation()
-    if adaptation is None:
-        return ""
-    site = adaptation.get("site", {})
-    return (
-        f"adapted from {adaptation.get('source_run')} ({adaptation.get('method')}) on "
-        f"{site.get('name')} without their labels"
-    )
 
 
 def learned_batchnorm(model: LoadedModel) -> list[str]:

@@ -14,9 +14,12 @@ onnxruntime, with ``CXR_ENGINE=torch`` or on a GPU, scoring stays in PyTorch.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import os
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +45,9 @@ benchmarks/speed.py); 32 keeps a 224 px batch's activations small."""
 ATOL = 1e-4
 """How far the graph's probabilities may be from PyTorch's when it is made."""
 
-_SESSIONS: dict[Path, onnxruntime.InferenceSession] = {}
+MAX_SESSIONS = 16
+"""Open sessions kept (least recently used dropped): a Compare page of ten runs plus a few."""
+_SESSIONS: OrderedDict[Path, onnxruntime.InferenceSession] = OrderedDict()
 
 
 def available() -> bool:
@@ -123,30 +128,56 @@ def _agrees(graph: onnxruntime.InferenceSession, torch_probs, size: int) -> bool
     return bool(np.allclose(run(graph, films), torch_probs(films), atol=ATOL, rtol=0))
 
 
-def session_for(
-    weights: Path, net: torch.nn.Module, config: TrainConfig, torch_probs
-) -> onnxruntime.InferenceSession | None:
-    """The ONNX Runtime session of ``weights``' graph: read from its record, else exported
-    from ``net``, checked against ``torch_probs`` (uint8 films -> probabilities) and kept.
-    None where ONNX Runtime is not used or the graph cannot be trusted."""
+def graph_file(weights: Path, config: TrainConfig) -> Path:
+    """Where the graph of ``weights`` is kept: named by the tensors' digest and the config it
+    was built from (the architecture, size and normalisation), so either changed is a new
+    graph."""
+    built_from = json.dumps(config.to_dict(), sort_keys=True)
+    key = hashlib.sha256(f"{weights_digest(weights)}\n{built_from}".encode()).hexdigest()
+    return records.graph_file(run_of_weights(weights).added, key)
+
+
+def stored(weights: Path, config: TrainConfig) -> onnxruntime.InferenceSession | None:
+    """The session of the graph kept for ``weights`` and ``config``; None where there is
+    none (or a damaged one), or ONNX Runtime is not used. Needs no torch."""
     if not available():
         return None
-    file = records.graph_file(run_of_weights(weights).added, weights_digest(weights))
+    file = graph_file(weights, config)
     if file in _SESSIONS:
-        return _SESSIONS[file]
-    session = None
-    if file.is_file():
-        with contextlib.suppress(Exception):  # a damaged graph is made again below
-            session = _session(str(file))
-    if session is None:
-        graph = export(net, config)
-        session = _session(graph)
-        if not _agrees(session, torch_probs, config.img_size):
-            warnings.warn(f"{weights}: the ONNX graph disagrees with PyTorch", stacklevel=2)
-            return None
-        for stale in file.parent.glob("*.onnx"):
-            stale.unlink(missing_ok=True)
-        with contextlib.suppress(UserError, OSError):  # a read-only folder: kept in memory
-            atomic_write_bytes(file, graph)
+        return _kept(file, _SESSIONS[file])
+    if not file.is_file():
+        return None
+    try:
+        return _kept(file, _session(str(file)))
+    except Exception:  # a damaged graph: made() makes it again
+        return None
+
+
+def _kept(file: Path, session: onnxruntime.InferenceSession) -> onnxruntime.InferenceSession:
+    """``session`` kept as the most recently used, dropping the least recent beyond
+    :data:`MAX_SESSIONS`."""
     _SESSIONS[file] = session
+    _SESSIONS.move_to_end(file)
+    while len(_SESSIONS) > MAX_SESSIONS:
+        _SESSIONS.popitem(last=False)
     return session
+
+
+def made(
+    weights: Path, net: torch.nn.Module, config: TrainConfig, torch_probs
+) -> onnxruntime.InferenceSession | None:
+    """``net`` exported, checked against ``torch_probs`` (uint8 films -> probabilities) and
+    kept as ``weights``' graph; None where ONNX Runtime is not used or the graph disagrees."""
+    if not available():
+        return None
+    file = graph_file(weights, config)
+    graph = export(net, config)
+    session = _session(graph)
+    if not _agrees(session, torch_probs, config.img_size):
+        warnings.warn(f"{weights}: the ONNX graph disagrees with PyTorch", stacklevel=2)
+        return None
+    for stale in file.parent.glob("*.onnx"):
+        stale.unlink(missing_ok=True)
+    with contextlib.suppress(UserError, OSError):  # a read-only folder: kept in memory
+        atomic_write_bytes(file, graph)
+    return _kept(file, session)

@@ -7,13 +7,16 @@ validation data.
 
 from __future__ import annotations
 
+import functools
+import platform
+import shutil
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from cxr_core.data.imaging import ImageSource, load_and_preprocess
 from cxr_core.errors import UserError
@@ -24,10 +27,12 @@ from cxr_core.scoring.metrics import decide, decided_class
 from cxr_core.settings import CLASSES
 from cxr_core.store import records
 from cxr_core.training.config import TrainConfig
-from cxr_core.training.runtime import build_network, predict_pixels, select_device, to_input
 
 if TYPE_CHECKING:  # pytorch-grad-cam is imported when a CAM is asked for: it takes seconds
+    import torch
     from pytorch_grad_cam.base_cam import BaseCAM
+
+    from cxr_core.training.runtime import Network
 
 
 def cam_class(method: str) -> type[BaseCAM]:
@@ -49,25 +54,69 @@ def cam_class(method: str) -> type[BaseCAM]:
     )
 
 
-@dataclass
+def _may_have_gpu() -> bool:
+    """Whether torch's ``auto`` might pick a GPU here: an NVIDIA or ROCm driver, or Apple
+    silicon. Without one, ``auto`` is the CPU, known without importing torch."""
+    return (
+        Path("/proc/driver/nvidia").exists()
+        or Path("/dev/kfd").exists()
+        or shutil.which("nvidia-smi") is not None
+        or (sys.platform == "darwin" and platform.machine() == "arm64")
+    )
+
+
+@dataclass(eq=False)
 class LoadedModel:
     """A ready-to-use model with its run's preprocessing and threshold.
+
+    The PyTorch module is built from the weights when first needed (a CAM, the input
+    guard, exporting the graph): scoring on a CPU through the weights' exported graph
+    (:mod:`cxr_core.predict.graphs`) needs no torch.
 
     ``lock`` serialises every forward pass: CAM hooks live on the shared module while a
     CAM is computed, so another session's prediction or CAM running at the same time
     would feed its activations into that CAM.
     """
 
-    network: object
     config: TrainConfig
     threshold: float
     source: Path
-    run_id: str | None
-    device: torch.device
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    run_id: str | None = None
+    device_name: str = "auto"
+    built: Network | None = field(default=None, repr=False)
+    """The PyTorch module, once :attr:`network` has built it (or given when made)."""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _building: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @functools.cached_property
+    def device(self) -> torch.device:
+        from cxr_core.training.runtime import select_device
+
+        return select_device(self.device_name)
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether the model runs on the CPU, told without importing torch where it can be."""
+        if self.device_name == "cpu" or (
+            self.device_name == "auto" and "torch" not in sys.modules and not _may_have_gpu()
+        ):
+            return True
+        return self.device.type == "cpu"
+
+    @property
+    def network(self) -> Network:
+        """The PyTorch module with the checkpoint's weights, built on first use."""
+        with self._building:
+            if self.built is None:
+                self.built = _build(self.source, self.config, self.device)
+        return self.built
 
     def input_for(self, pixels: np.ndarray) -> torch.Tensor:
         """The network's input (a batch of one) for one preprocessed uint8 image."""
+        import torch
+
+        from cxr_core.training.runtime import to_input
+
         return to_input(torch.from_numpy(pixels[None].copy()), self.config, self.device)
 
 
@@ -95,29 +144,57 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def _build(weights: Path, config: TrainConfig, device: torch.device) -> Network:
+    """The architecture of ``config`` on ``device`` with the weights of ``weights``."""
+    import torch
+
+    from cxr_core.training.runtime import build_network
+
+    # Normal tensors even when first asked for inside an inference_mode block: a CAM's
+    # backward later runs through these weights.
+    with torch.inference_mode(False):
+        state, _ = weights_file.load_weights(weights)
+        network = build_network(config, device)
+        # Inference only: explain() starts the CAM's graph at the CAM layer, so no backward
+        # ever computes weight gradients.
+        network.model.requires_grad_(False)
+        weights_file.load_state_into(network.model, state, config.arch, weights)
+    network.model.eval()
+    return network
+
+
 def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
-    """Rebuild the architecture from the checkpoint's own config and load its weights."""
+    """The checkpoint's own config, threshold and weights (checked against their checksum).
+
+    The module is built now, refusing weights that do not fit their architecture, unless
+    the graph exported from these very weights and config is kept: it was built from them
+    and checked when the graph was made.
+    """
     weights = resolve_checkpoint(path)
-    state, meta = weights_file.load_weights(weights)
+    meta = weights_file.read_metadata(weights)
     if "config" not in meta:
         raise UserError(f"{weights}: checkpoint has no training config in its header")
     try:
         config = TrainConfig.from_dict({**meta["config"], "pretrained": False})
     except TypeError as exc:
         raise UserError(f"{weights}: checkpoint config is invalid ({exc})") from None
-    dev = select_device(device)
-    network = build_network(config, dev)
-    # Inference only: explain() starts the CAM's graph at the CAM layer, so no backward
-    # ever computes weight gradients.
-    network.model.requires_grad_(False)
-    weights_file.load_state_into(network.model, state, config.arch, weights)
-    network.model.eval()
     threshold = float(meta.get("threshold", 0.5))
-    return LoadedModel(network, config, threshold, weights, meta.get("run_id"), dev)
+    model = LoadedModel(config, threshold, weights, meta.get("run_id"), device)
+    if not (model.on_cpu and graphs.stored(weights, config)):
+        model.network  # noqa: B018 (built now: a mismatch or a missing GPU is told here)
+    return model
 
 
 def prepare(model: LoadedModel, source: ImageSource) -> np.ndarray:
     return load_and_preprocess(source, model.config.img_size, model.config.clahe)
+
+
+def _torch_forward(model: LoadedModel, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+    import torch
+
+    from cxr_core.training.runtime import predict_pixels
+
+    return predict_pixels(model.network.model, torch.as_tensor(pixels), model.config, model.device)
 
 
 def torch_probabilities(model: LoadedModel, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -125,25 +202,23 @@ def torch_probabilities(model: LoadedModel, pixels: np.ndarray | torch.Tensor) -
     and the only path for a module changed in memory (AdaBN's statistics, hooks reading
     its layers), which the exported graph of its weights file does not hold."""
     with model.lock:  # a CAM of another session may have hooks on this very module now
-        return predict_pixels(
-            model.network.model, torch.as_tensor(pixels), model.config, model.device
-        )
+        return _torch_forward(model, pixels)
 
 
 def probabilities(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
     """Pneumonia probabilities for preprocessed uint8 films ``[N, H, W]``: by ONNX Runtime
     on the run's exported graph on a CPU (:mod:`cxr_core.predict.graphs`), else PyTorch."""
     session = None
-    if model.device.type == "cpu":
-        with model.lock:  # exporting traces the shared module
-            session = graphs.session_for(
-                model.source,
-                model.network.model,
-                model.config,
-                lambda films: predict_pixels(
-                    model.network.model, torch.from_numpy(films), model.config, model.device
-                ),
-            )
+    if model.on_cpu:
+        session = graphs.stored(model.source, model.config)
+        if session is None:
+            with model.lock:  # exporting traces the shared module
+                session = graphs.made(
+                    model.source,
+                    model.network.model,
+                    model.config,
+                    lambda films: _torch_forward(model, films),
+                )
     if session is None:
         return torch_probabilities(model, pixels)
     return graphs.run(session, pixels)
@@ -162,6 +237,8 @@ def predict(model: LoadedModel, sources: list[ImageSource]) -> list[Prediction]:
 def predicted_class(model: LoadedModel, pixels: np.ndarray) -> int:
     """The class (1 PNEUMONIA, 0 NORMAL) the model predicts at its threshold for one
     preprocessed image: the CAM target when none is given."""
+    import torch
+
     with model.lock, torch.inference_mode():
         prob = torch.sigmoid(model.network.model(model.input_for(pixels))).item()
     return int(decide(prob, model.threshold))

@@ -1,4 +1,8 @@
-"""Binary classification metrics and the decision threshold, computed from probabilities."""
+"""Binary classification metrics and the decision threshold, computed from probabilities.
+
+The catalogue is numpy; scikit-learn draws the curves (ROC, PR, the per-class report) and
+is imported by the functions that draw them, so scoring a set reads metrics without it.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import (
-    classification_report,
-    confusion_matrix,
-    precision_recall_curve,
-    roc_curve,
-)
 
 from cxr_core.settings import CLASSES
 
@@ -301,6 +299,8 @@ def threshold_choice(
     threshold, where another CPU's arithmetic (a change in the 7th decimal) would flip
     its label.
     """
+    from sklearn.metrics import roc_curve
+
     if method == "fixed" or len(np.unique(labels)) < 2:
         return ThresholdChoice(0.5, None, None, method)
     labels = np.asarray(labels).astype(int)
@@ -354,6 +354,13 @@ def full_report(
 ) -> dict:
     """Everything the Compare page draws: metrics, confusion matrix, ROC/PR points,
     the per-class report and per-sample probabilities."""
+    from sklearn.metrics import (
+        classification_report,
+        confusion_matrix,
+        precision_recall_curve,
+        roc_curve,
+    )
+
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=float)
     pred = decide(probs, threshold)

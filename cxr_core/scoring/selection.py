@@ -19,10 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import norm
 
 from cxr_core.errors import UserError
-from cxr_core.scoring.stats import ALPHA, delong_test, format_p
+from cxr_core.scoring.stats import ALPHA, delong_test, format_p, normal_half_width, two_sided_p
 
 TIE_RULE = "the simpler one: fewer parameters, then fewer training epochs"
 """What is chosen when validation cannot tell the best from the runner-up."""
@@ -94,8 +93,8 @@ def paired_auc_difference(pairs: Sequence[Pair]) -> tuple[float, tuple[float, fl
     diff = float(np.mean([t["diff"] for t in tests]))
     se = math.sqrt(sum(t["se"] ** 2 for t in tests)) / len(tests)
     z = diff / se if se > 0 else math.copysign(math.inf, diff) if diff else 0.0
-    half = float(norm.ppf(0.975)) * se
-    return diff, (diff - half, diff + half), float(2 * norm.sf(abs(z)))
+    half = normal_half_width(se)
+    return diff, (diff - half, diff + half), two_sided_p(z)
 
 
 def select(

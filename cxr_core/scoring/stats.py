@@ -1,8 +1,10 @@
 """Uncertainty and paired tests for binary classifiers scored on the same images.
 
-Pure numpy/scipy on arrays of labels (0/1), probabilities and patient ids: no torch, no runs.
+Pure numpy on arrays of labels (0/1), probabilities and patient ids: no torch, no runs.
 Confidence intervals resample patients, not images, because a patient's films are correlated
-and an image-level bootstrap would claim more certainty than the data holds.
+and an image-level bootstrap would claim more certainty than the data holds. scipy's ranks
+and statsmodels' McNemar and Holm are imported by the tests that use them: ``evaluate``
+needs neither, and importing both costs it over a second.
 """
 
 from __future__ import annotations
@@ -11,16 +13,24 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import norm, rankdata
-from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.multitest import multipletests
 
 from cxr_core.errors import UserError
 from cxr_core.scoring.metrics import Metric, decide
 
 ALPHA = 0.05  # the significance level the plain-language verdicts use
+
+
+def normal_half_width(se: float, level: float = 0.95) -> float:
+    """Half the width of a normal interval with standard error ``se`` at ``level``."""
+    return NormalDist().inv_cdf(0.5 + level / 2) * se
+
+
+def two_sided_p(z: float) -> float:
+    """P(|Z| >= |z|) for a standard normal Z; erfc keeps it exact far in the tail."""
+    return math.erfc(abs(z) / math.sqrt(2))
 
 
 def _binary_arrays(labels, *score_arrays) -> tuple[np.ndarray, ...]:
@@ -121,6 +131,8 @@ def _delong_covariance(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarr
             f"DeLong's method needs at least 2 images of each class; got {n_pos} PNEUMONIA "
             f"and {n_neg} NORMAL"
         )
+    from scipy.stats import rankdata
+
     x, y = scores[:, pos], scores[:, ~pos]
     rank_x = rankdata(x, axis=1)
     rank_y = rankdata(y, axis=1)
@@ -139,7 +151,7 @@ def delong_auc_ci(
     labels, probs = _binary_arrays(labels, probs)
     aucs, cov = _delong_covariance(labels, probs[None, :])
     auc, se = float(aucs[0]), float(math.sqrt(max(cov[0, 0], 0.0)))
-    half = float(norm.ppf(0.5 + level / 2)) * se
+    half = normal_half_width(se, level)
     return {"auc": auc, "se": se, "ci": (max(auc - half, 0.0), min(auc + half, 1.0))}
 
 
@@ -167,7 +179,7 @@ def delong_test(
     diff = float(aucs[0] - aucs[1])
     se = float(math.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0)))
     z = diff / se if se > 0 else math.copysign(math.inf, diff) if diff else 0.0
-    half = float(norm.ppf(0.975)) * se
+    half = normal_half_width(se)
     return {
         "auc_a": float(aucs[0]),
         "auc_b": float(aucs[1]),
@@ -175,7 +187,7 @@ def delong_test(
         "se": se,
         "z": z,
         "diff_ci95": (diff - half, diff + half),
-        "p": float(2 * norm.sf(abs(z))),
+        "p": two_sided_p(z),
     }
 
 
@@ -187,6 +199,8 @@ def mcnemar_exact(
     n01: images A got wrong and B right; n10: A right and B wrong. Only these discordant
     pairs carry information; p is the two-sided binomial tail of min(n01, n10) at 1/2.
     """
+    from statsmodels.stats.contingency_tables import mcnemar
+
     a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     if a.shape != b.shape or a.ndim != 1:
         raise UserError(f"paired decisions differ in length: {a.size} and {b.size}")
@@ -199,6 +213,8 @@ def mcnemar_exact(
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values, in the order given; NaN entries stay NaN and do
     not count as tests."""
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, dtype=float)
     out = np.full(p.shape, math.nan)
     finite = np.isfinite(p)

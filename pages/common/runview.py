@@ -11,7 +11,7 @@ import pandas as pd
 
 from cxr_core.data.sources import is_synthetic_spec
 from cxr_core.errors import UserError
-from cxr_core.predict import adaptation, ensembles
+from cxr_core.predict import adaptation_catalogue, ensembles
 from cxr_core.predict.evalsets import fingerprint, run_sets
 from cxr_core.scoring.metrics import roc_auc
 from cxr_core.store import records
@@ -71,7 +71,7 @@ def run_label(run: Run) -> str:
         tags.append("bundled")
     if is_synthetic_run(run):
         tags.append("synthetic")
-    if adaptation.is_adapted(run):
+    if adaptation_catalogue.is_adapted(run):
         tags.append("adapted without labels")
     return f"{run.id} ({', '.join(tags)})"
 
@@ -134,7 +134,7 @@ def runs_table(runs: list[Run], statuses: dict[str, dict] | None = None) -> pd.D
                 "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(created))
                 if created
                 else "",
-                "adapted": adaptation.describe(run),
+                "adapted": adaptation_catalogue.describe(run),
                 "message": status.get("message") or "",
             }
         )

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from cxr_core.analysis.plots._palette import color
-from cxr_core.predict.adaptation import INDUCTIVE
+from cxr_core.predict.adaptation_catalogue import INDUCTIVE
 from cxr_core.scoring.metrics import CATALOGUE
 
 _SHIFT_STYLE = {
