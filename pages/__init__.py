@@ -282,7 +282,8 @@ def run_picker(label: str, runs: list[Run], default: list[Run], key: str, **kwar
     by_id = {r.id: r for r in runs}
     kept(key, [r.id for r in default])
     st.session_state[key] = [i for i in st.session_state[key] if i in by_id]
-    chosen = st.multiselect(
-        label, list(by_id), key=key, format_func=lambda i: runview.run_label(by_id[i]), **kwargs
-    )
+    # Labelled once a run: Streamlit formats every option several times a rerun, and a
+    # label reads three of the run's records.
+    labels = {i: runview.run_label(r) for i, r in by_id.items()}
+    chosen = st.multiselect(label, list(by_id), key=key, format_func=labels.__getitem__, **kwargs)
     return [by_id[i] for i in chosen]

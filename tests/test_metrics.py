@@ -10,10 +10,13 @@ import pytest
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
+    classification_report,
     f1_score,
+    precision_recall_curve,
     precision_score,
     recall_score,
     roc_auc_score,
+    roc_curve,
 )
 
 from cxr_core.scoring.calibration import apply_temperature
@@ -22,10 +25,13 @@ from cxr_core.scoring.metrics import (
     MetricInfo,
     ThresholdChoice,
     choose_threshold,
+    class_report,
     decide,
     decided_class,
     full_report,
+    pr_points,
     register_metric,
+    roc_points,
     threshold_choice,
 )
 
@@ -258,3 +264,32 @@ def test_bounds_are_recorded_and_read_back_and_old_records_have_none():
     assert ThresholdChoice.from_record(record) == choice
     assert ThresholdChoice.from_record({"threshold": 0.3, "threshold_method": "youden"}) is None
     assert threshold_choice(labels, probs, "fixed") == ThresholdChoice(0.5, None, None, "fixed")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_curves_and_the_class_report_are_sklearns(seed):
+    """ROC and PR points and the per-class report are computed in numpy (scikit-learn's
+    import costs a page a second or two) and give scikit-learn's arrays and dict exactly:
+    ties, collinear points, one class only, a decision rule calling no one."""
+    rng = np.random.default_rng(seed)
+    n = (300, 40, 7, 25)[seed]
+    labels = rng.integers(0, 2, n) if seed != 3 else np.ones(n, int)
+    probs = np.round(np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1), (2, 1, 3, 2)[seed])
+    if seed != 3:
+        for drop in (True, False):
+            for mine, theirs in zip(
+                roc_points(labels, probs, drop), roc_curve(labels, probs, drop_intermediate=drop)
+            ):
+                np.testing.assert_array_equal(mine, theirs)
+    for mine, theirs in zip(pr_points(labels, probs), precision_recall_curve(labels, probs)):
+        np.testing.assert_array_equal(mine, theirs)
+    for threshold in (0.5, 2.0):
+        pred = decide(probs, threshold)
+        expected = classification_report(
+            labels, pred, labels=[0, 1], target_names=["NORMAL", "PNEUMONIA"],
+            output_dict=True, zero_division=0,
+        )  # fmt: skip
+        mine = class_report(labels, pred)
+        assert mine.keys() == expected.keys()
+        for key, value in expected.items():
+            assert mine[key] == pytest.approx(value, abs=1e-15), key

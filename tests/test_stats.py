@@ -447,3 +447,21 @@ def test_format_p():
         "p = 0.027",
         "p < 0.001",
     ]
+
+
+@pytest.mark.parametrize("n", [6, 40, 500])
+def test_every_resample_at_once_equals_one_resample_at_a_time(n):
+    """The catalogue's drawn metrics (a thousand resamples in a few matrix products) give
+    the intervals of calling each metric on each resample's repeated images: ties,
+    patients with several films, and small sets whose resamples miss a class (NaN)."""
+    rng = np.random.default_rng(n)
+    labels = rng.integers(0, 2, n)
+    probs = np.round(np.clip(rng.normal(0.4 + 0.2 * labels, 0.25), 0, 1), 1)
+    patients = [f"p{i // 3}" for i in range(n)]
+    at_once = {k: info.drawn for k, info in CATALOGUE.items()}
+    assert all(at_once.values())
+    expected = stats.patient_bootstrap(labels, probs, patients, 0.5, METRICS, 300, 1)
+    got = stats.patient_bootstrap(labels, probs, patients, 0.5, {}, 300, 1, drawn=at_once)
+    assert got.keys() == expected.keys()
+    for key, interval in expected.items():
+        np.testing.assert_allclose(got[key], interval, rtol=0, atol=1e-12, err_msg=key)

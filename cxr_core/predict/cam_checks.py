@@ -24,12 +24,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from pytorch_grad_cam.metrics.road import (
-    ROADLeastRelevantFirstAverage,
-    ROADMostRelevantFirstAverage,
-)
-from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from cxr_core.data.imaging import ImageSource, load_and_preprocess
 from cxr_core.data.synthetic import is_synthetic
@@ -176,8 +170,16 @@ def road(
     """ROAD scores of one map for one preprocessed image and the explained ``target``.
 
     Costs ``2 * len(percentiles)`` sparse solves and forward passes (about 2 s at 224 px
-    on 2 cores).
+    on 2 cores). torch and pytorch-grad-cam are imported here, not with the module: the
+    pages that read stored checks need neither.
     """
+    import torch
+    from pytorch_grad_cam.metrics.road import (
+        ROADLeastRelevantFirstAverage,
+        ROADMostRelevantFirstAverage,
+    )
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
     x = model.input_for(pixels)
     cams = heat[None].astype(np.float32)
     targets = [BinaryClassifierOutputTarget(target)]

@@ -80,10 +80,20 @@ class EvalSet:
         if ident not in _CI_CACHE:
             if len(_CI_CACHE) > 1024:
                 _CI_CACHE.clear()
-            functions = {k: info.compute for k, info in metrics.CATALOGUE.items()}
-            _CI_CACHE[ident] = stats.patient_bootstrap(
-                self.labels, self.probs, self.patients, self.threshold, functions, n_resamples, seed
+            catalogue = metrics.CATALOGUE.values()
+            drawn = {info.key: info.drawn for info in catalogue if info.drawn}
+            others = {info.key: info.compute for info in catalogue if not info.drawn}
+            intervals = stats.patient_bootstrap(
+                self.labels,
+                self.probs,
+                self.patients,
+                self.threshold,
+                others,
+                n_resamples,
+                seed,
+                drawn=drawn,
             )
+            _CI_CACHE[ident] = {key: intervals[key] for key in metrics.CATALOGUE}
         return _CI_CACHE[ident]
 
     def to_json(self) -> dict:

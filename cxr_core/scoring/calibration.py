@@ -1,7 +1,9 @@
 """Whether a run's probabilities mean what they say, and temperature scaling to fix them.
 
 A temperature is fitted on validation probabilities only: fitted on the set it is then
-judged on, it would flatter the run exactly as tuning on test does.
+judged on, it would flatter the run exactly as tuning on test does. numpy only, but for
+scipy's bounded search, imported when a temperature is fitted (the Compare page reads
+calibration on every visit and fits only on request).
 """
 
 from __future__ import annotations
@@ -10,15 +12,21 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import expit, logit
-from sklearn.metrics import brier_score_loss
 
 from cxr_core.errors import UserError
 
 # Probabilities are clipped this far from 0 and 1 before taking logits: a float32 sigmoid
 # saturates to exactly 1.0, whose logit is infinite.
 EPS = 1e-6
+
+
+def _logit(probs: np.ndarray) -> np.ndarray:
+    return np.log(probs) - np.log1p(-probs)
+
+
+def _expit(z: np.ndarray) -> np.ndarray:
+    """The logistic function 1 / (1 + e^-z), without overflow or cancellation at either end."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=float)))
 
 
 def _arrays(labels, probs) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +88,7 @@ def expected_calibration_error(
 def brier_score(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray) -> float:
     """Mean squared error of the probabilities (lower is better; 0.25 is a coin's)."""
     labels, probs = _arrays(labels, probs)
-    return float(brier_score_loss(labels, probs, pos_label=1))
+    return float(np.mean((probs - labels) ** 2))
 
 
 def apply_temperature(probs: Sequence[float] | np.ndarray, temperature: float) -> np.ndarray:
@@ -89,7 +97,7 @@ def apply_temperature(probs: Sequence[float] | np.ndarray, temperature: float) -
     if not temperature > 0 or not math.isfinite(temperature):
         raise UserError(f"temperature must be a positive number, not {temperature}")
     probs = np.clip(np.asarray(probs, dtype=float), EPS, 1 - EPS)
-    return expit(logit(probs) / temperature)
+    return _expit(_logit(probs) / temperature)
 
 
 def fit_temperature(
@@ -103,7 +111,9 @@ def fit_temperature(
     labels, probs = _arrays(labels, probs)
     if len(np.unique(labels)) < 2:
         raise UserError("fitting a temperature needs validation images of both classes")
-    logits = logit(np.clip(probs, EPS, 1 - EPS))
+    from scipy.optimize import minimize_scalar
+
+    logits = _logit(np.clip(probs, EPS, 1 - EPS))
 
     def nll(log_t: float) -> float:
         z = logits / math.exp(log_t)

@@ -1,7 +1,8 @@
-"""Binary classification metrics and the decision threshold, computed from probabilities.
+"""Binary classification metrics, curves and the decision threshold, from probabilities.
 
-The catalogue is numpy; scikit-learn draws the curves (ROC, PR, the per-class report) and
-is imported by the functions that draw them, so scoring a set reads metrics without it.
+numpy only: the ROC and PR points and the per-class report give scikit-learn's figures
+(``tests/test_metrics.py`` checks them against it), without the second scikit-learn's
+import costs a page or a scoring process on two cores.
 """
 
 from __future__ import annotations
@@ -31,8 +32,17 @@ def decided_class(probability: float, threshold: float) -> str:
     return CLASSES[int(decide(probability, threshold))]
 
 
-def _ratio(num: float, den: float) -> float:
-    return num / den if den else math.nan
+CountMetric = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""(TP, FP, FN, TN) -> value, element-wise over arrays of counts; NaN where undefined."""
+DrawnMetric = Callable[[np.ndarray, np.ndarray, float, np.ndarray], np.ndarray]
+"""(labels, probabilities, threshold, draws) -> one value per row of ``draws``
+``[resample, image]`` (how often each image is drawn): the metric on every bootstrap
+resample at once, equal to :data:`Metric` on each resample's repeated images."""
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    return np.divide(num, den, out=np.full(num.shape, math.nan), where=den != 0)
 
 
 def _counts(labels: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[int, ...]:
@@ -59,6 +69,38 @@ def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(below / (2 * len(x) * len(y)))
 
 
+def _drawn_roc_auc(
+    labels: np.ndarray, probs: np.ndarray, _threshold: float, draws: np.ndarray
+) -> np.ndarray:
+    """:func:`roc_auc` of each resample: each positive's drawn negatives below (and half
+    those tied), from cumulative draws over the sorted negatives, weighted by its draws."""
+    pos = labels == 1
+    order = np.argsort(probs[~pos], kind="stable")
+    negatives, x = probs[~pos][order], probs[pos]
+    below = np.hstack([np.zeros((len(draws), 1)), np.cumsum(draws[:, ~pos][:, order], axis=1)])
+    lo, hi = np.searchsorted(negatives, x, "left"), np.searchsorted(negatives, x, "right")
+    pairs = (draws[:, pos] * (below[:, lo] + below[:, hi])).sum(axis=1)
+    n_pos, n_neg = draws[:, pos].sum(axis=1), draws[:, ~pos].sum(axis=1)
+    return _ratio(pairs, 2 * n_pos * n_neg)
+
+
+def _drawn_average_precision(
+    labels: np.ndarray, probs: np.ndarray, _threshold: float, draws: np.ndarray
+) -> np.ndarray:
+    """:func:`average_precision` of each resample: the tie groups of the scores, highest
+    first, with each resample's drawn hits and films summed per group; a group not drawn
+    adds no recall."""
+    order = np.argsort(-probs, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(probs[order]) != 0])
+    hits = np.add.reduceat(draws[:, order] * (labels[order] == 1), starts, axis=1)
+    films = np.add.reduceat(draws[:, order], starts, axis=1)
+    tp, called = np.cumsum(hits, axis=1), np.cumsum(films, axis=1)
+    n_pos, n = tp[:, -1], called[:, -1]
+    precision = np.divide(tp, called, out=np.zeros_like(tp), where=called > 0)
+    gain = np.divide(hits, n_pos[:, None], out=np.zeros_like(hits), where=n_pos[:, None] > 0)
+    return np.where((n_pos > 0) & (n_pos < n), (gain * precision).sum(axis=1), math.nan)
+
+
 def average_precision(labels: np.ndarray, probs: np.ndarray) -> float:
     """Step-wise average precision, as sklearn's average_precision_score; NaN without positives.
 
@@ -77,36 +119,6 @@ def average_precision(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.sum(recall_gain * precision))
 
 
-def _accuracy(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    tp, _, _, tn = _counts(labels, probs, threshold)
-    return _ratio(tp + tn, len(labels))
-
-
-def _precision(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    tp, fp, _, _ = _counts(labels, probs, threshold)
-    return _ratio(tp, tp + fp)
-
-
-def _npv(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    _, _, fn, tn = _counts(labels, probs, threshold)
-    return _ratio(tn, tn + fn)
-
-
-def _sensitivity(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    tp, _, fn, _ = _counts(labels, probs, threshold)
-    return _ratio(tp, tp + fn)
-
-
-def _specificity(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    _, fp, _, tn = _counts(labels, probs, threshold)
-    return _ratio(tn, tn + fp)
-
-
-def _f1(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    tp, fp, fn, _ = _counts(labels, probs, threshold)
-    return _ratio(2 * tp, 2 * tp + fp + fn)
-
-
 @dataclass(frozen=True)
 class MetricInfo:
     """One entry of the catalogue: how a metric is named, shown, explained and computed."""
@@ -119,6 +131,25 @@ class MetricInfo:
     """Shown as 91.2% (else as 0.984)."""
     thresholded: bool = True
     """Depends on the decision threshold (AUCs do not)."""
+    drawn: DrawnMetric | None = None
+    """The same metric on many resamples at once: the bootstrap then takes a thousand
+    resamples in a few matrix products instead of a loop (else it calls ``compute``)."""
+
+    @classmethod
+    def of_counts(
+        cls, key: str, label: str, counts: CountMetric, glossary: str, **kw: bool
+    ) -> MetricInfo:
+        """A metric of the confusion counts alone (accuracy, sensitivity, ...)."""
+
+        def compute(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
+            return float(counts(*map(np.float64, _counts(labels, probs, threshold))))
+
+        def drawn(labels: np.ndarray, probs: np.ndarray, threshold: float, draws: np.ndarray):
+            called, positive = decide(probs, threshold).astype(bool), labels == 1
+            cells = (called & positive, called & ~positive, ~called & positive, ~called & ~positive)
+            return counts(*(draws @ cell for cell in cells))
+
+        return cls(key, label, compute, glossary, drawn=drawn, **kw)
 
 
 CATALOGUE: dict[str, MetricInfo] = {}
@@ -135,37 +166,46 @@ def register_metric(info: MetricInfo) -> None:
 
 
 for _info in (
-    MetricInfo(
-        "accuracy", "accuracy", _accuracy, "Share of images labelled correctly at the threshold."
+    MetricInfo.of_counts(
+        "accuracy",
+        "accuracy",
+        lambda tp, fp, fn, tn: _ratio(tp + tn, tp + fp + fn + tn),
+        "Share of images labelled correctly at the threshold.",
     ),
-    MetricInfo(
+    MetricInfo.of_counts(
         "sensitivity",
         "sensitivity",
-        _sensitivity,
+        lambda tp, fp, fn, tn: _ratio(tp, tp + fn),
         "Share of pneumonia images the model calls pneumonia (recall, true positive rate). "
         "Low sensitivity means missed cases.",
     ),
-    MetricInfo(
+    MetricInfo.of_counts(
         "specificity",
         "specificity",
-        _specificity,
+        lambda tp, fp, fn, tn: _ratio(tn, tn + fp),
         "Share of normal images the model calls normal (true negative rate). Low "
         "specificity means false alarms.",
     ),
-    MetricInfo(
+    MetricInfo.of_counts(
         "precision",
         "PPV",
-        _precision,
+        lambda tp, fp, fn, tn: _ratio(tp, tp + fp),
         "Positive predictive value (precision): of the images called pneumonia, the share "
         "that are. Depends on the prevalence of the set.",
     ),
-    MetricInfo(
+    MetricInfo.of_counts(
         "npv",
         "NPV",
-        _npv,
+        lambda tp, fp, fn, tn: _ratio(tn, tn + fn),
         "Negative predictive value: of the images called normal, the share that are.",
     ),
-    MetricInfo("f1", "F1", _f1, "Harmonic mean of PPV and sensitivity.", percent=False),
+    MetricInfo.of_counts(
+        "f1",
+        "F1",
+        lambda tp, fp, fn, tn: _ratio(2 * tp, 2 * tp + fp + fn),
+        "Harmonic mean of PPV and sensitivity.",
+        percent=False,
+    ),
     MetricInfo(
         "roc_auc",
         "AUC",
@@ -175,6 +215,7 @@ for _info in (
         "depend on the decision threshold.",
         percent=False,
         thresholded=False,
+        drawn=_drawn_roc_auc,
     ),
     MetricInfo(
         "pr_auc",
@@ -184,6 +225,7 @@ for _info in (
         "the share of pneumonia images.",
         percent=False,
         thresholded=False,
+        drawn=_drawn_average_precision,
     ),
 ):
     register_metric(_info)
@@ -299,15 +341,11 @@ def threshold_choice(
     threshold, where another CPU's arithmetic (a change in the 7th decimal) would flip
     its label.
     """
-    from sklearn.metrics import roc_curve
-
     if method == "fixed" or len(np.unique(labels)) < 2:
         return ThresholdChoice(0.5, None, None, method)
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=float)
-    fpr, tpr, thresholds = roc_curve(labels, probs, drop_intermediate=False)
-    finite = np.isfinite(thresholds)
-    fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
+    fpr, tpr, thresholds = (points[1:] for points in roc_points(labels, probs, False))
     n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
     if method == "sensitivity":  # thresholds fall along the curve: allowed is a suffix
         allowed, criterion = tpr >= target_sensitivity, 1 - fpr
@@ -341,6 +379,75 @@ def choose_threshold(
     return threshold_choice(labels, probs, *rule, **options).threshold
 
 
+def _at_thresholds(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """False and true positives at each distinct score taken as the threshold, highest
+    first, and those scores: scikit-learn's ``confusion_matrix_at_thresholds``."""
+    order = np.argsort(probs, kind="mergesort")[::-1]
+    scores, hits = probs[order], labels[order]
+    last = np.append(np.flatnonzero(np.diff(scores)), len(scores) - 1)
+    tps = np.cumsum(hits)[last].astype(float)
+    return 1 + last - tps, tps, scores[last]
+
+
+def roc_points(
+    labels: np.ndarray, probs: np.ndarray, drop_intermediate: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(FPR, TPR, thresholds) from (0, 0) at threshold inf, as scikit-learn's ``roc_curve``:
+    ``drop_intermediate`` leaves out points collinear with their neighbours."""
+    fps, tps, thresholds = _at_thresholds(np.asarray(labels), np.asarray(probs, dtype=float))
+    if drop_intermediate and len(fps) > 2:
+        bends = (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0)
+        corner = np.flatnonzero(np.r_[True, bends, True])
+        fps, tps, thresholds = fps[corner], tps[corner], thresholds[corner]
+    fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
+    fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, math.nan)
+    tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, math.nan)
+    return fpr, tpr, np.r_[math.inf, thresholds]
+
+
+def pr_points(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall), recall decreasing to (1, 0), as scikit-learn's
+    ``precision_recall_curve``."""
+    fps, tps, _ = _at_thresholds(np.asarray(labels), np.asarray(probs, dtype=float))
+    called = tps + fps
+    precision = np.divide(tps, called, out=np.zeros_like(tps), where=called != 0)
+    recall = tps / tps[-1] if tps[-1] > 0 else np.ones_like(tps)
+    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0]
+
+
+_REPORT_KEYS = ("precision", "recall", "f1-score", "support")
+
+
+def class_report(labels: np.ndarray, pred: np.ndarray) -> dict:
+    """Precision, recall, F1 and support per class, their accuracy and macro and support-
+    weighted means: scikit-learn's ``classification_report(output_dict=True,
+    zero_division=0)`` over both classes."""
+    labels, pred = np.asarray(labels), np.asarray(pred)
+    report: dict = {}
+    rows = []
+    for value, name in enumerate(CLASSES):
+        tp = float(np.count_nonzero((pred == value) & (labels == value)))
+        called, support = (
+            float(np.count_nonzero(pred == value)),
+            float(np.count_nonzero(labels == value)),
+        )
+        row = [
+            tp / called if called else 0.0,
+            tp / support if support else 0.0,
+            2 * tp / (called + support) if called + support else 0.0,
+        ]
+        rows.append(row)
+        report[name] = dict(zip(_REPORT_KEYS, [*row, support], strict=True))
+    supports = np.array([report[name]["support"] for name in CLASSES])
+    total = float(supports.sum())
+    report["accuracy"] = float(np.mean(pred == labels)) if len(labels) else 0.0
+    macro = np.mean(rows, axis=0)
+    weighted = np.average(rows, axis=0, weights=supports) if total else np.zeros(3)
+    report["macro avg"] = dict(zip(_REPORT_KEYS, [*map(float, macro), total], strict=True))
+    report["weighted avg"] = dict(zip(_REPORT_KEYS, [*map(float, weighted), total], strict=True))
+    return report
+
+
 def _thin(points: np.ndarray, most: int = 400) -> list[float]:
     """Keep curves light in JSON: at most ``most`` points, ends included."""
     if len(points) <= most:
@@ -354,13 +461,6 @@ def full_report(
 ) -> dict:
     """Everything the Compare page draws: metrics, confusion matrix, ROC/PR points,
     the per-class report and per-sample probabilities."""
-    from sklearn.metrics import (
-        classification_report,
-        confusion_matrix,
-        precision_recall_curve,
-        roc_curve,
-    )
-
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=float)
     pred = decide(probs, threshold)
@@ -368,23 +468,16 @@ def full_report(
         "n": len(labels),
         "threshold": threshold,
         **summary(labels, probs, threshold),
-        "confusion_matrix": confusion_matrix(labels, pred, labels=[0, 1]).tolist(),
-        "classification_report": classification_report(
-            labels,
-            pred,
-            labels=[0, 1],
-            target_names=list(CLASSES),
-            output_dict=True,
-            zero_division=0,
-        ),
+        "confusion_matrix": confusion(labels, probs, threshold),
+        "classification_report": class_report(labels, pred),
         "labels": labels.tolist(),
         "probs": probs.tolist(),  # exact: metrics read back from the record agree
     }
     if paths is not None:
         report["paths"] = list(paths)
     if len(np.unique(labels)) == 2:
-        fpr, tpr, _ = roc_curve(labels, probs)
-        precision, recall, _ = precision_recall_curve(labels, probs)
+        fpr, tpr, _ = roc_points(labels, probs)
+        precision, recall = pr_points(labels, probs)
         report["roc"] = {"fpr": _thin(fpr), "tpr": _thin(tpr)}
         report["pr"] = {"recall": _thin(recall[::-1]), "precision": _thin(precision[::-1])}
     return report

@@ -18,7 +18,7 @@ from statistics import NormalDist
 import numpy as np
 
 from cxr_core.errors import UserError
-from cxr_core.scoring.metrics import Metric, decide
+from cxr_core.scoring.metrics import DrawnMetric, Metric, decide
 
 ALPHA = 0.05  # the significance level the plain-language verdicts use
 
@@ -77,13 +77,16 @@ def patient_bootstrap(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    drawn: Mapping[str, DrawnMetric] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile confidence intervals from a cluster bootstrap over patients.
 
     Each resample draws as many patients as there are, with replacement, and takes all
     their images (a patient drawn twice counts twice). A resample where a metric is
     undefined (NaN, e.g. one class only) is dropped for that metric; a metric never
-    defined gets (nan, nan).
+    defined gets (nan, nan). ``drawn`` metrics take every resample at once from how often
+    each image is drawn (:data:`~cxr_core.scoring.metrics.DrawnMetric`); ``metrics`` are
+    called once per resample.
     """
     labels, probs = _binary_arrays(labels, probs)
     if n_resamples < 1:
@@ -100,15 +103,22 @@ def patient_bootstrap(
     times_drawn = np.bincount((draws + offsets).ravel(), minlength=n_resamples * n_patients)
     times_drawn = times_drawn.reshape(n_resamples, n_patients)
     images = np.arange(len(labels))
+    draws = times_drawn[:, codes].astype(float)  # [resample, image]
+    rows = {
+        name: np.asarray(metric(labels, probs, threshold, draws))
+        for name, metric in (drawn or {}).items()
+    }
     values = np.empty((len(metrics), n_resamples))
-    for r in range(n_resamples):
-        index = np.repeat(images, times_drawn[r, codes])
-        resampled_labels, resampled_probs = labels[index], probs[index]
-        for m, metric in enumerate(metrics.values()):
-            values[m, r] = metric(resampled_labels, resampled_probs, threshold)
+    if metrics:
+        for r in range(n_resamples):
+            index = np.repeat(images, times_drawn[r, codes])
+            resampled_labels, resampled_probs = labels[index], probs[index]
+            for m, metric in enumerate(metrics.values()):
+                values[m, r] = metric(resampled_labels, resampled_probs, threshold)
+    rows |= dict(zip(metrics, values, strict=True))
     tail = 100 * (1 - level) / 2
     out = {}
-    for name, row in zip(metrics, values, strict=True):
+    for name, row in rows.items():
         row = row[np.isfinite(row)]
         if not len(row):
             out[name] = (math.nan, math.nan)
