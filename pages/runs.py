@@ -29,6 +29,8 @@ from pages.common import runview, texts
 ensure_app_shell()
 
 REFRESH_S = 2
+WATCHED = "runs_watched"
+"""Session key: the runs and statuses the page was last drawn from."""
 HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 
@@ -154,10 +156,19 @@ def _manage(runs: list[Run]) -> None:
             st.rerun()
 
 
+def _state() -> list:
+    """What the page draws changes with: the runs and their statuses (progress included)."""
+    return [(run.id, run.status()) for run in store().list()]
+
+
 @st.fragment(run_every=f"{REFRESH_S}s")
-def live() -> None:
-    with user_errors():  # a damaged run folder is one message, not a traceback
-        _live()
+def _watch() -> None:
+    """Rerun the page when a run was added, removed or has moved on (here or from the
+    CLI): a status read per run while nothing changes, not the tables, the intervals and
+    the charts again."""
+    with user_errors():
+        if _state() != st.session_state.get(WATCHED):
+            st.rerun()
 
 
 def _filters(runs: list[Run]) -> dict:
@@ -248,8 +259,11 @@ def _live() -> None:
 
 
 st.title("Runs")
-st.caption(f"Updated every {REFRESH_S} s from the run store `{store().root}`.")
-live()
+st.caption(f"Checked every {REFRESH_S} s for changes in the run store `{store().root}`.")
+with user_errors():  # a damaged run folder is one message, not a traceback
+    st.session_state[WATCHED] = _state()
+    _live()
+_watch()
 with st.expander("Name, tag or delete a run"), user_errors():
     if everything := store().list():
         _manage(everything)
