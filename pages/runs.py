@@ -29,8 +29,7 @@ from pages.common import runview, texts
 ensure_app_shell()
 
 REFRESH_S = 2
-WATCHED = "runs_watched"
-"""Session key: the runs and statuses the page was last drawn from."""
+WATCHED = "runs_watched"  # session key: the runs and statuses the page was drawn from
 HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 
