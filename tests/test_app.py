@@ -4,10 +4,13 @@ takes uploads, Compare renders for two runs. Runs live in tmp folders only."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -109,6 +112,29 @@ def test_every_page_renders(bundled, page):
     assert at.title[0].value
     if page in ("predict", "about"):
         assert any("Not a medical device" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("page", ["app", *PAGES])
+def test_no_page_imports_torch_or_scipy_to_draw_itself(page):
+    """What a page imports at its top is light: torch, pytorch-grad-cam, scikit-learn,
+    scipy and statsmodels cost a fresh server seconds on two cores, and are imported where
+    a CAM, a training or a fit needs them (issue 20's first page and page switches)."""
+    path = ROOT / ("app.py" if page == "app" else f"pages/{page}.py")
+    imported = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    heavy = ("torch", "pytorch_grad_cam", "sklearn", "scipy", "statsmodels")
+    script = (
+        f"import sys; import {', '.join(sorted(imported))}; "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "[]", (page, result.stdout)
 
 
 @pytest.mark.parametrize("page", PAGES)
