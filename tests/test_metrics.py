@@ -20,18 +20,16 @@ from sklearn.metrics import (
 )
 
 from cxr_core.scoring.calibration import apply_temperature
+from cxr_core.scoring.curves import class_report, pr_points, roc_points
 from cxr_core.scoring.metrics import (
     CATALOGUE,
     MetricInfo,
     ThresholdChoice,
     choose_threshold,
-    class_report,
     decide,
     decided_class,
     full_report,
-    pr_points,
     register_metric,
-    roc_points,
     threshold_choice,
 )
 
