@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -85,6 +86,23 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def imported_by(code: str, modules: tuple[str, ...], env: dict | None = None) -> list[str]:
+    """Which of ``modules`` a fresh Python process has imported after running ``code`` in
+    the repository root: what a user's command or page pays for in import time. The
+    process must succeed (an ``assert`` in ``code`` fails it)."""
+    script = f"{code}\nimport sys\nprint(sorted(set({modules!r}) & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr
+    return ast.literal_eval(result.stdout.splitlines()[-1])  # the list printed last
 
 
 @pytest.fixture(scope="session")

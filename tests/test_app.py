@@ -9,13 +9,12 @@ import io
 import json
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import imported_by
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -127,14 +126,7 @@ def test_no_page_imports_torch_or_scipy_to_draw_itself(page):
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
     heavy = ("torch", "pytorch_grad_cam", "sklearn", "scipy", "statsmodels")
-    script = (
-        f"import sys; import {', '.join(sorted(imported))}; "
-        f"print([m for m in {heavy!r} if m in sys.modules])"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
-    )
-    assert result.stdout.strip() == "[]", (page, result.stdout)
+    assert imported_by(f"import {', '.join(sorted(imported))}", heavy) == [], page
 
 
 @pytest.mark.parametrize("page", PAGES)

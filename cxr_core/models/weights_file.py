@@ -175,19 +175,24 @@ def _layout(path: Path, data: bytes) -> tuple[dict[str, dict], dict[str, str], i
     return entries, metadata, offset
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and raw header of a safetensors file, or a :class:`UserError`."""
+def _tensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file's bytes, or a :class:`UserError`."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
 
-    data = _read(path)
-    _, header, _ = _layout(path, data)
     try:
-        return load_bytes(data), header
+        return load_bytes(data)
     except SafetensorError as exc:
         raise UserError(
             f"{path}: not a valid safetensors checkpoint (corrupt or truncated: {exc})"
         ) from None
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and raw header of a safetensors file, or a :class:`UserError`."""
+    data = _read(path)
+    _, header, _ = _layout(path, data)
+    return _tensors(path, data), header
 
 
 def _checked_metadata(path: Path, header: dict[str, str], digest: str) -> dict[str, Any]:
@@ -210,19 +215,25 @@ def _checked_metadata(path: Path, header: dict[str, str], digest: str) -> dict[s
     return metadata
 
 
+def _checked(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The file's bytes and decoded metadata, its tensors' bytes checked against the
+    header's checksum (one check, whether the tensors are loaded or not)."""
+    data = _read(path)
+    entries, header, offset = _layout(path, data)
+    return data, _checked_metadata(path, header, _stored_digest(data, entries, offset))
+
+
 def read_metadata(path: Path) -> dict[str, Any]:
     """The decoded metadata of a CXR Lab checkpoint, its tensors checked against the
     header's checksum without loading them: all that scoring from the weights' exported
     graph needs, with no torch imported."""
-    data = _read(path)
-    entries, header, offset = _layout(path, data)
-    return _checked_metadata(path, header, _stored_digest(data, entries, offset))
+    return _checked(path)[1]
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """State dict (as fp32) and decoded metadata of a CXR Lab checkpoint."""
-    tensors, header = read_safetensors(path)
-    metadata = _checked_metadata(path, header, tensor_digest(tensors))
+    data, metadata = _checked(path)
+    tensors = _tensors(path, data)
     scales = {k[: -len(SCALE)]: v for k, v in tensors.items() if k.endswith(SCALE)}
     state = {}
     for name, tensor in tensors.items():
@@ -257,5 +268,4 @@ def weights_digest(weights: Path) -> str:
 def _digest(weights: Path, mtime_ns: int, size: int) -> str:
     """Read once per version of the file: every prediction asks."""
     data = _read(weights)
-    sha = _layout(weights, data)[1].get("sha256")
-    return sha or hashlib.sha256(weights.read_bytes()).hexdigest()
+    return _layout(weights, data)[1].get("sha256") or hashlib.sha256(data).hexdigest()
