@@ -143,7 +143,7 @@ def _expected_duration(archs: list[str], options: dict) -> None:
     configs = forms.build_configs(archs, options)
     first = configs[0]
     n_train, n_all = _split_sizes(
-        options["data"], first.seed, first.val_fraction, first.test_fraction, first.max_images
+        options["data"], first.split_key, first.val_fraction, first.test_fraction, first.max_images
     )
     lines, unknown = [], []
     share = estimates.cpu_share()

@@ -103,6 +103,19 @@ def test_a_different_seed_gives_a_different_split(cohort):
     assert _patients(a.splits["internal_test"]) != _patients(b.splits["internal_test"])
 
 
+def test_a_split_seed_keeps_the_split_across_seeds(tmp_path, kaggle_tree, monkeypatch):
+    """Seeds on one split share validation films, the condition to pair and ensemble them."""
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    root = str(kaggle_tree(tmp_path / "data", 30, 30))
+
+    def val(**kw) -> set[str]:
+        cfg = TrainConfig(arch="small_cnn", data=root, img_size=32, **kw)
+        return {s.path for s in load_data(cfg).manifest.splits["val"]}
+
+    assert val(seed=1, split_seed=0) == val(seed=2, split_seed=0) == val(seed=0)
+    assert val(seed=1) != val(seed=0)
+
+
 def test_manifest_round_trips_through_json(cohort):
     manifest = make_splits(scan(cohort), seed=0, max_images=200)
     again = SplitManifest.from_dict(json.loads(json.dumps(manifest.to_dict())))

@@ -149,7 +149,17 @@ class TrainConfig:
     )
     seed: int = option(
         0,
-        "Fixes the split, the initial weights and the augmentation draws.",
+        "Fixes the initial weights and the augmentation draws, and the split unless a "
+        "split seed is given.",
+        low=0,
+        high=2**31 - 1,
+        group="budget",
+    )
+    split_seed: int | None = option(
+        None,
+        "Fixes the patient-grouped split alone (empty = the seed): runs of different seeds "
+        "on one split share their validation films, so they can be paired and ensembled.",
+        label="Split seed (empty = the seed)",
         low=0,
         high=2**31 - 1,
         group="budget",
@@ -326,6 +336,11 @@ class TrainConfig:
             )
         if self.weight_averaging == "wise" and not self.probe_epochs:
             raise UserError("WiSE-FT averages the probed and fine-tuned weights: set probe epochs")
+
+    @property
+    def split_key(self) -> int:
+        """The seed the patient-grouped split is drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -46,7 +46,9 @@ def load_data(
     root = resolve_data(cfg.data)
     index = scan(root)
     if manifest is None:
-        manifest = make_splits(index, cfg.seed, cfg.val_fraction, cfg.test_fraction, cfg.max_images)
+        manifest = make_splits(
+            index, cfg.split_key, cfg.val_fraction, cfg.test_fraction, cfg.max_images
+        )
     samples = [s for split in manifest.splits.values() for s in split]
     images = decode_images(index.root, samples, cfg.img_size, cfg.clahe, progress)
     manifest = manifest.without(set(images.skipped))
