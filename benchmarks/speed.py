@@ -213,11 +213,11 @@ def _forward_one(run: str, peak: float, root: Path, samples: list, skip_int8: bo
         fold_text = f"{fold:.1f}"
     except Exception as exc:  # symbolic tracing fails on some networks
         fold_text = f"n/a ({type(exc).__name__})"
-    graph = graphs._session(graphs.export(net, cfg))
+    graph = graphs._session(graphs.export(model.network, cfg))
     by_batch = {}
     for batch in (8, 32, 64):
         graphs.BATCH = batch
-        by_batch[batch] = _ms_per_film(lambda f: graphs.run(graph, f), films64)
+        by_batch[batch] = _ms_per_film(lambda f: graphs.run(graph, f, cfg), films64)
     graphs.BATCH = 32
     print(
         f"{run}: {gflop:.2f} GFLOP a film, floor {floor:.1f} ms; PyTorch {eager:.1f} ms, "
@@ -227,10 +227,10 @@ def _forward_one(run: str, peak: float, root: Path, samples: list, skip_int8: bo
     )
     if not skip_int8:
         labels = np.array([s.label for s in samples])
-        _int8(graph, net, cfg, root, films, labels)
+        _int8(graph, model.network, cfg, root, films, labels)
 
 
-def _int8(graph, net, cfg, root, films, labels) -> None:
+def _int8(graph, network, cfg, root, films, labels) -> None:
     """Static int8 (QDQ, per channel) calibrated on 128 other train films, against fp32."""
     import numpy as np
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
@@ -251,16 +251,16 @@ def _int8(graph, net, cfg, root, films, labels) -> None:
 
         def get_next(self):
             batch = next(self.batches, None)
-            return None if batch is None else {"pixels": batch}
+            return None if batch is None else {"input": graphs.network_input(batch, cfg)}
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
-        fp32.write_bytes(graphs.export(net, cfg))
+        fp32.write_bytes(graphs.export(network, cfg))
         quantize_static(fp32, int8, Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
         quantised = graphs._session(str(int8))
-    p32, p8 = graphs.run(graph, films), graphs.run(quantised, films)
-    ms32 = _ms_per_film(lambda f: graphs.run(graph, f), films[:64])
-    ms8 = _ms_per_film(lambda f: graphs.run(quantised, f), films[:64])
+    p32, p8 = graphs.run(graph, films, cfg), graphs.run(quantised, films, cfg)
+    ms32 = _ms_per_film(lambda f: graphs.run(graph, f, cfg), films[:64])
+    ms8 = _ms_per_film(lambda f: graphs.run(quantised, f, cfg), films[:64])
     auc32, auc8 = summary(labels, p32, 0.5)["roc_auc"], summary(labels, p8, 0.5)["roc_auc"]
     print(
         f"  int8: AUC {auc8:.4f} vs fp32 {auc32:.4f}, max |p8-p32| "

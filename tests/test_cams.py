@@ -23,6 +23,7 @@ from cxr_core.predict.inference import (
     explain,
     load_model,
     predict,
+    probabilities,
 )
 from cxr_core.predict.score_cam import TopChannelScoreCAM
 from cxr_core.training.config import TrainConfig
@@ -82,7 +83,7 @@ def _arch_params():
 
 @pytest.mark.parametrize("method", list(CAM_METHODS))
 @pytest.mark.parametrize("arch", _arch_params())
-def test_every_method_maps_a_radiograph_on_every_architecture(arch, method, untrained):
+def test_every_method_maps_a_radiograph_on_every_architecture(arch, method, untrained, monkeypatch):
     """On a synthetic radiograph with opacities, each method's maps have the image's shape
     and lie in 0..1, and the map of at least one class is not constant.
 
@@ -91,6 +92,7 @@ def test_every_method_maps_a_radiograph_on_every_architecture(arch, method, untr
     all-zero map; the other class's evidence is that map's mirror image. A method that
     returns a flat map for both (the reported ScoreCAM bug) fails.
     """
+    monkeypatch.setenv("CXR_ENGINE", "torch")  # an untrained network has no weights file
     model = untrained(arch)
     pixels, _ = radiograph(np.random.default_rng(3), SIZE, pneumonia=True)
     spreads = []
@@ -112,24 +114,30 @@ def _first_forwards(model: torch.nn.Module) -> tuple[list[int], object]:
     return calls, handle
 
 
-def test_scorecam_maps_the_bundled_efficientnet_in_few_forward_passes():
+def test_scorecam_maps_the_bundled_efficientnet_in_few_forward_passes(monkeypatch):
     """The reported failure: pytorch-grad-cam's ScoreCAM gave an all-zero map after 1280
     masked forwards on this model. Ours maps the predicted class from the 32 most varied
-    channels, on a synthetic film and (where the shared data is) a real pneumonia film."""
+    channels, on a synthetic film and (where the shared data is) a real pneumonia film.
+    On a CPU the masked forwards run on the run's ONNX graph, and the map is PyTorch's."""
     model = load_model(ROOT / "checkpoints" / "efficientnet_lite0-pretrained-224")
     films = [radiograph(np.random.default_rng(0), 224, pneumonia=True)[0]]
     real = sorted((SHARED_DATA / "val" / "PNEUMONIA").glob("*.jpeg"))[:1]
     films += [p.pixels for p in predict(model, real)]
+    probabilities(model, films[0][None])  # the graph made before forwards are counted
     channels = TopChannelScoreCAM.channels
     assert model.network.model._bn1.num_features == 1280 > channels
     for pixels in films:
-        calls, hook = _first_forwards(model.network.model)
-        heat = explain(model, pixels, "scorecam")
-        hook.remove()
-        assert heat.max() - heat.min() > 0.5
-        # One forward to predict, one for the activations, and one per chosen channel in
-        # batches.
-        assert sum(calls) == 1 + 1 + channels
+        heats = {}
+        for engine, masked in (("torch", channels), ("onnx", 0)):
+            monkeypatch.setenv("CXR_ENGINE", engine)
+            calls, hook = _first_forwards(model.network.model)
+            heats[engine] = explain(model, pixels, "scorecam")
+            hook.remove()
+            assert heats[engine].max() - heats[engine].min() > 0.5
+            # One forward to predict, one for the activations, and in PyTorch one per
+            # chosen channel, in batches (ONNX Runtime takes those on the CPU).
+            assert sum(calls) == 1 + 1 + masked
+        np.testing.assert_allclose(heats["onnx"], heats["torch"], atol=2e-3)
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="needs ../shared/data/chest_xray")

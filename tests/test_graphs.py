@@ -14,6 +14,7 @@ from conftest import imported_by, write_kaggle_tree
 
 from cxr_core.errors import UserError
 from cxr_core.models import weights_file
+from cxr_core.models.catalogue import REGISTRY
 from cxr_core.predict import graphs
 from cxr_core.predict.ensembles import load
 from cxr_core.predict.inference import load_model, probabilities
@@ -143,3 +144,74 @@ def test_a_header_with_another_config_does_not_use_the_kept_graph(monkeypatch, t
     by_torch, by_onnx = _both(monkeypatch, changed, films)
     np.testing.assert_allclose(by_onnx, by_torch, atol=ATOL, rtol=0)
     assert np.abs(by_onnx - before).max() > 1e-4
+
+
+HEAVY = {"vgg16", "vit_b_16", "resnet50", "densenet121"}
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize(
+    "arch",
+    [pytest.param(a, marks=pytest.mark.slow) if a in HEAVY else a for a in REGISTRY],
+)
+def test_every_architecture_exports_its_logit_and_features(arch):
+    """The graph gives each architecture's logit (scores, Score-CAM's masked inputs) and
+    its head's input (the input guard's features) as PyTorch computes them."""
+    import onnxruntime
+    import torch
+
+    from cxr_core.training.config import TrainConfig
+    from cxr_core.training.runtime import build_network
+
+    size = 224 if arch in HEAVY else 64  # VGG's adaptive pool exports from 224 px only
+    cfg = TrainConfig(arch=arch, data="synthetic", img_size=size)
+    network = build_network(cfg, torch.device("cpu"))
+    network.model.eval().requires_grad_(False)
+    session = onnxruntime.InferenceSession(graphs.export(network, cfg))
+    inputs = graphs.network_input(_films(size, 4), cfg)
+    seen = []
+    hook = network.head.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.inference_mode():
+        logit = network.model(torch.from_numpy(inputs)).squeeze(1).numpy()
+    hook.remove()
+    features = seen[0].flatten(1).numpy()
+    scale = np.abs(features).max()
+    np.testing.assert_allclose(graphs.outputs(session, inputs, "logit"), logit, atol=1e-4)
+    np.testing.assert_allclose(
+        graphs.outputs(session, inputs, "features"), features, atol=1e-4 * max(scale, 1)
+    )
+
+
+def test_the_input_guard_features_are_the_same_on_both_engines(monkeypatch):
+    from cxr_core.predict.input_guard import penultimate_features
+
+    model = load_model(bundled_runs_dir() / "efficientnet_lite0-pretrained-224")
+    films = _films(model.config.img_size, 4)
+    monkeypatch.setenv("CXR_ENGINE", "torch")
+    by_torch = penultimate_features(model, films)
+    monkeypatch.setenv("CXR_ENGINE", "onnx")
+    np.testing.assert_allclose(penultimate_features(model, films), by_torch, atol=1e-5)
+
+
+def test_a_network_the_exporter_refuses_is_scored_by_pytorch(tmp_path, monkeypatch):
+    """VGG-16 at 64 px: its adaptive pool cannot be written to ONNX below 224 px. The run
+    is scored by PyTorch, with a warning once, instead of failing."""
+    import torch
+
+    from cxr_core.training.config import TrainConfig
+    from cxr_core.training.runtime import build_network
+
+    monkeypatch.setenv("CXR_ENGINE", "onnx")
+    cfg = TrainConfig(arch="vgg16", data="synthetic", img_size=64)
+    network = build_network(cfg, torch.device("cpu"))
+    folder = tmp_path / "vgg"
+    folder.mkdir()
+    (folder / records.CONFIG).write_text(json.dumps(cfg.to_dict()))
+    weights_file.save_weights(folder / records.WEIGHTS, network.model, {"config": cfg.to_dict()})
+    model = load_model(folder)
+    films = _films(64, 4)
+    with pytest.warns(UserWarning, match="no ONNX graph"):
+        first = probabilities(model, films)
+    monkeypatch.setenv("CXR_ENGINE", "torch")
+    np.testing.assert_allclose(first, probabilities(model, films), atol=1e-6)
+    assert not _graph(model).exists()

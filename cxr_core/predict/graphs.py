@@ -2,8 +2,10 @@
 
 On 2 CPU cores ONNX Runtime ran the bundled EfficientNet-Lite0 about 4x faster than
 PyTorch's eager forward (depthwise convolutions) and small_cnn about 2x, with the same
-probabilities. The graph takes the preprocessed uint8 films and returns probabilities
-(normalisation and sigmoid inside), so scoring needs no torch once it exists.
+probabilities. The graph is the network alone, from its normalised input to its logit and
+its head's input (the input guard's features): films are normalised and the sigmoid taken
+in numpy, so scoring needs no torch once it exists, and Score-CAM's masked inputs (which
+are no films) run on the same graph.
 
 The graph is a derived record (:data:`cxr_core.store.records.GRAPHS`) named by the digest of
 the weights it was exported from: weights that change make a new name, and the old graph
@@ -36,9 +38,14 @@ if TYPE_CHECKING:
     import onnxruntime
     import torch
 
+    from cxr_core.models.zoo import Network
     from cxr_core.training.config import TrainConfig
 
 ENGINES = ("onnx", "torch")
+FORMAT = 2
+"""The graph's interface, part of its file's name: 2, the normalised input ``[B, 1, H, W]``
+to the logit ``[B]`` and the head's input ``[B, D]``; 1 (earlier graphs, never read again)
+took uint8 films to probabilities."""
 BATCH = 32
 """Films per ONNX Runtime call: on 2 cores 16-64 ran within 5% of each other (see
 benchmarks/speed.py); 32 keeps a 224 px batch's activations small."""
@@ -48,6 +55,8 @@ ATOL = 1e-4
 MAX_SESSIONS = 16
 """Open sessions kept (least recently used dropped): a Compare page of ten runs plus a few."""
 _SESSIONS: OrderedDict[Path, onnxruntime.InferenceSession] = OrderedDict()
+_REFUSED: set[Path] = set()
+"""Graphs that could not be exported or disagreed with PyTorch, not tried again."""
 
 
 def available() -> bool:
@@ -64,35 +73,58 @@ def available() -> bool:
     return True
 
 
-def export(net: torch.nn.Module, config: TrainConfig, n: int = 2) -> bytes:
-    """``net`` (in eval mode) as an ONNX graph from uint8 films ``[B, H, W]`` to
-    probabilities ``[B]``, with the run's normalisation and a dynamic batch."""
+def network_input(pixels: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """uint8 films ``[N, H, W]`` -> the network's float32 input ``[N, 1, H, W]``, normalised
+    as :func:`cxr_core.training.runtime.to_input` does."""
+    x = pixels[:, None].astype(np.float32) / 255
+    return (x - np.float32(config.norm_mean)) / np.float32(config.norm_std)
+
+
+def export(network: Network, config: TrainConfig, n: int = 2) -> bytes:
+    """``network`` (in eval mode) as an ONNX graph from its normalised input
+    ``[B, 1, H, W]`` to its logit ``[B]`` and its head's input ``[B, D]``, with a dynamic
+    batch."""
     import torch
 
-    class _Scorer(torch.nn.Module):
+    class _Outputs(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.net = net
+            self.net = network.model
 
-        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            x = (pixels.unsqueeze(1).float() / 255 - config.norm_mean) / config.norm_std
-            return torch.sigmoid(self.net(x)).squeeze(1)
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            seen: list[torch.Tensor] = []
+            hook = network.head.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+            try:
+                logit = self.net(x).squeeze(1)
+            finally:
+                hook.remove()
+            return logit, seen[0].flatten(1)
 
     size = config.img_size
-    example = torch.zeros((n, size, size), dtype=torch.uint8)
+    example = torch.zeros((n, 1, size, size))
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        torch.onnx.export(
-            _Scorer().eval(),
-            (example,),
-            buffer,
-            input_names=["pixels"],
-            output_names=["probability"],
-            dynamic_axes={"pixels": {0: "batch"}, "probability": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # ViT's fused attention kernel has no ONNX form; the plain path computes the same.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+            torch.onnx.export(
+                _Outputs().eval(),
+                (example,),
+                buffer,
+                input_names=["input"],
+                output_names=["logit", "features"],
+                dynamic_axes={
+                    "input": {0: "batch"},
+                    "logit": {0: "batch"},
+                    "features": {0: "batch"},
+                },
+                opset_version=17,
+                dynamo=False,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return buffer.getvalue()
 
 
@@ -105,19 +137,33 @@ def _session(graph: bytes | str) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
-def run(session: onnxruntime.InferenceSession, pixels: np.ndarray) -> np.ndarray:
-    """Probabilities for uint8 films ``[N, H, W]``, :data:`BATCH` at a time."""
+def outputs(session: onnxruntime.InferenceSession, inputs: np.ndarray, name: str) -> np.ndarray:
+    """The graph's float32 output ``name`` (``logit`` or ``features``) for the network's
+    inputs ``[N, 1, H, W]``, one call per :data:`BATCH`."""
     out = [
-        session.run(None, {"pixels": np.ascontiguousarray(pixels[i : i + BATCH])})[0]
+        session.run([name], {"input": np.ascontiguousarray(inputs[i : i + BATCH])})[0]
+        for i in range(0, len(inputs), BATCH)
+    ]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def run(
+    session: onnxruntime.InferenceSession, pixels: np.ndarray, config: TrainConfig
+) -> np.ndarray:
+    """Probabilities for uint8 films ``[N, H, W]``, normalised a batch at a time."""
+    z = [
+        outputs(session, network_input(pixels[i : i + BATCH], config), "logit")
         for i in range(0, len(pixels), BATCH)
     ]
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+    z64 = np.concatenate(z).astype(np.float64) if z else np.zeros(0)
+    return 1 / (1 + np.exp(-z64))
 
 
-def _agrees(graph: onnxruntime.InferenceSession, torch_probs, size: int) -> bool:
+def _agrees(graph: onnxruntime.InferenceSession, torch_probs, config: TrainConfig) -> bool:
     """Whether ``graph`` gives PyTorch's probabilities on a few films (random, flat,
     bright), within :data:`ATOL`."""
     rng = np.random.default_rng(0)
+    size = config.img_size
     films = np.concatenate(
         [
             rng.integers(0, 256, (2, size, size), dtype=np.uint8),
@@ -125,7 +171,7 @@ def _agrees(graph: onnxruntime.InferenceSession, torch_probs, size: int) -> bool
             np.full((1, size, size), 250, np.uint8),
         ]
     )
-    return bool(np.allclose(run(graph, films), torch_probs(films), atol=ATOL, rtol=0))
+    return bool(np.allclose(run(graph, films, config), torch_probs(films), atol=ATOL, rtol=0))
 
 
 def graph_file(weights: Path, config: TrainConfig) -> Path:
@@ -133,7 +179,8 @@ def graph_file(weights: Path, config: TrainConfig) -> Path:
     was built from (the architecture, size and normalisation), so either changed is a new
     graph."""
     built_from = json.dumps(config.to_dict(), sort_keys=True)
-    key = hashlib.sha256(f"{weights_digest(weights)}\n{built_from}".encode()).hexdigest()
+    named = f"{FORMAT}\n{weights_digest(weights)}\n{built_from}"
+    key = hashlib.sha256(named.encode()).hexdigest()
     return records.graph_file(run_of_weights(weights).added, key)
 
 
@@ -164,16 +211,24 @@ def _kept(file: Path, session: onnxruntime.InferenceSession) -> onnxruntime.Infe
 
 
 def made(
-    weights: Path, net: torch.nn.Module, config: TrainConfig, torch_probs
+    weights: Path, network: Network, config: TrainConfig, torch_probs
 ) -> onnxruntime.InferenceSession | None:
-    """``net`` exported, checked against ``torch_probs`` (uint8 films -> probabilities) and
+    """``network`` exported, checked against ``torch_probs`` (uint8 films -> probabilities) and
     kept as ``weights``' graph; None where ONNX Runtime is not used or the graph disagrees."""
     if not available():
         return None
     file = graph_file(weights, config)
-    graph = export(net, config)
+    if file in _REFUSED:
+        return None
+    try:
+        graph = export(network, config)
+    except Exception as exc:  # an operator the exporter cannot write (VGG's pool under 224 px)
+        _REFUSED.add(file)
+        warnings.warn(f"{weights}: no ONNX graph ({exc}); scored by PyTorch", stacklevel=2)
+        return None
     session = _session(graph)
-    if not _agrees(session, torch_probs, config.img_size):
+    if not _agrees(session, torch_probs, config):
+        _REFUSED.add(file)
         warnings.warn(f"{weights}: the ONNX graph disagrees with PyTorch", stacklevel=2)
         return None
     for stale in file.parent.glob("*.onnx"):

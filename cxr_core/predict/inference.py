@@ -29,6 +29,9 @@ from cxr_core.store import records
 from cxr_core.training.config import TrainConfig
 
 if TYPE_CHECKING:  # pytorch-grad-cam is imported when a CAM is asked for: it takes seconds
+    from collections.abc import Callable
+
+    import onnxruntime
     import torch
     from pytorch_grad_cam.base_cam import BaseCAM
 
@@ -205,23 +208,30 @@ def torch_probabilities(model: LoadedModel, pixels: np.ndarray | torch.Tensor) -
         return _torch_forward(model, pixels)
 
 
+def graph_session(model: LoadedModel) -> onnxruntime.InferenceSession | None:
+    """The session of the run's exported graph (made now if need be) where the model runs
+    on a CPU and ONNX Runtime is used; else None."""
+    if not model.on_cpu:
+        return None
+    session = graphs.stored(model.source, model.config)
+    if session is None:
+        with model.lock:  # exporting traces the shared module
+            session = graphs.made(
+                model.source,
+                model.network,
+                model.config,
+                lambda films: _torch_forward(model, films),
+            )
+    return session
+
+
 def probabilities(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
     """Pneumonia probabilities for preprocessed uint8 films ``[N, H, W]``: by ONNX Runtime
     on the run's exported graph on a CPU (:mod:`cxr_core.predict.graphs`), else PyTorch."""
-    session = None
-    if model.on_cpu:
-        session = graphs.stored(model.source, model.config)
-        if session is None:
-            with model.lock:  # exporting traces the shared module
-                session = graphs.made(
-                    model.source,
-                    model.network.model,
-                    model.config,
-                    lambda films: _torch_forward(model, films),
-                )
+    session = graph_session(model)
     if session is None:
         return torch_probabilities(model, pixels)
-    return graphs.run(session, pixels)
+    return graphs.run(session, pixels, model.config)
 
 
 def predict(model: LoadedModel, sources: list[ImageSource]) -> list[Prediction]:
@@ -260,6 +270,9 @@ def explain(
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
     cam_type = cam_class(method)
+    options = {}
+    if method == "scorecam" and (session := graph_session(model)) is not None:
+        options["logits"] = _graph_logits(session)
     net = model.network
     x = model.input_for(pixels)
     if target is None:
@@ -275,11 +288,20 @@ def explain(
                 model=net.model,
                 target_layers=[net.cam_layer],
                 reshape_transform=net.reshape_transform,
+                **options,
             ) as cam:
                 heat = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(target)])[0]
         finally:
             start.remove()
     return np.nan_to_num(heat.astype(np.float32))
+
+
+def _graph_logits(session: onnxruntime.InferenceSession) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The network's logits by ONNX Runtime on its graph: Score-CAM's masked forwards, about
+    4x faster than PyTorch's for EfficientNet-Lite0 on 2 cores."""
+    import torch
+
+    return lambda x: torch.from_numpy(graphs.outputs(session, x.detach().cpu().numpy(), "logit"))
 
 
 def overlay(pixels: np.ndarray, heat: np.ndarray, opacity: float = 0.45) -> np.ndarray:

@@ -68,8 +68,9 @@ from cxr_core.errors import UserError
 from cxr_core.fileio import atomic_write_bytes
 from cxr_core.models import weights_file
 from cxr_core.models.weights_file import weights_digest
+from cxr_core.predict import graphs
 from cxr_core.predict.ensembles import Ensemble, load_any
-from cxr_core.predict.inference import LoadedModel
+from cxr_core.predict.inference import LoadedModel, graph_session
 from cxr_core.store import records
 from cxr_core.store.runs import Run, run_of_weights
 from cxr_core.training.runtime import to_input
@@ -148,7 +149,13 @@ def thumbnails(pixels: np.ndarray) -> np.ndarray:
 
 
 def penultimate_features(model: LoadedModel, pixels: np.ndarray, batch: int = 64) -> np.ndarray:
-    """``[N, D]`` L2-normalised inputs of the network's head for preprocessed images."""
+    """``[N, D]`` L2-normalised inputs of the network's head for preprocessed images: by
+    ONNX Runtime on the run's graph on a CPU (a single film's features in a tenth of
+    PyTorch's time for EfficientNet-Lite0), else PyTorch."""
+    session = graph_session(model)
+    if session is not None:
+        features = graphs.outputs(session, graphs.network_input(pixels, model.config), "features")
+        return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     captured: list[torch.Tensor] = []
     hook = model.network.head.register_forward_pre_hook(
         lambda module, args: captured.append(args[0].detach().flatten(1).float().cpu())

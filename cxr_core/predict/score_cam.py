@@ -38,8 +38,11 @@ class TopChannelScoreCAM(BaseCAM):
     channels = 32
     batch_size = 32
 
-    def __init__(self, model, target_layers, reshape_transform=None) -> None:
+    def __init__(self, model, target_layers, reshape_transform=None, logits=None) -> None:
+        """``logits``: what scores the masked inputs (by default ``model`` itself; the
+        run's ONNX graph on a CPU, :func:`cxr_core.predict.inference.explain`)."""
         super().__init__(model, target_layers, reshape_transform, uses_gradients=False)
+        self.logits = logits or model
 
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth):
         acts = torch.from_numpy(activations).to(input_tensor.device)
@@ -55,7 +58,7 @@ class TopChannelScoreCAM(BaseCAM):
                 chosen = image_masks[spread.topk(min(self.channels, len(spread))).indices]
                 scores = torch.cat(
                     [
-                        target(self.model(x[None] * batch[:, None])).flatten()
+                        target(self.logits(x[None] * batch[:, None])).flatten()
                         for batch in chosen.split(self.batch_size)
                     ]
                 )
