@@ -188,6 +188,17 @@ def test_compare_json_on_the_set_the_runs_share(capsys, store):
     assert code == 2 and "no run 'nope'" in err
 
 
+def test_compare_split_without_data_picks_a_recorded_set(capsys, store):
+    """``--split`` without ``--data`` was ignored: the first shared set was shown instead."""
+    out = _json(capsys, "compare", "tiny", "tiny2", "--split", "val")
+    assert (
+        out["set"].startswith("val")
+        and out["runs"][0]["n"] == (_evaluation(store / "tiny")["splits"]["val"]["n"])
+    )
+    code, _, err = cli_main(capsys, "compare", "tiny", "tiny2", "--split", "test")
+    assert code == 2 and "share no recorded test set; give --data" in err
+
+
 def test_compare_with_data_scores_every_run_on_the_same_images(capsys, store):
     root = _data_root(store / "tiny")
     out = _json(capsys, "compare", "tiny", "tiny2", "--data", str(root), "--split", "official_val")

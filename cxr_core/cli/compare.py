@@ -26,16 +26,16 @@ def _compared_sets(args: argparse.Namespace, runs: list) -> dict:
     if len({r.id for r in runs}) != len(runs):
         raise UserError("name each run once")
     if args.data:
-        sets = {
-            r.id: scored_set(args.data, args.split, load_any(r.path, args.device)) for r in runs
-        }
+        split = args.split or "test"
+        sets = {r.id: scored_set(args.data, split, load_any(r.path, args.device)) for r in runs}
         if len({s.key for s in sets.values()}) > 1:
             raise UserError("the runs were scored on different images (their splits differ)")
         return sets
-    shared = evalsets.shared_sets(runs)
+    shared = [s for s in evalsets.shared_sets(runs) if args.split in (None, s.split)]
     if not shared:
+        which = f"{args.split} set" if args.split else "evaluation set"
         raise UserError(
-            "these runs share no evaluation set; give --data DIR to score them all on it"
+            f"these runs share no recorded {which}; give --data DIR to score them on it"
         )
     return sets_on(runs, shared[0].key)
 
@@ -60,6 +60,9 @@ def _text_table(table):
 def _compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+")
     add_scoring_options(p, required=False)
+    # Without --data, --split picks one of the sets the runs were scored on (default: the
+    # first they share); with it, the folder's split (default: test).
+    p.set_defaults(split=None)
     p.add_argument("--json", action="store_true")
 
 
