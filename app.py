@@ -10,7 +10,7 @@ import streamlit as st
 
 from cxr_core import settings
 from cxr_core.store.runs import RunStore
-from pages import APP_SHELL
+from pages import APP_SHELL, freeze_loaded_modules
 
 st.set_page_config(page_title="CXR Lab", page_icon=":material/radiology:", layout="wide")
 
@@ -39,6 +39,7 @@ page = st.navigation(
         ],
     }
 )
+freeze_loaded_modules()  # what the last run imported: before this run's garbage exists
 with st.sidebar:
     st.caption(f"Runs folder: `{RunStore().root}`")
     st.caption("For learning and research. **Not a medical device.**")

@@ -3,6 +3,7 @@ class activation map, side by side. Preprocessing is exactly the run's own."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -253,7 +254,7 @@ def _cam(run: Run, pred: Prediction, name: str, digest: str, controls: dict, tar
     _cam_checks(run, digest, heat, pixels, {**controls, "cam_target": target})
     st.download_button(
         "PNG",
-        uploads.png_bytes(image),
+        functools.partial(uploads.png_bytes, image),  # encoded when clicked, not every run
         file_name=f"{name}.png",
         mime="image/png",
         key=f"png_{name}",

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 ENGINES = ("onnx", "torch")
 FORMAT = 2
+OUTPUTS = ("logit", "features")
 """The graph's interface, part of its file's name: 2, the normalised input ``[B, 1, H, W]``
 to the logit ``[B]`` and the head's input ``[B, D]``; 1 (earlier graphs, never read again)
 took uint8 films to probabilities."""
@@ -114,7 +115,7 @@ def export(network: Network, config: TrainConfig, n: int = 2) -> bytes:
                 (example,),
                 buffer,
                 input_names=["input"],
-                output_names=["logit", "features"],
+                output_names=list(OUTPUTS),
                 dynamic_axes={
                     "input": {0: "batch"},
                     "logit": {0: "batch"},
@@ -195,9 +196,12 @@ def stored(weights: Path, config: TrainConfig) -> onnxruntime.InferenceSession |
     if not file.is_file():
         return None
     try:
-        return _kept(file, _session(str(file)))
+        session = _session(str(file))
     except Exception:  # a damaged graph: made() makes it again
         return None
+    if [o.name for o in session.get_outputs()] != list(OUTPUTS):  # not this format's
+        return None
+    return _kept(file, session)
 
 
 def _kept(file: Path, session: onnxruntime.InferenceSession) -> onnxruntime.InferenceSession:

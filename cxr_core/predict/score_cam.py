@@ -31,8 +31,9 @@ class TopChannelScoreCAM(BaseCAM):
       neutral reference, since the bundled small_cnn calls it PNEUMONIA with 88%, so every
       masked film scored below it and the pneumonia map was flat on every film (a single
       channel, as the MLP's input layer, is its own map);
-    - only the ``channels`` channels whose masks vary most over space are used (a flat
-      mask says nothing about where): 32 forward passes instead of 1280.
+    - only the ``channels`` channels whose activations (scaled to 0..1) vary most over
+      space are used (a flat mask says nothing about where): 32 forward passes instead
+      of 1280.
     """
 
     channels = 32
@@ -46,16 +47,18 @@ class TopChannelScoreCAM(BaseCAM):
 
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth):
         acts = torch.from_numpy(activations).to(input_tensor.device)
-        masks = torch.nn.functional.interpolate(
-            acts, size=input_tensor.shape[-2:], mode="bilinear", align_corners=False
-        )
-        low = masks.amin(dim=(2, 3), keepdim=True)
-        masks = (masks - low) / (masks.amax(dim=(2, 3), keepdim=True) - low + 1e-8)
         cams = []
         with torch.no_grad():
-            for x, target, image_masks in zip(input_tensor, targets, masks):
-                spread = image_masks.flatten(1).std(dim=1)
-                chosen = image_masks[spread.topk(min(self.channels, len(spread))).indices]
+            for x, target, image_acts in zip(input_tensor, targets, acts):
+                # Channels ranked at the layer's own resolution: upsampling all of them
+                # first (1280 x 224 x 224 floats for EfficientNet-Lite0) took 2 s on 2 cores.
+                spread = _scaled(image_acts).flatten(1).std(dim=1)
+                top = image_acts[spread.topk(min(self.channels, len(spread))).indices]
+                chosen = _scaled(
+                    torch.nn.functional.interpolate(
+                        top[None], size=x.shape[-2:], mode="bilinear", align_corners=False
+                    )[0]
+                )
                 scores = torch.cat(
                     [
                         target(self.logits(x[None] * batch[:, None])).flatten()
@@ -67,3 +70,9 @@ class TopChannelScoreCAM(BaseCAM):
                 gains = scores - scores.mean() if len(scores) > 1 else torch.ones_like(scores)
                 cams.append(torch.einsum("k,khw->hw", gains, chosen))
         return torch.stack(cams).cpu().numpy()
+
+
+def _scaled(maps: torch.Tensor) -> torch.Tensor:
+    """Each map ``[K, H, W]`` scaled to 0..1."""
+    low = maps.amin(dim=(1, 2), keepdim=True)
+    return (maps - low) / (maps.amax(dim=(1, 2), keepdim=True) - low + 1e-8)

@@ -3,6 +3,7 @@ display-sized copies."""
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from pathlib import PurePath
@@ -28,8 +29,10 @@ def upload_source(name: str, data: bytes) -> io.BytesIO:
     return buffer
 
 
+@functools.cache
 def demo_images() -> dict[str, bytes]:
-    """Two synthetic radiographs (PNG) to try the Predict page without any data."""
+    """Two synthetic radiographs (PNG) to try the Predict page without any data: made once
+    per process (50 ms a script run otherwise). Read them, never change them."""
     out = {}
     for label, pneumonia, seed in (("normal", False, 1), ("pneumonia", True, 2)):
         pixels, _ = radiograph(np.random.default_rng(seed), 256, pneumonia)
