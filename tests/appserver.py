@@ -36,14 +36,15 @@ def free_port() -> int:
 
 @contextmanager
 def streamlit_app(
-    env: dict[str, str], log: Path, *options: str, timeout: float = 180
+    env: dict[str, str], log: Path, *options: str, timeout: float = 180, script: str = "app.py"
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run the app with ``env`` added to this environment and ``options`` added to the
-    command line; yield its URL and process once it answers its health check, and stop
-    it on exit. Its output goes to ``log``, shown when it never comes up."""
+    """Run the app (or another ``script`` with the app's settings) with ``env`` added to
+    this environment and ``options`` added to the command line; yield its URL and process
+    once it answers its health check, and stop it on exit. Its output goes to ``log``,
+    shown when it never comes up."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+    command = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
                "--server.address", "127.0.0.1", "--server.port", str(port),
                "--browser.gatherUsageStats", "false", *options]  # fmt: skip
     with open(log, "wb") as out:

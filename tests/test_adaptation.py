@@ -67,7 +67,9 @@ def test_a_sites_films_are_read_without_their_labels(site, tmp_path):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())}
+    """Every file of a run folder (its derived graphs/ included) by its SHA-256."""
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
 def test_adabn_changes_a_batchnorm_networks_predictions_and_leaves_its_source_alone(tiny, site):
