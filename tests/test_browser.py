@@ -55,11 +55,17 @@ def test_upload_predict_and_explain(browser, server, tmp_path):
     page = open_page(browser, server, "predict", "Predict & explain")
     page.locator("[data-testid=stFileUploaderDropzoneInput]").set_input_files(str(image))
     page.get_by_text("P(pneumonia)").wait_for()
-    page.locator("[data-testid=stImage] img").nth(1).wait_for()  # the input and the overlay
+    # The input and the overlay, or the notice that the map is empty: the two-epoch
+    # synthetic run has no evidence to show on some real films (it depends on the CPU's
+    # kernels it was trained with).
+    overlay = page.locator("[data-testid=stImage] img").nth(1)
+    empty = page.get_by_text("gradcam found no evidence for predicted class")
+    overlay.or_(empty).wait_for()
     settle(page)
     assert page.locator("[data-testid=stException]").count() == 0
     assert re.search(r"\d+\.\d%", page.locator("[data-testid=stMetricValue]").inner_text())
-    assert page.get_by_text(re.compile(r"^gradcam for predicted class")).count() == 1
+    caption = page.get_by_text(re.compile(r"^gradcam for predicted class"))
+    assert caption.count() + empty.count() == 1
     assert page.locator("[data-testid=stMain]").get_by_text("Not a medical device.").count() == 1
     shot(page, "predict-upload")
     page.close()

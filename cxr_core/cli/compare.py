@@ -57,12 +57,17 @@ def _text_table(table):
     return out
 
 
+def _set_options(p: argparse.ArgumentParser) -> None:
+    """``--data``/``--split``/``--device``. Without --data, --split picks one of the sets
+    the runs were scored on (default: the first they share); with it, the folder's split
+    (default: test)."""
+    add_scoring_options(p, required=False)
+    p.set_defaults(split=None)
+
+
 def _compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+")
-    add_scoring_options(p, required=False)
-    # Without --data, --split picks one of the sets the runs were scored on (default: the
-    # first they share); with it, the folder's split (default: test).
-    p.set_defaults(split=None)
+    _set_options(p)
     p.add_argument("--json", action="store_true")
 
 
@@ -130,7 +135,7 @@ def _html_report(args: argparse.Namespace) -> int:
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readme", help="replace the <!-- runs:start/end --> block of this file")
     p.add_argument("--runs", nargs="+", metavar="RUN", help="an HTML report of these runs")
-    add_scoring_options(p, required=False)
+    _set_options(p)
     p.add_argument("--out", help="the HTML report to write (with --runs)")
 
 
